@@ -1,0 +1,45 @@
+"""The exceptions slurm-vm raises on purpose. Anything else is a bug."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class SlurmVmError(Exception):
+    """Base of every error slurm-vm reports to a user or admin as one line."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong in a document: where (dotted path, line) and what to do."""
+
+    path: str
+    message: str
+    line: int | None = None
+    source: str = ""
+
+    def __str__(self) -> str:
+        where = self.source or "input"
+        if self.line is not None:
+            where += f":{self.line}"
+        return f"{where}: {self.path or '(document)'}: {self.message}"
+
+
+class ValidationError(SlurmVmError):
+    """A spec or config is wrong; carries one Problem per mistake."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class SlurmError(SlurmVmError):
+    """Slurm could not be reached or refused a request."""
+
+
+class NodeError(SlurmVmError):
+    """Preparing or tearing down a node's objects failed."""
+
+
+class HypervisorError(SlurmVmError):
+    """The hypervisor could not be configured, started or controlled."""
