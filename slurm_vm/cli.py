@@ -1,0 +1,220 @@
+"""The `slurm-vm` command. Commands stay thin: parse options, call the library, print.
+
+Imports of the library happen inside commands so that `slurm-vm --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+EXIT_USAGE = 2
+EXIT_ERROR = 1
+
+
+class _Group(click.Group):
+    """Turns slurm-vm's own errors into one line each (no traceback) and a non-zero exit."""
+
+    def invoke(self, ctx: click.Context):
+        from .errors import SlurmVmError, ValidationError
+        try:
+            return super().invoke(ctx)
+        except ValidationError as exc:
+            for problem in exc.problems:
+                click.echo(f"slurm-vm: {problem}", err=True)
+            ctx.exit(EXIT_USAGE)
+        except SlurmVmError as exc:
+            click.echo(f"slurm-vm: {exc}", err=True)
+            ctx.exit(EXIT_ERROR)
+
+
+def _config(path: str | None):
+    from .config import load_config
+    return load_config(path)
+
+
+def _backend(config):
+    from .slurm import get_backend
+    return get_backend(config.slurm.backend, config.slurm.command_timeout, config.slurm.bin_dir)
+
+
+config_option = click.option("--config", "config_path", metavar="PATH", envvar="SLURM_VM_CONFIG",
+                             help="admin config (default /etc/slurm-vm/config.yaml)")
+json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="slurm-vm")
+def main() -> None:
+    """Run virtual machines as Slurm jobs."""
+
+
+@main.command()
+@click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@config_option
+def validate(specs: tuple[str, ...], config_path: str | None) -> None:
+    """Check VM specs against the admin config; one line per problem."""
+    from .errors import ValidationError
+    from .spec import check_user_access, load_spec_file
+    from .lifecycle import current_user
+    config = _config(config_path)
+    problems = []
+    for path in specs:
+        try:
+            spec, _ = load_spec_file(path, config)
+            check_user_access(spec, config, current_user(), path)
+            click.echo(f"{path}: ok")
+        except ValidationError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ValidationError(problems)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.argument("sbatch_args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--dry-run", is_flag=True, help="print the sbatch command and batch script; submit nothing")
+@click.option("--parsable", is_flag=True, help="print only the job id")
+@config_option
+def submit(spec_path: str, sbatch_args: tuple[str, ...], dry_run: bool, parsable: bool,
+           config_path: str | None) -> None:
+    """Submit a VM spec as a Slurm batch job. Extra arguments go to sbatch as they are."""
+    from .lifecycle import current_user
+    from .spec import check_user_access, load_spec_file
+    from .submit import plan_submission
+    config = _config(config_path)
+    spec, text = load_spec_file(spec_path, config)
+    check_user_access(spec, config, current_user(), spec_path)
+    plan = plan_submission(text, spec, config, sbatch_args)
+    if dry_run:
+        click.echo(plan.describe())
+        return
+    job_id = _backend(config).submit(plan.script, plan.sbatch_args)
+    click.echo(str(job_id) if parsable else f"Submitted VM {spec.name} as job {job_id}")
+
+
+@main.command()
+@click.option("--definition", metavar="PATH", help="vm.json (default: the job's, from the node state dir)")
+@config_option
+def launch(definition: str | None, config_path: str | None) -> None:
+    """Run the job's VM (the batch script's job step; not for interactive use)."""
+    from .node.launch import launch_job
+    sys.exit(launch_job(definition, config_path))
+
+
+@main.command("list")
+@click.option("--all-users", is_flag=True, help="every user's VMs (as far as Slurm shows them)")
+@click.option("--ended", is_flag=True, help="include VMs that ended recently")
+@json_option
+@config_option
+def list_cmd(all_users: bool, ended: bool, as_json: bool, config_path: str | None) -> None:
+    """List your VM jobs."""
+    from .lifecycle import current_user, list_vms
+    from .output import print_records
+    config = _config(config_path)
+    records = list_vms(_backend(config), None if all_users else current_user(), ended)
+    print_records(records, as_json)
+
+
+@main.command()
+@click.argument("ref", metavar="NAME|JOBID")
+@click.option("--lines", default=10, show_default=True, help="serial log lines to show")
+@json_option
+@config_option
+def status(ref: str, lines: int, as_json: bool, config_path: str | None) -> None:
+    """Show one VM: its job, node, cores, memory and the last serial console lines."""
+    from .errors import SlurmError
+    from .lifecycle import current_user, find_vm, record_of, serial_tail
+    from .output import print_status
+    config = _config(config_path)
+    job = find_vm(_backend(config), ref, current_user())
+    try:
+        serial = serial_tail(config, job, lines, config.slurm.command_timeout)
+    except SlurmError as exc:
+        serial = f"(serial log unavailable: {exc})"
+    print_status(record_of(job), serial, as_json)
+
+
+@main.command()
+@click.argument("ref", metavar="NAME|JOBID")
+@click.option("--follow", "-f", is_flag=True, help="keep printing new output until interrupted")
+@click.option("--lines", default=100, show_default=True, help="lines of history to start with")
+@config_option
+def console(ref: str, follow: bool, lines: int, config_path: str | None) -> None:
+    """Print a VM's serial console log (read through the job on its node)."""
+    from .lifecycle import NotFound, current_user, find_vm, node_command, serial_log_path
+    config = _config(config_path)
+    job = find_vm(_backend(config), ref, current_user())
+    if job.state != "RUNNING" or not job.nodes:
+        raise NotFound(f"VM {job.vm_name} (job {job.job_id}) is {job.state}: the console exists while it runs")
+    argv = ["tail", "-n", str(lines), *(["-F"] if follow else []), serial_log_path(config, job.job_id)]
+    proc = node_command(job, job.nodes[0], argv, None if follow else config.slurm.command_timeout)
+    if not follow:
+        click.echo(proc.stdout, nl=False)
+        if proc.returncode != 0:
+            click.echo(proc.stderr, err=True, nl=False)
+    sys.exit(proc.returncode)
+
+
+@main.command()
+@click.argument("ref", metavar="NAME|JOBID")
+@click.option("--force", is_flag=True, help="cancel the job at once (plain scancel; the guest gets SIGTERM's grace)")
+@config_option
+def stop(ref: str, force: bool, config_path: str | None) -> None:
+    """Shut a VM down: ACPI power button, then the job ends."""
+    from .lifecycle import current_user, find_vm, stop_vm
+    config = _config(config_path)
+    backend = _backend(config)
+    click.echo(stop_vm(backend, find_vm(backend, ref, current_user()), force))
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("ref", metavar="NAME|JOBID")
+@click.option("-l", "login", metavar="USER", help="user to log in as")
+@click.argument("ssh_args", nargs=-1, type=click.UNPROCESSED)
+@config_option
+def ssh(ref: str, login: str | None, ssh_args: tuple[str, ...], config_path: str | None) -> None:
+    """ssh to a VM's address (where its network makes it reachable)."""
+    import os
+    from .lifecycle import current_user, find_vm, ssh_argv
+    config = _config(config_path)
+    argv = ssh_argv(find_vm(_backend(config), ref, current_user()), login, ssh_args)
+    os.execvp(argv[0], argv)
+
+
+@main.command(hidden=True)
+@click.argument("which", type=click.Choice(["spec", "config"]))
+def reference(which: str) -> None:
+    """Print the generated field reference (docs/*-reference.md are made from it)."""
+    from .reference import render_reference
+    click.echo(render_reference(which), nl=False)
+
+
+@main.group()
+def node() -> None:
+    """Commands for admins on compute nodes."""
+
+
+@node.command()
+@click.option("--fix", is_flag=True, help="remove the leftovers found")
+@json_option
+@config_option
+def doctor(fix: bool, as_json: bool, config_path: str | None) -> None:
+    """List (and with --fix remove) slurm-vm objects that belong to no running job."""
+    from .node.doctor import run_doctor
+    config = _config(config_path)
+    findings = run_doctor(config, _backend(config), fix)
+    if as_json:
+        click.echo(json.dumps([f.as_json() for f in findings], indent=2))
+    else:
+        for finding in findings:
+            click.echo(str(finding))
+        if not findings:
+            click.echo("no leftovers")
+    sys.exit(1 if findings and not fix else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""The admin's node configuration (/etc/slurm-vm/config.yaml, or $SLURM_VM_CONFIG)."""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+from dataclasses import dataclass
+
+from .errors import Problem, ValidationError
+from .schema import (NAME_HELP, NAME_PATTERN, AbsPath, Bool, Context, Int, ListOf, MapOf, Obj, Size, Str, field,
+                     parse_object)
+from .yamldoc import load_document
+
+DEFAULT_CONFIG_PATH = "/etc/slurm-vm/config.yaml"
+CONFIG_ENV = "SLURM_VM_CONFIG"
+G = 1 << 30
+M = 1 << 20
+
+USER_PATTERN = r"[a-z_][a-z0-9_.-]{0,31}\$?"
+USER_HELP = "a user or group name"
+
+
+@dataclass(frozen=True)
+class Image:
+    path: str = field(AbsPath(), "base disk image (backing file of every VM's overlay; must be readable by job users)")
+    format: str = field(Str(choices=("qcow2", "raw")), "format of the base image", "qcow2")
+    kernel: str | None = field(AbsPath(), "kernel for direct boot (exclusive with `firmware`)", None)
+    initrd: str | None = field(AbsPath(), "initramfs for direct boot", None)
+    cmdline: str | None = field(Str(max_len=2048), "kernel command line for direct boot", None)
+    firmware: str | None = field(AbsPath(), "firmware (e.g. CLOUDHV.fd or OVMF) for disk boot", None)
+    description: str = field(Str(max_len=200), "shown by `slurm-vm images`", "")
+
+
+@dataclass(frozen=True)
+class Network:
+    kind: str = field(Str(choices=("bridge", "macvtap", "vxlan")), "how a VM NIC reaches the network")
+    bridge: str | None = field(Str(pattern=r"[A-Za-z0-9_.-]{1,15}", pattern_help="an interface name"),
+                               "`bridge`: existing host bridge the job's tap joins", None)
+    parent: str | None = field(Str(pattern=r"[A-Za-z0-9_.-]{1,15}", pattern_help="an interface name"),
+                               "`macvtap`: parent interface; `vxlan`: underlay interface", None)
+    mode: str = field(Str(choices=("bridge", "vepa", "private", "passthru")), "`macvtap` mode", "bridge")
+    vni: int | None = field(Int(1, 16777215), "`vxlan`: fixed VNI shared by all jobs using this network", None)
+    vni_range: tuple | None = field(ListOf(Int(1, 16777215), 2),
+                                    "`vxlan`: [first, last] VNIs for job-private segments (multi-VM jobs)", None)
+    port: int = field(Int(1, 65535), "`vxlan`: UDP port", 4789)
+    mtu: int | None = field(Int(576, 65535), "MTU of the VM's device", None)
+    allowed_users: tuple = field(ListOf(Str(pattern=USER_PATTERN, pattern_help=USER_HELP)),
+                                 "users who may use it (empty and no groups: everyone)", [])
+    allowed_groups: tuple = field(ListOf(Str(pattern=USER_PATTERN, pattern_help=USER_HELP)),
+                                  "groups whose members may use it", [])
+
+
+@dataclass(frozen=True)
+class HypervisorConfig:
+    default: str = field(Str(choices=("auto", "qemu", "cloud-hypervisor")), "hypervisor for specs that say `auto`",
+                         "auto")
+    accelerator: str = field(Str(choices=("auto", "kvm", "tcg")),
+                             "`auto` uses KVM only where it can boot guests, else TCG", "auto")
+    qemu_binary: str = field(AbsPath(), "QEMU system emulator", "/usr/bin/qemu-system-x86_64")
+    cloud_hypervisor_binary: str = field(AbsPath(), "cloud-hypervisor binary", "/usr/bin/cloud-hypervisor")
+    qemu_img: str = field(AbsPath(), "qemu-img, used by the prolog", "/usr/bin/qemu-img")
+    memory_overhead: int = field(Size(0, 64 * G), "added to the guest memory for the job's --mem (VMM overhead)",
+                                 "256M")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_cpus: int = field(Int(1, 4096), "most vCPUs one VM may have", 64)
+    max_memory: int = field(Size(16 * M, 1 << 42), "most guest memory", "256G")
+    max_disk: int = field(Size(1 * M, 1 << 50), "largest root overlay", "1T")
+    max_user_data: int = field(Size(1024, 16 * M), "largest cloud-init user-data", "64K")
+    max_count: int = field(Int(1, 4096), "most VMs in one job (`count`)", 64)
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    backend: str = field(Str(choices=("auto", "cli", "pyslurm")), "`auto`: pyslurm where it imports, else the CLI",
+                         "cli")
+    command_timeout: int = field(Int(1, 600), "seconds any Slurm command may take", 30)
+    kill_wait: int = field(Int(1, 3600), "slurm.conf KillWait; the grace time must fit inside it", 30)
+    bin_dir: str | None = field(AbsPath(), "where sbatch, squeue, scontrol, scancel live (default: PATH)", None)
+
+
+@dataclass(frozen=True)
+class Config:
+    images: dict = field(MapOf(Obj(Image)), "the image store: names users may put in `image`")
+    networks: dict = field(MapOf(Obj(Network)), "networks users may put in `networks[].network`", {})
+    state_dir: str = field(AbsPath(), "per-node state: job dirs, journals, locks", "/var/lib/slurm-vm")
+    hypervisor: HypervisorConfig = field(Obj(HypervisorConfig), "hypervisor binaries and defaults",
+                                         HypervisorConfig())
+    grace_seconds: int = field(Int(1, 3600), "seconds between the ACPI power button and a hard stop", 20)
+    limits: Limits = field(Obj(Limits), "limits on what a spec may ask for", Limits())
+    slurm: SlurmConfig = field(Obj(SlurmConfig), "how slurm-vm talks to Slurm", SlurmConfig())
+    slurm_vm_command: str = field(Str(max_len=4000, pattern=r"[A-Za-z0-9_./+-]+", pattern_help="a command or path"),
+                                  "command the batch script runs on the node to launch the VM", "slurm-vm")
+    user_errors: str = field(Str(choices=("fail-job", "drain-node")),
+                             "prolog refusal of a user's spec: fail the job with the reason, or exit non-zero "
+                             "(Slurm drains the node and requeues the job held)", "fail-job")
+    log_file: str | None = field(AbsPath(), "file the node hooks append one line per event to (besides syslog)",
+                                 None)
+
+    def limits_by_name(self) -> dict[str, int]:
+        return {"max_user_data": self.limits.max_user_data}
+
+
+def _check_config(cfg: Config, ctx: Context) -> None:
+    for name, image in cfg.images.items():
+        path = ("images", name)
+        if image.kernel and image.firmware:
+            ctx.problem(path + ("firmware",), "give either `kernel` (direct boot) or `firmware`, not both")
+        if image.initrd and not image.kernel:
+            ctx.problem(path + ("initrd",), "`initrd` needs `kernel`")
+        if image.cmdline and not image.kernel:
+            ctx.problem(path + ("cmdline",), "`cmdline` needs `kernel`")
+    for name, net in cfg.networks.items():
+        _check_network(name, net, ctx)
+    if cfg.grace_seconds + 5 > cfg.slurm.kill_wait:
+        ctx.problem(("grace_seconds",), f"{cfg.grace_seconds}s does not leave 5s before slurm.kill_wait "
+                    f"({cfg.slurm.kill_wait}s): lower it or raise KillWait in slurm.conf and slurm.kill_wait here")
+
+
+def _check_network(name: str, net: Network, ctx: Context) -> None:
+    path = ("networks", name)
+    needs = {"bridge": ("bridge",), "macvtap": ("parent",), "vxlan": ("parent",)}[net.kind]
+    for key in needs:
+        if getattr(net, key) is None:
+            ctx.problem(path + (key,), f"a `{net.kind}` network needs `{key}`")
+    if net.kind == "vxlan":
+        if (net.vni is None) == (net.vni_range is None):
+            ctx.problem(path + ("vni",), "a `vxlan` network needs exactly one of `vni` or `vni_range`")
+        if net.vni_range is not None and (len(net.vni_range) != 2 or net.vni_range[0] > net.vni_range[1]):
+            ctx.problem(path + ("vni_range",), "use [first, last] with first <= last")
+    elif net.vni is not None or net.vni_range is not None:
+        ctx.problem(path + ("vni",), f"`vni`/`vni_range` apply to `vxlan` networks only, not `{net.kind}`")
+
+
+def config_path() -> str:
+    return os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
+
+
+def parse_config(text: str | bytes, source: str) -> Config:
+    doc = load_document(text, source)
+    return parse_object(Config, doc, extra_checks=_check_config)
+
+
+def load_config(path: str | None = None) -> Config:
+    """Read and validate the admin config. Raises ValidationError (one Problem per mistake)."""
+    path = path or config_path()
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(1 << 20 + 1)
+    except OSError as exc:
+        raise ValidationError([Problem("", f"cannot read the slurm-vm config ({exc.strerror}); set {CONFIG_ENV} "
+                                           f"or create {DEFAULT_CONFIG_PATH}", None, path)]) from None
+    return parse_config(data, path)
+
+
+def user_may_use_network(net: Network, user: str, groups: set[str]) -> bool:
+    if not net.allowed_users and not net.allowed_groups:
+        return True
+    return user in net.allowed_users or bool(groups & set(net.allowed_groups))
+
+
+def groups_of_user(user: str) -> set[str]:
+    """Names of the user's groups (primary and supplementary) from the system's databases."""
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return set()
+    names = set()
+    for gid in os.getgrouplist(user, entry.pw_gid):
+        try:
+            names.add(grp.getgrgid(gid).gr_name)
+        except KeyError:
+            continue
+    return names

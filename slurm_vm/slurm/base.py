@@ -1,0 +1,44 @@
+"""The interface slurm-vm needs from Slurm, and the job record it works with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    job_id: int
+    name: str
+    user: str
+    state: str
+    nodes: tuple[str, ...] = ()
+    cpus: int = 0
+    memory: str = ""
+    time_used: str = ""
+    time_limit: str = ""
+    start_time: str = ""
+    reason: str = ""
+    comment: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def is_vm(self) -> bool:
+        from ..transport import is_vm_comment
+        return is_vm_comment(self.comment)
+
+    @property
+    def vm_name(self) -> str:
+        return self.name[3:] if self.name.startswith("vm-") else self.name
+
+
+class SlurmBackend(Protocol):
+    def submit(self, script: str, args: tuple[str, ...]) -> int: ...
+
+    def jobs(self, user: str | None = None, job_ids: tuple[int, ...] = (), node: str | None = None) -> list[JobInfo]: ...
+
+    def signal(self, job_id: int, signal: str, batch_only: bool = False) -> None: ...
+
+    def cancel(self, job_id: int) -> None: ...
+
+    def batch_script(self, job_id: int) -> str: ...

@@ -1,0 +1,168 @@
+"""The user's VM spec: what a VM needs, validated alone and then against the admin config."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+
+from .config import Config, groups_of_user, user_may_use_network
+from .errors import Problem, ValidationError
+from .schema import (NAME_HELP, NAME_PATTERN, AbsPath, Bool, Context, Int, ListOf, Obj, RawMapping, Size, SlurmTime,
+                     Str, Text, field, parse_object)
+from .yamldoc import Document, load_document
+
+MAX_SPEC_BYTES = 1 << 20
+M = 1 << 20
+G = 1 << 30
+VM_NAME_PATTERN = r"[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?"
+VM_NAME_HELP = "1-32 lower-case letters, digits or '-', starting and ending with a letter or digit"
+HOSTNAME_PATTERN = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+MAC_PATTERN = r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}"
+SSH_KEY_PATTERN = r"(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com) [A-Za-z0-9+/=]{16,16384}( [^\n\r\x00]{0,256})?"
+IPV4_CIDR = r"((25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(25[0-5]|2[0-4]\d|1?\d?\d)/([0-9]|[12][0-9]|3[0-2])"
+IPV4 = r"((25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(25[0-5]|2[0-4]\d|1?\d?\d)"
+MAX_NICS = 8
+MAX_VOLUMES = 8
+
+
+@dataclass(frozen=True)
+class NetworkRef:
+    network: str = field(Str(pattern=NAME_PATTERN, pattern_help=NAME_HELP), "name of an admin-defined network")
+    mac: str | None = field(Str(pattern=MAC_PATTERN, pattern_help="a MAC such as 52:54:00:12:34:56"),
+                            "MAC address (default: derived from the job, locally administered)", None)
+    address: str | None = field(Str(pattern=IPV4_CIDR, pattern_help="an IPv4 address with prefix, e.g. 10.0.0.5/24"),
+                                "static IPv4 address/prefix written to network-config (default: DHCP)", None)
+    gateway: str | None = field(Str(pattern=IPV4, pattern_help="an IPv4 address"), "default gateway", None)
+
+
+@dataclass(frozen=True)
+class CloudInit:
+    hostname: str | None = field(Str(pattern=HOSTNAME_PATTERN, pattern_help="a DNS label"),
+                                 "guest hostname (default: the VM name; `NAME-i` in multi-VM jobs)", None)
+    user_data: str | None = field(Text(limit_name="max_user_data"),
+                                  "cloud-init user-data, e.g. `#cloud-config` text", None)
+    ssh_authorized_keys: tuple = field(ListOf(Str(pattern=SSH_KEY_PATTERN, max_len=16700,
+                                                  pattern_help="an OpenSSH public key line"), 32),
+                                       "public keys for the default user", [])
+    network_config: dict | None = field(RawMapping(), "cloud-init network-config (v1 or v2); default: "
+                                        "generated from `networks`", None)
+
+
+@dataclass(frozen=True)
+class Volume:
+    path: str = field(AbsPath(), "persistent disk image on the node (raw or qcow2), opened with your rights")
+    readonly: bool = field(Bool(), "attach read-only", False)
+
+
+@dataclass(frozen=True)
+class VMSpec:
+    name: str = field(Str(pattern=VM_NAME_PATTERN, pattern_help=VM_NAME_HELP), "VM name; the job name is `vm-NAME`")
+    image: str = field(Str(pattern=NAME_PATTERN, pattern_help=NAME_HELP), "name of an image in the admin's store")
+    cpus: int = field(Int(1, 4096), "vCPUs; each gets one allocated core", 1)
+    memory: int = field(Size(16 * M, 1 << 42), "guest memory", "1G")
+    disk: int | None = field(Size(1 * M, 1 << 50), "root disk size (default: the image's size)", None)
+    networks: tuple = field(ListOf(Obj(NetworkRef), MAX_NICS), "NICs, in order", [])
+    cloud_init: CloudInit = field(Obj(CloudInit), "cloud-init NoCloud seed", CloudInit())
+    volumes: tuple = field(ListOf(Obj(Volume), MAX_VOLUMES), "persistent disks, attached after the root disk", [])
+    hypervisor: str = field(Str(choices=("auto", "qemu", "cloud-hypervisor")), "hypervisor", "auto")
+    time: str | None = field(SlurmTime(), "Slurm time limit (default: the partition's)", None)
+    count: int = field(Int(1, 4096), "VMs in the job, one per node, on a job-private network", 1)
+
+    def hostname(self, vm_index: int = 0) -> str:
+        base = self.cloud_init.hostname or self.name
+        return base if self.count == 1 else f"{base}-{vm_index}"
+
+
+def parse_spec(text: str | bytes, source: str, config: Config | None = None) -> VMSpec:
+    """Validate a spec on its own, and against `config` when given. Raises ValidationError."""
+    doc = load_document(text, source, MAX_SPEC_BYTES)
+    limits = config.limits_by_name() if config else None
+
+    def extra(spec: VMSpec, ctx: Context) -> None:
+        _check_spec_shape(spec, ctx)
+        if config is not None:
+            _check_against_config(spec, config, ctx)
+
+    return parse_object(VMSpec, doc, limits, extra)
+
+
+def _check_spec_shape(spec: VMSpec, ctx: Context) -> None:
+    macs: dict[str, int] = {}
+    for i, nic in enumerate(spec.networks):
+        if nic.mac is not None:
+            first = int(nic.mac.split(":")[0], 16)
+            if first & 1:
+                ctx.problem(("networks", i, "mac"), f"{nic.mac} is a multicast address; use a unicast MAC "
+                            "(even first octet), or leave it out")
+            elif nic.mac.lower() == "00:00:00:00:00:00":
+                ctx.problem(("networks", i, "mac"), "the all-zero MAC is not allowed")
+            elif nic.mac.lower() in macs:
+                ctx.problem(("networks", i, "mac"), f"same MAC as networks[{macs[nic.mac.lower()]}]")
+            else:
+                macs[nic.mac.lower()] = i
+            if spec.count > 1:
+                ctx.problem(("networks", i, "mac"), "a fixed MAC cannot be used with `count` > 1")
+        if nic.gateway and not nic.address:
+            ctx.problem(("networks", i, "gateway"), "`gateway` needs `address`")
+        if nic.address and spec.count > 1:
+            ctx.problem(("networks", i, "address"), "a fixed address cannot be used with `count` > 1")
+    if spec.cloud_init.network_config is not None and any(n.address for n in spec.networks):
+        ctx.problem(("cloud_init", "network_config"), "give either `network_config` or per-network `address`")
+    seen_paths: set[str] = set()
+    for i, vol in enumerate(spec.volumes):
+        if vol.path in seen_paths:
+            ctx.problem(("volumes", i, "path"), "this volume is listed twice")
+        seen_paths.add(vol.path)
+        if spec.count > 1 and not vol.readonly:
+            ctx.problem(("volumes", i, "readonly"), "with `count` > 1 every VM would write the same volume: "
+                        "set `readonly: true`")
+
+
+def _check_against_config(spec: VMSpec, config: Config, ctx: Context) -> None:
+    limits = config.limits
+    if spec.cpus > limits.max_cpus:
+        ctx.problem(("cpus",), f"{spec.cpus} is more than the site limit of {limits.max_cpus}")
+    if spec.memory > limits.max_memory:
+        ctx.problem(("memory",), f"more than the site limit of {limits.max_memory >> 20}M")
+    if spec.disk is not None and spec.disk > limits.max_disk:
+        ctx.problem(("disk",), f"more than the site limit of {limits.max_disk >> 30}G")
+    if spec.count > limits.max_count:
+        ctx.problem(("count",), f"{spec.count} is more than the site limit of {limits.max_count}")
+    if spec.image not in config.images:
+        known = ", ".join(sorted(config.images)) or "none configured"
+        ctx.problem(("image",), f"no image {spec.image!r} in the image store; available: {known}")
+    for i, nic in enumerate(spec.networks):
+        if nic.network not in config.networks:
+            known = ", ".join(sorted(config.networks)) or "none configured"
+            ctx.problem(("networks", i, "network"), f"no network {nic.network!r}; available: {known}")
+        elif spec.count > 1 and config.networks[nic.network].kind != "vxlan" and False:
+            pass
+
+
+def check_user_access(spec: VMSpec, config: Config, user: str, source: str) -> None:
+    """Networks restricted to users or groups. Raises ValidationError naming the NIC."""
+    groups = groups_of_user(user)
+    problems = []
+    for i, nic in enumerate(spec.networks):
+        net = config.networks.get(nic.network)
+        if net is not None and not user_may_use_network(net, user, groups):
+            problems.append(Problem(f"networks[{i}].network", f"user {user!r} may not use network {nic.network!r}; "
+                                    "ask the admins or pick another network", None, source))
+    if problems:
+        raise ValidationError(problems)
+
+
+def load_spec_file(path: str, config: Config | None = None) -> tuple[VMSpec, str]:
+    """Read a spec file; returns the spec and its text (what travels with the job)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_SPEC_BYTES + 1)
+    except OSError as exc:
+        raise ValidationError([Problem("", f"cannot read the spec: {exc.strerror}", None, path)]) from None
+    spec = parse_spec(data, path, config)
+    return spec, data.decode("utf-8")
+
+
+def spec_to_dict(spec: VMSpec) -> dict:
+    return dataclasses.asdict(spec)
