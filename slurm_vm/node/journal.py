@@ -1,0 +1,82 @@
+"""The per-job tracker: every host object a prolog creates is recorded *before* it is created.
+
+The epilog (or a failed prolog's rollback) undoes the entries in reverse order. Undo steps are
+idempotent, so an entry whose object was never made (crash between record and create) is harmless.
+Journals live in a root-only directory: a job's user cannot steer what root deletes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from ..errors import NodeError
+
+
+@dataclass(frozen=True)
+class Entry:
+    action: str
+    args: dict
+
+
+def journal_dir(state_dir: str) -> str:
+    return os.path.join(state_dir, "journal")
+
+
+def journal_path(state_dir: str, job_id: int) -> str:
+    return os.path.join(journal_dir(state_dir), f"{job_id}.jsonl")
+
+
+def ensure_root_dir(path: str, mode: int = 0o700) -> None:
+    """A directory owned by root with exactly `mode`; refuses one that someone else could have made."""
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    import stat
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0:
+        raise NodeError(f"{path} is not a root-owned directory; remove it and let slurm-vm recreate it")
+    if stat.S_IMODE(st.st_mode) != mode:
+        os.chmod(path, mode)
+
+
+class Journal:
+    def __init__(self, state_dir: str, job_id: int):
+        self.path = journal_path(state_dir, job_id)
+        self.job_id = job_id
+
+    def record(self, action: str, **args: object) -> None:
+        line = json.dumps({"action": action, "args": args}, sort_keys=True) + "\n"
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, line.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def entries(self) -> list[Entry]:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return []
+        with os.fdopen(fd, "r", encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+        out = []
+        for line in lines:
+            try:
+                data = json.loads(line)
+                out.append(Entry(str(data["action"]), dict(data["args"])))
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line after a crash: the sweep covers what it named
+        return out
+
+    def exists(self) -> bool:
+        return os.path.lexists(self.path)
+
+    def remove(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,52 @@
+"""`slurm-vm launch`: the job step. Finds what the prolog prepared and hands it to the hypervisor launcher."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from ..config import load_config
+from ..errors import SlurmVmError
+from .context import job_id_from_env
+from .plan import DEFINITION_NAME, error_note_path, job_dir
+
+EXIT_REFUSED = 7
+
+
+def _say(message: str) -> None:
+    print(f"slurm-vm launch: {message}", file=sys.stderr, flush=True)
+
+
+def launch_job(definition_path: str | None, config_path: str | None) -> int:
+    from ..hypervisor.definition import VMDefinition
+    from ..hypervisor.launcher import run
+    try:
+        if definition_path is None:
+            config = load_config(config_path)
+            job_id = job_id_from_env()
+            note = _read_error_note(error_note_path(config.state_dir, job_id))
+            if note is not None:
+                _say(f"the node refused this VM: {note}")
+                return EXIT_REFUSED
+            definition_path = os.path.join(job_dir(config.state_dir, job_id), DEFINITION_NAME)
+        try:
+            with open(definition_path, encoding="utf-8") as fh:
+                text = fh.read(1 << 20)
+        except FileNotFoundError:
+            _say(f"{definition_path} does not exist: the node prolog did not prepare this job "
+                 "(is Prolog= set to slurm-vm-prolog in slurm.conf?)")
+            return EXIT_REFUSED
+        return run(VMDefinition.from_json(text))
+    except SlurmVmError as exc:
+        _say(str(exc))
+        return EXIT_REFUSED
+
+
+def _read_error_note(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read(4096).strip()
+    except FileNotFoundError:
+        return None
+    except PermissionError:
+        return "(the refusal note is not readable)"

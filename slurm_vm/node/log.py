@@ -1,0 +1,23 @@
+"""One line per node event: to stderr (slurmd logs it), syslog, and the admin's log file if configured."""
+
+from __future__ import annotations
+
+import os
+import sys
+import syslog
+import time
+
+
+def log_event(hook: str, job_id: int | str, message: str, log_file: str | None = None, error: bool = False) -> None:
+    line = f"slurm-vm-{hook}: job {job_id}: {message}"
+    print(line, file=sys.stderr, flush=True)
+    syslog.openlog("slurm-vm", syslog.LOG_PID, syslog.LOG_DAEMON)
+    syslog.syslog(syslog.LOG_ERR if error else syslog.LOG_INFO, line)
+    if log_file:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        try:
+            fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+            with os.fdopen(fd, "a", encoding="utf-8") as fh:
+                fh.write(f"{stamp} {line}\n")
+        except OSError as exc:
+            print(f"slurm-vm-{hook}: cannot write log file {log_file}: {exc.strerror}", file=sys.stderr)

@@ -1,0 +1,162 @@
+"""The functional core of the prolog: spec + admin config + job context -> a NodePlan (plain data).
+
+Nothing here touches the system; the executor (prepare.py) carries a plan out and the epilog undoes it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import yaml
+
+from ..config import Config
+from ..spec import VMSpec
+from .context import JobContext
+
+OVERLAY_NAME = "overlay.qcow2"
+SEED_NAME = "seed.iso"
+DEFINITION_NAME = "vm.json"
+
+
+@dataclass(frozen=True)
+class NicPlan:
+    index: int
+    ifname: str
+    kind: str            # bridge | macvtap | vxlan
+    mac: str
+    network: str
+    bridge: str | None = None
+    parent: str | None = None
+    mode: str = "bridge"
+    vni: int | None = None
+    port: int = 4789
+    mtu: int | None = None
+    device_path: str | None = None   # macvtap: char device node made in the job dir
+
+
+@dataclass(frozen=True)
+class SeedPlan:
+    path: str
+    meta_data: str
+    user_data: str
+    network_config: str | None
+    vendor_data: str | None
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    job_id: int
+    uid: int
+    gid: int
+    user: str
+    state_dir: str
+    job_dir: str
+    image_name: str
+    base_image: str
+    base_format: str
+    overlay: str
+    disk_size: int | None
+    seed: SeedPlan
+    volumes: tuple[tuple[str, bool], ...]
+    nics: tuple[NicPlan, ...]
+    definition: dict
+
+
+def jobs_dir(state_dir: str) -> str:
+    return os.path.join(state_dir, "jobs")
+
+
+def job_dir(state_dir: str, job_id: int) -> str:
+    return os.path.join(jobs_dir(state_dir), str(job_id))
+
+
+def error_note_path(state_dir: str, job_id: int) -> str:
+    return os.path.join(jobs_dir(state_dir), f"{job_id}.error")
+
+
+def instance_id(ctx: JobContext) -> str:
+    return f"slurm-vm-{ctx.cluster}-{ctx.job_id}-{ctx.restart_count}-{ctx.vm_index}"
+
+
+def plan_nics(spec: VMSpec, config: Config, ctx: JobContext, jdir: str) -> tuple[NicPlan, ...]:
+    from ..networks.names import derive_mac, job_vni, nic_name
+    nics = []
+    for i, ref in enumerate(spec.networks):
+        net = config.networks[ref.network]
+        mac = (ref.mac or derive_mac(ctx.job_id, ctx.vm_index, i)).lower()
+        ifname = nic_name(ctx.job_id, i)
+        vni = net.vni
+        if net.kind == "vxlan" and vni is None:
+            vni = job_vni(ctx.job_id, tuple(net.vni_range))
+        nics.append(NicPlan(index=i, ifname=ifname, kind=net.kind, mac=mac, network=ref.network, bridge=net.bridge,
+                            parent=net.parent, mode=net.mode, vni=vni, port=net.port, mtu=net.mtu,
+                            device_path=os.path.join(jdir, f"macvtap{i}") if net.kind == "macvtap" else None))
+    return tuple(nics)
+
+
+def render_network_config(spec: VMSpec, nics: tuple[NicPlan, ...]) -> str | None:
+    if spec.cloud_init.network_config is not None:
+        return yaml.safe_dump(spec.cloud_init.network_config, sort_keys=False)
+    if not nics:
+        return None
+    ethernets = {}
+    for nic, ref in zip(nics, spec.networks):
+        entry: dict = {"match": {"macaddress": nic.mac}, "set-name": f"eth{nic.index}"}
+        if ref.address:
+            entry["addresses"] = [ref.address]
+            if ref.gateway:
+                entry["routes"] = [{"to": "0.0.0.0/0", "via": ref.gateway}]
+        else:
+            entry["dhcp4"] = True
+        ethernets[f"eth{nic.index}"] = entry
+    return yaml.safe_dump({"version": 2, "ethernets": ethernets}, sort_keys=False)
+
+
+def plan_seed(spec: VMSpec, ctx: JobContext, nics: tuple[NicPlan, ...], jdir: str) -> SeedPlan:
+    from ..disks.seed import render_meta_data, render_user_data
+    hostname = spec.hostname(ctx.vm_index)
+    user_data, vendor_data = render_user_data(spec.cloud_init.user_data, list(spec.cloud_init.ssh_authorized_keys),
+                                              hostname)
+    return SeedPlan(path=os.path.join(jdir, SEED_NAME), meta_data=render_meta_data(instance_id(ctx), hostname),
+                    user_data=user_data, network_config=render_network_config(spec, nics), vendor_data=vendor_data)
+
+
+def plan_definition(spec: VMSpec, config: Config, ctx: JobContext, jdir: str, overlay: str, seed: str,
+                    nics: tuple[NicPlan, ...]) -> dict:
+    image = config.images[spec.image]
+    disks = [{"path": overlay, "format": "qcow2", "readonly": False, "role": "root", "backing": True},
+             {"path": seed, "format": "raw", "readonly": True, "role": "seed", "backing": False}]
+    disks += [{"path": v.path, "format": "auto", "readonly": v.readonly, "role": "volume", "backing": False}
+              for v in spec.volumes]
+    hypervisor = spec.hypervisor if spec.hypervisor != "auto" else config.hypervisor.default
+    return {
+        "job_id": ctx.job_id,
+        "name": spec.hostname(ctx.vm_index),
+        "cpus": spec.cpus,
+        "memory_bytes": spec.memory,
+        "hypervisor": hypervisor,
+        "accelerator": config.hypervisor.accelerator,
+        "boot": {"kernel": image.kernel, "initrd": image.initrd, "cmdline": image.cmdline,
+                 "firmware": image.firmware},
+        "disks": disks,
+        "nics": [{"mac": n.mac, "tap": None if n.kind == "macvtap" else n.ifname, "device": n.device_path}
+                 for n in nics],
+        "run_dir": jdir,
+        "grace_seconds": config.grace_seconds,
+        "qemu_binary": config.hypervisor.qemu_binary,
+        "cloud_hypervisor_binary": config.hypervisor.cloud_hypervisor_binary,
+    }
+
+
+def make_plan(spec: VMSpec, config: Config, ctx: JobContext) -> NodePlan:
+    image = config.images[spec.image]
+    jdir = job_dir(config.state_dir, ctx.job_id)
+    overlay = os.path.join(jdir, OVERLAY_NAME)
+    nics = plan_nics(spec, config, ctx, jdir)
+    seed = plan_seed(spec, ctx, nics, jdir)
+    return NodePlan(job_id=ctx.job_id, uid=ctx.uid, gid=ctx.gid, user=ctx.user, state_dir=config.state_dir,
+                    job_dir=jdir, image_name=spec.image, base_image=image.path, base_format=image.format,
+                    overlay=overlay, disk_size=spec.disk, seed=seed,
+                    volumes=tuple((v.path, v.readonly) for v in spec.volumes), nics=nics,
+                    definition=plan_definition(spec, config, ctx, jdir, overlay, seed.path, nics))

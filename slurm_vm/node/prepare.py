@@ -1,0 +1,165 @@
+"""The imperative shell of the prolog: carry out a NodePlan, journaling each object before making it.
+
+Each step is a small function. A failure anywhere rolls back what was recorded, in reverse order
+(teardown.undo_journal), so a failed prolog leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import NodeError, SlurmVmError
+from .journal import Journal, ensure_root_dir, journal_dir
+from .plan import DEFINITION_NAME, NodePlan, jobs_dir
+
+FAULT_FILE = "fault-inject"   # root-only test hook: <state_dir>/fault-inject names a step to fail at
+
+
+class UserFault(SlurmVmError):
+    """The job's own input is at fault (e.g. a volume its user cannot read): fail the job, not the node."""
+
+
+@dataclass
+class Prepared:
+    volume_formats: dict[str, str]
+
+
+def ensure_state_dirs(state_dir: str) -> None:
+    ensure_root_dir(state_dir, 0o711)
+    ensure_root_dir(jobs_dir(state_dir), 0o711)
+    ensure_root_dir(journal_dir(state_dir), 0o700)
+    ensure_root_dir(os.path.join(state_dir, "locks"), 0o700)
+
+
+def _injected_fault(state_dir: str) -> str | None:
+    try:
+        with open(os.path.join(state_dir, FAULT_FILE), encoding="utf-8") as fh:
+            return fh.read().strip()
+    except FileNotFoundError:
+        return None
+
+
+def step_job_dir(plan: NodePlan, journal: Journal, out: Prepared) -> None:
+    from ..disks.safefs import make_private_dir
+    journal.record("job_dir", path=plan.job_dir)
+    # Root-owned until handover: root never writes into a directory the user can already change.
+    make_private_dir(plan.job_dir, 0, 0, 0o700)
+
+
+def step_volumes(plan: NodePlan, journal: Journal, out: Prepared) -> None:
+    from ..disks.volumes import VolumeReservations, check_volume_as_user
+    if not plan.volumes:
+        return
+    groups = os.getgrouplist(plan.user, plan.gid)
+    infos = []
+    for path, readonly in plan.volumes:
+        try:
+            infos.append(check_volume_as_user(path, plan.uid, plan.gid, groups, readonly))
+        except SlurmVmError as exc:
+            raise UserFault(f"volume {path}: {exc}") from None
+    reservations = VolumeReservations(os.path.join(plan.state_dir, "locks"))
+    journal.record("volume_reservations", job_id=plan.job_id)
+    for info in infos:
+        try:
+            reservations.reserve(info, plan.job_id)
+        except SlurmVmError as exc:
+            raise UserFault(str(exc)) from None
+        out.volume_formats[info.path] = info.format
+
+
+def step_overlay(plan: NodePlan, journal: Journal, out: Prepared) -> None:
+    from ..disks.overlay import create_overlay
+    journal.record("file", path=plan.overlay)
+    try:
+        create_overlay(plan.base_image, plan.base_format, plan.overlay, plan.disk_size, 0, 0)
+    except SlurmVmError as exc:
+        if "disk" in str(exc):
+            raise UserFault(str(exc)) from None
+        raise
+
+
+def step_seed(plan: NodePlan, journal: Journal, out: Prepared) -> None:
+    from ..disks.seed import build_seed_iso
+    image = build_seed_iso(plan.seed.meta_data, plan.seed.user_data, plan.seed.network_config, plan.seed.vendor_data)
+    journal.record("file", path=plan.seed.path)
+    _write_private_file(plan.seed.path, image)
+
+
+def step_nics(plan: NodePlan, journal: Journal, out: Prepared) -> None:
+    from ..networks import links
+    from ..networks.names import vxlan_bridge_name
+    for nic in plan.nics:
+        if nic.kind == "vxlan":
+            journal.record("vxlan_segment", vni=nic.vni, job_id=plan.job_id)
+            links.ensure_vxlan_segment(nic.vni, plan.job_id, parent=nic.parent, port=nic.port, mtu=nic.mtu)
+            journal.record("link", name=nic.ifname)
+            links.create_tap(nic.ifname, plan.uid, plan.gid, bridge=vxlan_bridge_name(nic.vni), mtu=nic.mtu)
+        elif nic.kind == "macvtap":
+            journal.record("link", name=nic.ifname)
+            journal.record("file", path=nic.device_path)
+            links.create_macvtap(nic.ifname, nic.parent, nic.mac, nic.mode, plan.uid, plan.gid,
+                                 device_path=nic.device_path)
+        else:
+            journal.record("link", name=nic.ifname)
+            links.create_tap(nic.ifname, plan.uid, plan.gid, bridge=nic.bridge, mtu=nic.mtu)
+
+
+def step_definition(plan: NodePlan, journal: Journal, out: Prepared) -> None:
+    definition = dict(plan.definition)
+    definition["disks"] = [dict(d, format=out.volume_formats.get(d["path"], d["format"])) if d["role"] == "volume"
+                           else d for d in definition["disks"]]
+    path = os.path.join(plan.job_dir, DEFINITION_NAME)
+    journal.record("file", path=path)
+    _write_private_file(path, (json.dumps(definition, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def step_handover(plan: NodePlan, journal: Journal, out: Prepared) -> None:
+    """Give the job dir and what root made in it to the job's user (the launcher runs as that user)."""
+    dir_fd = os.open(plan.job_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        for name in os.listdir(dir_fd):
+            os.chown(name, plan.uid, plan.gid, dir_fd=dir_fd, follow_symlinks=False)
+        os.fchown(dir_fd, plan.uid, plan.gid)
+    finally:
+        os.close(dir_fd)
+
+
+def _write_private_file(path: str, data: bytes) -> None:
+    from ..disks.safefs import write_file_atomic
+    dir_fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        write_file_atomic(dir_fd, os.path.basename(path), data, 0, 0, 0o600)
+    finally:
+        os.close(dir_fd)
+
+
+STEPS: tuple[tuple[str, Callable[[NodePlan, Journal, Prepared], None]], ...] = (
+    ("job_dir", step_job_dir),
+    ("volumes", step_volumes),
+    ("overlay", step_overlay),
+    ("seed", step_seed),
+    ("nics", step_nics),
+    ("definition", step_definition),
+    ("handover", step_handover),
+)
+
+
+def prepare_node(plan: NodePlan, journal: Journal) -> None:
+    """Run every step; on any failure undo the journal and re-raise (the caller reports it)."""
+    from .teardown import undo_journal
+    fault = _injected_fault(plan.state_dir)
+    out = Prepared(volume_formats={})
+    current = ""
+    try:
+        for current, step in STEPS:
+            if fault == current:
+                raise NodeError(f"fault injected at step {current} (remove {plan.state_dir}/{FAULT_FILE})")
+            step(plan, journal, out)
+    except BaseException as exc:
+        undo_journal(plan.state_dir, journal)
+        if isinstance(exc, SlurmVmError):
+            exc.args = (f"step {current}: {exc}",)
+        raise

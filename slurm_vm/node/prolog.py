@@ -1,0 +1,98 @@
+"""The prolog: validate the job's VM spec as untrusted input, then prepare disks and networks."""
+
+from __future__ import annotations
+
+import os
+
+from .. import transport
+from ..config import Config, load_config
+from ..errors import SlurmVmError, ValidationError
+from .context import JobContext, job_context_from_env
+from .journal import Journal
+from .log import log_event
+from .plan import error_note_path, make_plan
+from .prepare import UserFault, ensure_state_dirs, prepare_node
+from .teardown import teardown_job
+
+EXIT_OK = 0
+EXIT_NODE_FAULT = 1
+
+
+def read_spec_text(ctx: JobContext, config: Config) -> str:
+    text = transport.inline_spec(ctx.comment)
+    if text is not None:
+        return text
+    from ..slurm import get_backend
+    backend = get_backend("cli", config.slurm.command_timeout, config.slurm.bin_dir)
+    return transport.spec_from_script(backend.batch_script(ctx.job_id), transport.comment_digest(ctx.comment))
+
+
+def load_job_spec(ctx: JobContext, config: Config):
+    from ..spec import check_user_access, parse_spec
+    source = f"job {ctx.job_id} spec"
+    try:
+        spec = parse_spec(read_spec_text(ctx, config), source, config)
+        check_user_access(spec, config, ctx.user, source)
+    except transport.TransportError as exc:
+        raise UserFault(str(exc)) from None
+    except ValidationError as exc:
+        raise UserFault("; ".join(str(p) for p in exc.problems)) from None
+    return spec
+
+
+def write_error_note(config: Config, ctx: JobContext, message: str) -> None:
+    """Tell the job's launcher (and so the user's output file) why the prolog refused the job."""
+    path = error_note_path(config.state_dir, ctx.job_id)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o400)
+    try:
+        os.write(fd, (message + "\n").encode("utf-8", "replace"))
+        os.fchown(fd, ctx.uid, ctx.gid)
+    finally:
+        os.close(fd)
+
+
+def run_prolog(env: dict[str, str]) -> int:
+    job = env.get("SLURM_JOB_ID", "?")
+    try:
+        ctx = job_context_from_env(env)
+        config = load_config()
+    except ValidationError as exc:
+        log_event("prolog", job, f"step config: {exc.problems[0]}", error=True)
+        return EXIT_NODE_FAULT
+    except SlurmVmError as exc:
+        log_event("prolog", job, f"step context: {exc}", error=True)
+        return EXIT_NODE_FAULT
+    try:
+        ensure_state_dirs(config.state_dir)
+        journal = Journal(config.state_dir, ctx.job_id)
+        if journal.exists():   # a requeued job, or a prolog retried after a crash
+            teardown_job(config.state_dir, ctx.job_id, ctx.uid)
+        spec = load_job_spec(ctx, config)
+        plan = make_plan(spec, config, ctx)
+        prepare_node(plan, journal)
+    except UserFault as exc:
+        return _refuse(config, ctx, str(exc))
+    except SlurmVmError as exc:
+        log_event("prolog", ctx.job_id, str(exc), config.log_file, error=True)
+        return EXIT_NODE_FAULT
+    except OSError as exc:
+        log_event("prolog", ctx.job_id, f"system error: {exc}", config.log_file, error=True)
+        return EXIT_NODE_FAULT
+    log_event("prolog", ctx.job_id, f"prepared VM {spec.name} for {ctx.user}", config.log_file)
+    return EXIT_OK
+
+
+def _refuse(config: Config, ctx: JobContext, message: str) -> int:
+    log_event("prolog", ctx.job_id, f"refused: {message}", config.log_file, error=True)
+    if config.user_errors == "drain-node":
+        return EXIT_NODE_FAULT
+    try:
+        write_error_note(config, ctx, message)
+    except OSError as exc:
+        log_event("prolog", ctx.job_id, f"cannot write the error note: {exc}", config.log_file, error=True)
+        return EXIT_NODE_FAULT
+    return EXIT_OK
