@@ -199,13 +199,14 @@ def node() -> None:
 
 @node.command()
 @click.option("--fix", is_flag=True, help="remove the leftovers found")
+@click.option("--node", "node_name", metavar="NAME", help="Slurm node name of this host (default: hostname)")
 @json_option
 @config_option
-def doctor(fix: bool, as_json: bool, config_path: str | None) -> None:
+def doctor(fix: bool, node_name: str | None, as_json: bool, config_path: str | None) -> None:
     """List (and with --fix remove) slurm-vm objects that belong to no running job."""
     from .node.doctor import run_doctor
     config = _config(config_path)
-    findings = run_doctor(config, _backend(config), fix)
+    findings = run_doctor(config, _backend(config), fix, node_name)
     if as_json:
         click.echo(json.dumps([f.as_json() for f in findings], indent=2))
     else:

@@ -1,0 +1,76 @@
+"""`slurm-vm node doctor`: find (and with --fix remove) slurm-vm objects of jobs no longer on this node.
+
+Suitable for HealthCheckProgram or an admin's shell. Asks Slurm which jobs run here (bounded by the
+Slurm command timeout) and refuses to guess when Slurm cannot answer.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+from ..config import Config
+from ..slurm import SlurmBackend
+from .journal import journal_dir
+from .plan import jobs_dir
+from .teardown import teardown_job
+
+LIVE_STATES = {"RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "STOPPED"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    name: str
+    job_id: int
+    fixed: bool = False
+    error: str = ""
+
+    def __str__(self) -> str:
+        state = " (removed)" if self.fixed else (f" (not removed: {self.error})" if self.error else "")
+        return f"leftover {self.kind} {self.name} of job {self.job_id}{state}"
+
+    def as_json(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "job_id": self.job_id, "fixed": self.fixed,
+                "error": self.error}
+
+
+def _ids_in(directory: str, suffix: str = "") -> list[tuple[int, str]]:
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        stem = name[: -len(suffix)] if suffix and name.endswith(suffix) else (name if not suffix else "")
+        if stem.isdigit():
+            out.append((int(stem), os.path.join(directory, name)))
+    return out
+
+
+def find_leftovers(config: Config, live_job_ids: set[int]) -> list[Finding]:
+    from ..networks.links import list_owned_links
+    found = [Finding("job dir", path, jid) for jid, path in _ids_in(jobs_dir(config.state_dir))]
+    found += [Finding("error note", path, jid) for jid, path in _ids_in(jobs_dir(config.state_dir), ".error")]
+    found += [Finding("journal", path, jid) for jid, path in _ids_in(journal_dir(config.state_dir), ".jsonl")]
+    found += [Finding("link", name, jid) for name, jid, _ in list_owned_links()]
+    return sorted((f for f in found if f.job_id not in live_job_ids), key=lambda f: (f.job_id, f.kind, f.name))
+
+
+def live_jobs_on_node(backend: SlurmBackend, node: str) -> set[int]:
+    return {job.job_id for job in backend.jobs(node=node) if job.state in LIVE_STATES}
+
+
+def run_doctor(config: Config, backend: SlurmBackend, fix: bool, node: str | None = None) -> list[Finding]:
+    live = live_jobs_on_node(backend, node or socket.gethostname())
+    findings = find_leftovers(config, live)
+    if not fix:
+        return findings
+    errors: dict[int, str] = {}
+    for job_id in sorted({f.job_id for f in findings}):
+        report = teardown_job(config.state_dir, job_id, None)
+        if report.errors:
+            errors[job_id] = "; ".join(report.errors)
+    return [Finding(f.kind, f.name, f.job_id, fixed=f.job_id not in errors, error=errors.get(f.job_id, ""))
+            for f in findings]
