@@ -1,0 +1,1 @@
+"""Shared pytest setup. Fixture plugins live in tests/fixtures/."""
