@@ -149,7 +149,7 @@ def console(ref: str, follow: bool, lines: int, config_path: str | None) -> None
     job = find_vm(_backend(config), ref, current_user())
     if job.state != "RUNNING" or not job.nodes:
         raise NotFound(f"VM {job.vm_name} (job {job.job_id}) is {job.state}: the console exists while it runs")
-    argv = ["tail", "-n", str(lines), *(["-F"] if follow else []), serial_log_path(config, job.job_id)]
+    argv = ["tail", "-n", str(lines), *(["-F"] if follow else []), serial_log_path(config, job, job.nodes[0])]
     proc = node_command(job, job.nodes[0], argv, None if follow else config.slurm.command_timeout)
     if not follow:
         click.echo(proc.stdout, nl=False)

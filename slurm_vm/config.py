@@ -86,7 +86,8 @@ class SlurmConfig:
 class Config:
     images: dict = field(MapOf(Obj(Image)), "the image store: names users may put in `image`")
     networks: dict = field(MapOf(Obj(Network)), "networks users may put in `networks[].network`", {})
-    state_dir: str = field(AbsPath(), "per-node state: job dirs, journals, locks", "/var/lib/slurm-vm")
+    state_dir: str = field(AbsPath(), "per-node state: job dirs, journals, locks (node-local; `%n` is replaced by "
+                           "the Slurm node name, for nodes that share a filesystem)", "/var/lib/slurm-vm")
     hypervisor: HypervisorConfig = field(Obj(HypervisorConfig), "hypervisor binaries and defaults",
                                          HypervisorConfig())
     grace_seconds: int = field(Int(1, 3600), "seconds between the ACPI power button and a hard stop", 20)
@@ -99,6 +100,9 @@ class Config:
                              "(Slurm drains the node and requeues the job held)", "fail-job")
     log_file: str | None = field(AbsPath(), "file the node hooks append one line per event to (besides syslog)",
                                  None)
+
+    def node_state_dir(self, node: str) -> str:
+        return self.state_dir.replace("%n", node)
 
     def limits_by_name(self) -> dict[str, int]:
         return {"max_user_data": self.limits.max_user_data}

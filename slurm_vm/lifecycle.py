@@ -111,14 +111,15 @@ def node_command(job: JobInfo, node: str, argv: list[str], timeout: int | None) 
         raise SlurmError(f"reading from node {node} took longer than {timeout}s") from None
 
 
-def serial_log_path(config: Config, job_id: int) -> str:
-    return os.path.join(config.state_dir, "jobs", str(job_id), "serial.log")
+def serial_log_path(config: Config, job: JobInfo, node: str) -> str:
+    return os.path.join(config.node_state_dir(node), "jobs", str(job.job_id), "serial.log")
 
 
 def serial_tail(config: Config, job: JobInfo, lines: int = 20, timeout: int = 30) -> str:
     if job.state != "RUNNING" or not job.nodes:
         return ""
-    proc = node_command(job, job.nodes[0], ["tail", "-n", str(lines), serial_log_path(config, job.job_id)], timeout)
+    node = job.nodes[0]
+    proc = node_command(job, node, ["tail", "-n", str(lines), serial_log_path(config, job, node)], timeout)
     if proc.returncode != 0:
         raise SlurmError(f"cannot read the serial log on {job.nodes[0]}: {' '.join(proc.stderr.split())}")
     return proc.stdout

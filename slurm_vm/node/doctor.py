@@ -49,11 +49,11 @@ def _ids_in(directory: str, suffix: str = "") -> list[tuple[int, str]]:
     return out
 
 
-def find_leftovers(config: Config, live_job_ids: set[int]) -> list[Finding]:
+def find_leftovers(state_dir: str, live_job_ids: set[int]) -> list[Finding]:
     from ..networks.links import list_owned_links
-    found = [Finding("job dir", path, jid) for jid, path in _ids_in(jobs_dir(config.state_dir))]
-    found += [Finding("error note", path, jid) for jid, path in _ids_in(jobs_dir(config.state_dir), ".error")]
-    found += [Finding("journal", path, jid) for jid, path in _ids_in(journal_dir(config.state_dir), ".jsonl")]
+    found = [Finding("job dir", path, jid) for jid, path in _ids_in(jobs_dir(state_dir))]
+    found += [Finding("error note", path, jid) for jid, path in _ids_in(jobs_dir(state_dir), ".error")]
+    found += [Finding("journal", path, jid) for jid, path in _ids_in(journal_dir(state_dir), ".jsonl")]
     found += [Finding("link", name, jid) for name, jid, _ in list_owned_links()]
     return sorted((f for f in found if f.job_id not in live_job_ids), key=lambda f: (f.job_id, f.kind, f.name))
 
@@ -63,13 +63,14 @@ def live_jobs_on_node(backend: SlurmBackend, node: str) -> set[int]:
 
 
 def run_doctor(config: Config, backend: SlurmBackend, fix: bool, node: str | None = None) -> list[Finding]:
-    live = live_jobs_on_node(backend, node or socket.gethostname())
-    findings = find_leftovers(config, live)
+    node = node or socket.gethostname()
+    state_dir = config.node_state_dir(node)
+    findings = find_leftovers(state_dir, live_jobs_on_node(backend, node))
     if not fix:
         return findings
     errors: dict[int, str] = {}
     for job_id in sorted({f.job_id for f in findings}):
-        report = teardown_job(config.state_dir, job_id, None)
+        report = teardown_job(state_dir, job_id, None)
         if report.errors:
             errors[job_id] = "; ".join(report.errors)
     return [Finding(f.kind, f.name, f.job_id, fixed=f.job_id not in errors, error=errors.get(f.job_id, ""))

@@ -36,8 +36,9 @@ def run_epilog(env: dict[str, str]) -> int:
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.alarm(EPILOG_TIMEOUT_SECONDS)
     try:
-        ensure_state_dirs(config.state_dir)
-        report = teardown_job(config.state_dir, ctx.job_id, ctx.uid)
+        state_dir = config.node_state_dir(ctx.node)
+        ensure_state_dirs(state_dir)
+        report = teardown_job(state_dir, ctx.job_id, ctx.uid)
     except _Timeout:
         log_event("epilog", ctx.job_id, f"teardown took longer than {EPILOG_TIMEOUT_SECONDS}s", config.log_file,
                   error=True)

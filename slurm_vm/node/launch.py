@@ -24,11 +24,12 @@ def launch_job(definition_path: str | None, config_path: str | None) -> int:
         if definition_path is None:
             config = load_config(config_path)
             job_id = job_id_from_env()
-            note = _read_error_note(error_note_path(config.state_dir, job_id))
+            state_dir = config.node_state_dir(os.environ.get("SLURMD_NODENAME", ""))
+            note = _read_error_note(error_note_path(state_dir, job_id))
             if note is not None:
                 _say(f"the node refused this VM: {note}")
                 return EXIT_REFUSED
-            definition_path = os.path.join(job_dir(config.state_dir, job_id), DEFINITION_NAME)
+            definition_path = os.path.join(job_dir(state_dir, job_id), DEFINITION_NAME)
         try:
             with open(definition_path, encoding="utf-8") as fh:
                 text = fh.read(1 << 20)

@@ -151,11 +151,12 @@ def plan_definition(spec: VMSpec, config: Config, ctx: JobContext, jdir: str, ov
 
 def make_plan(spec: VMSpec, config: Config, ctx: JobContext) -> NodePlan:
     image = config.images[spec.image]
-    jdir = job_dir(config.state_dir, ctx.job_id)
+    state_dir = config.node_state_dir(ctx.node)
+    jdir = job_dir(state_dir, ctx.job_id)
     overlay = os.path.join(jdir, OVERLAY_NAME)
     nics = plan_nics(spec, config, ctx, jdir)
     seed = plan_seed(spec, ctx, nics, jdir)
-    return NodePlan(job_id=ctx.job_id, uid=ctx.uid, gid=ctx.gid, user=ctx.user, state_dir=config.state_dir,
+    return NodePlan(job_id=ctx.job_id, uid=ctx.uid, gid=ctx.gid, user=ctx.user, state_dir=state_dir,
                     job_dir=jdir, image_name=spec.image, base_image=image.path, base_format=image.format,
                     overlay=overlay, disk_size=spec.disk, seed=seed,
                     volumes=tuple((v.path, v.readonly) for v in spec.volumes), nics=nics,

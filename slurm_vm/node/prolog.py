@@ -42,7 +42,7 @@ def load_job_spec(ctx: JobContext, config: Config):
 
 def write_error_note(config: Config, ctx: JobContext, message: str) -> None:
     """Tell the job's launcher (and so the user's output file) why the prolog refused the job."""
-    path = error_note_path(config.state_dir, ctx.job_id)
+    path = error_note_path(config.node_state_dir(ctx.node), ctx.job_id)
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -67,10 +67,11 @@ def run_prolog(env: dict[str, str]) -> int:
         log_event("prolog", job, f"step context: {exc}", error=True)
         return EXIT_NODE_FAULT
     try:
-        ensure_state_dirs(config.state_dir)
-        journal = Journal(config.state_dir, ctx.job_id)
+        state_dir = config.node_state_dir(ctx.node)
+        ensure_state_dirs(state_dir)
+        journal = Journal(state_dir, ctx.job_id)
         if journal.exists():   # a requeued job, or a prolog retried after a crash
-            teardown_job(config.state_dir, ctx.job_id, ctx.uid)
+            teardown_job(state_dir, ctx.job_id, ctx.uid)
         spec = load_job_spec(ctx, config)
         plan = make_plan(spec, config, ctx)
         prepare_node(plan, journal)
