@@ -1,0 +1,168 @@
+"""VM jobs through real Slurm daemons, slurm-vm's real hooks and launcher, and QEMU TCG test guests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+pytestmark = [pytest.mark.cluster, pytest.mark.guest]
+
+TINY = """name: {name}
+image: {image}
+cpus: {cpus}
+memory: 256M
+disk: 128M
+networks:
+  - network: lan
+    address: 10.77.0.10/24
+"""
+
+
+def tiny(name: str, image: str = "tiny", cpus: int = 1) -> str:
+    return TINY.format(name=name, image=image, cpus=cpus)
+
+
+def node_of(vc, job_id: int) -> str:
+    return vc.job_field(job_id, "%N")
+
+
+def start_tiny(vc, name: str, *sbatch: str, image: str = "tiny", cpus: int = 1) -> tuple[int, str]:
+    job = vc.submit(tiny(name, image, cpus), *sbatch, name=name)
+    vc.wait_state(job, {"RUNNING"}, timeout=120)
+    node = node_of(vc, job)
+    vc.wait_serial(node, job, "SLURM-VM-TEST ready", timeout=120)
+    return job, node
+
+
+def test_vm_runs_with_seed_and_network_then_stops_gracefully(vm_cluster):
+    vc = vm_cluster
+    job, node = start_tiny(vc, "alpha")
+    serial = vc.serial_log(node, job)
+    assert f"SLURM-VM-TEST instance-id=slurm-vm-" in serial and f"-{job}-" in serial
+    assert "SLURM-VM-TEST hostname=alpha" in serial
+    ping = vc.cluster.node_exec(node, ["ping", "-c", "2", "-W", "3", "10.77.0.10"], timeout=30)
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+
+    listing = vc.slurm_vm("list", "--json")
+    assert listing.returncode == 0, listing.stderr
+    names = {r["name"]: r for r in json.loads(listing.stdout)}
+    assert names["alpha"]["job_id"] == job and names["alpha"]["state"] == "RUNNING"
+    assert names["alpha"]["addresses"] == ["10.77.0.10"]
+
+    stop = vc.slurm_vm("stop", "alpha")
+    assert stop.returncode == 0, stop.stderr
+    assert vc.wait_gone_or_ended(job) == "COMPLETED", vc.output(job)
+    assert "SLURM-VM-TEST acpi-shutdown" in vc.output(job)
+    vc.wait_no_leaks(job)
+
+
+def test_scancel_shuts_the_guest_down_within_killwait(vm_cluster):
+    vc = vm_cluster
+    job, node = start_tiny(vc, "bravo")
+    started = time.monotonic()
+    vc.cluster.client(["scancel", str(job)], user="svmtest")
+    assert vc.wait_gone_or_ended(job, timeout=60) == "CANCELLED"
+    assert time.monotonic() - started < 60
+    out = vc.output(job)
+    assert "SLURM-VM-TEST acpi-shutdown" in out, out
+    vc.wait_no_leaks(job)
+
+
+def test_guest_ignoring_acpi_is_hard_stopped_after_grace(vm_cluster):
+    vc = vm_cluster
+    job, node = start_tiny(vc, "charlie", image="tiny-noacpi")
+    vc.slurm_vm("stop", str(job))
+    state = vc.wait_gone_or_ended(job, timeout=90)
+    assert state in {"FAILED", "COMPLETED"}
+    assert "hard" in vc.output(job).lower(), vc.output(job)
+    vc.wait_no_leaks(job)
+
+
+def test_time_limit_shuts_guest_down_before_the_kill(vm_cluster):
+    vc = vm_cluster
+    job = vc.submit(tiny("delta"), "--time=2", name="delta")
+    vc.wait_state(job, {"RUNNING"}, timeout=120)
+    state = vc.wait_gone_or_ended(job, timeout=200)
+    out = vc.output(job)
+    assert "SLURM-VM-TEST acpi-shutdown" in out, out
+    assert state != "TIMEOUT", out
+    vc.wait_no_leaks(job)
+
+
+def test_launcher_killed_leaves_nothing(vm_cluster):
+    vc = vm_cluster
+    job, node = start_tiny(vc, "echo")
+    pid_file = os.path.join(vc.node_state(node), "jobs", str(job), "launcher.pid")
+    with open(pid_file) as fh:
+        os.kill(int(fh.read().split()[0]), signal.SIGKILL)
+    vc.wait_gone_or_ended(job, timeout=90)
+    vc.wait_no_leaks(job)
+
+
+def test_hypervisor_crash_ends_job_and_leaves_nothing(vm_cluster):
+    vc = vm_cluster
+    job, node = start_tiny(vc, "foxtrot")
+    pid_file = os.path.join(vc.node_state(node), "jobs", str(job), "vmm.pid")
+    with open(pid_file) as fh:
+        os.kill(int(fh.read().split()[0]), signal.SIGKILL)
+    assert vc.wait_gone_or_ended(job, timeout=90) == "FAILED"
+    assert "crash" in vc.output(job).lower() or "unexpected" in vc.output(job).lower(), vc.output(job)
+    vc.wait_no_leaks(job)
+
+
+def test_refused_spec_fails_the_job_with_the_reason(vm_cluster):
+    """A volume the user cannot read is refused on the node: the job fails with a clear line, nothing stays."""
+    vc = vm_cluster
+    secret = os.path.join(vc.directory, "root-only.img")
+    with open(secret, "wb") as fh:
+        fh.truncate(1 << 20)
+    os.chmod(secret, 0o600)
+    spec = tiny("golf") + f"volumes:\n  - path: {secret}\n"
+    job = vc.submit(spec, name="golf")
+    assert vc.wait_gone_or_ended(job, timeout=90) == "FAILED"
+    out = vc.output(job)
+    assert "refused" in out and secret in out, out
+    vc.wait_no_leaks(job)
+    drained = vc.cluster.client(["sinfo", "-h", "-t", "drain", "-o", "%N"]).stdout.strip()
+    assert drained == ""
+
+
+def test_vcpus_are_pinned_to_the_allocated_cores(vm_cluster):
+    vc = vm_cluster
+    job, node = start_tiny(vc, "hotel", cpus=2)
+    pid_file = os.path.join(vc.node_state(node), "jobs", str(job), "vmm.pid")
+    with open(pid_file) as fh:
+        pid = int(fh.read().split()[0])
+    allowed = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/comm") as fh:
+            comm = fh.read().strip()
+        if comm.startswith("CPU "):
+            with open(f"/proc/{pid}/task/{tid}/status") as fh:
+                line = next(l for l in fh if l.startswith("Cpus_allowed_list:"))
+            allowed.add(line.split(":")[1].strip())
+    assert allowed == {"0", "1"}, allowed
+    vc.slurm_vm("stop", str(job))
+    vc.wait_gone_or_ended(job)
+    vc.wait_no_leaks(job)
+
+
+def test_node_doctor_finds_and_fixes_leftovers(vm_cluster):
+    vc = vm_cluster
+    node = vc.cluster.nodes[0]
+    state = vc.node_state(node)
+    os.makedirs(os.path.join(state, "jobs", "999999"), exist_ok=True)
+    argv = [os.path.join(os.path.dirname(os.path.dirname(__import__("sys").executable)), "bin", "slurm-vm"),
+            "node", "doctor", "--node", node, "--json"]
+    env = ["env", f"SLURM_VM_CONFIG={vc.config_path}", *[f"{k}={v}" for k, v in vc.cluster.env.items()]]
+    found = vc.cluster.node_exec(node, [*env, *argv], timeout=60)
+    assert found.returncode == 1, found.stderr
+    assert any(f["job_id"] == 999999 for f in json.loads(found.stdout))
+    fixed = vc.cluster.node_exec(node, [*env, *argv, "--fix"], timeout=60)
+    assert fixed.returncode == 0, fixed.stderr
+    assert not os.path.exists(os.path.join(state, "jobs", "999999"))
