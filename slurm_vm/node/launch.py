@@ -11,6 +11,8 @@ from .context import job_id_from_env
 from .plan import DEFINITION_NAME, error_note_path, job_dir
 
 EXIT_REFUSED = 7
+SERIAL_NAME = "serial.log"
+SERIAL_TAIL_LINES = 20
 
 
 def _say(message: str) -> None:
@@ -37,7 +39,11 @@ def launch_job(definition_path: str | None, config_path: str | None) -> int:
             _say(f"{definition_path} does not exist: the node prolog did not prepare this job "
                  "(is Prolog= set to slurm-vm-prolog in slurm.conf?)")
             return EXIT_REFUSED
-        return run(VMDefinition.from_json(text))
+        definition = VMDefinition.from_json(text)
+        try:
+            return run(definition)
+        finally:
+            print_serial_tail(os.path.join(definition.run_dir, SERIAL_NAME))
     except SlurmVmError as exc:
         _say(str(exc))
         return EXIT_REFUSED
@@ -51,3 +57,19 @@ def _read_error_note(path: str) -> str | None:
         return None
     except PermissionError:
         return "(the refusal note is not readable)"
+
+
+def print_serial_tail(path: str, lines: int = SERIAL_TAIL_LINES) -> None:
+    """The guest's last console lines go to the job's output: the serial log dies with the job dir."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 64 * 1024))
+            tail = fh.read().decode("utf-8", "replace").splitlines()[-lines:]
+    except OSError:
+        return
+    if tail:
+        print(f"slurm-vm launch: last {len(tail)} lines of the guest's serial console:", file=sys.stderr)
+        for line in tail:
+            print(f"  | {line.rstrip()}", file=sys.stderr)
+        sys.stderr.flush()
