@@ -77,9 +77,12 @@ def validate(specs: tuple[str, ...], config_path: str | None) -> None:
 @click.argument("sbatch_args", nargs=-1, type=click.UNPROCESSED)
 @click.option("--dry-run", is_flag=True, help="print the sbatch command and batch script; submit nothing")
 @click.option("--parsable", is_flag=True, help="print only the job id")
+@click.option("--wait", is_flag=True, help="wait until the job runs (and, with --wait-for, the guest is ready)")
+@click.option("--wait-for", metavar="TEXT", help="with --wait: text the guest prints on its console when ready")
+@click.option("--timeout", default=600, show_default=True, help="seconds --wait may take")
 @config_option
-def submit(spec_path: str, sbatch_args: tuple[str, ...], dry_run: bool, parsable: bool,
-           config_path: str | None) -> None:
+def submit(spec_path: str, sbatch_args: tuple[str, ...], dry_run: bool, parsable: bool, wait: bool,
+           wait_for: str | None, timeout: int, config_path: str | None) -> None:
     """Submit a VM spec as a Slurm batch job. Extra arguments go to sbatch as they are."""
     from .lifecycle import current_user
     from .spec import check_user_access, load_spec_file
@@ -91,8 +94,16 @@ def submit(spec_path: str, sbatch_args: tuple[str, ...], dry_run: bool, parsable
     if dry_run:
         click.echo(plan.describe())
         return
-    job_id = _backend(config).submit(plan.script, plan.sbatch_args)
+    backend = _backend(config)
+    job_id = backend.submit(plan.script, plan.sbatch_args)
     click.echo(str(job_id) if parsable else f"Submitted VM {spec.name} as job {job_id}")
+    if wait:
+        from .lifecycle import wait_until_ready
+        from .output import progress_reporter
+        with progress_reporter() as progress:
+            job = wait_until_ready(backend, config, job_id, wait_for, timeout, progress)
+        if not parsable:
+            click.echo(f"VM {spec.name} is up on {','.join(job.nodes)}")
 
 
 @main.command()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from typing import Callable, Iterator
 
 import click
 
@@ -50,3 +52,14 @@ def print_status(record: VMRecord, serial: str, as_json: bool) -> None:
         click.echo("Serial console (last lines):")
         for line in serial.splitlines():
             click.echo(f"  {line}")
+
+
+@contextlib.contextmanager
+def progress_reporter() -> Iterator[Callable[[str], None]]:
+    """A spinner with the latest message on a terminal; silent when stderr is piped."""
+    if not sys.stderr.isatty():
+        yield lambda message: None
+        return
+    from rich.console import Console
+    with Console(stderr=True).status("waiting for the VM") as status:
+        yield lambda message: status.update(message)

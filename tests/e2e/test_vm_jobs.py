@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 
 import pytest
@@ -43,7 +42,7 @@ def test_vm_runs_with_seed_and_network_then_stops_gracefully(vm_cluster):
     vc = vm_cluster
     job, node = start_tiny(vc, "alpha")
     serial = vc.serial_log(node, job)
-    assert f"SLURM-VM-TEST instance-id=slurm-vm-" in serial and f"-{job}-" in serial
+    assert "SLURM-VM-TEST instance-id=slurm-vm-" in serial and f"-{job}-" in serial
     assert "SLURM-VM-TEST hostname=alpha" in serial
     ping = vc.cluster.node_exec(node, ["ping", "-c", "2", "-W", "3", "10.77.0.10"], timeout=30)
     assert ping.returncode == 0, ping.stdout + ping.stderr
