@@ -137,8 +137,8 @@ def _write_private_file(path: str, data: bytes) -> None:
 
 
 STEPS: tuple[tuple[str, Callable[[NodePlan, Journal, Prepared], None]], ...] = (
+    ("volumes", step_volumes),      # first: the user's own files are checked before root makes anything
     ("job_dir", step_job_dir),
-    ("volumes", step_volumes),
     ("overlay", step_overlay),
     ("seed", step_seed),
     ("nics", step_nics),
