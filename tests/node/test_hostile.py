@@ -50,7 +50,7 @@ def prepare_files(tmp: str) -> dict[str, str]:
 
 def user_cases(files: dict[str, str]) -> list[tuple[str, str, str]]:
     """(id, spec text, text the refusal must contain)"""
-    big = "#cloud-config\n# " + "x" * (10 << 20) + "\n"
+    big = "#cloud-config\n# " + "x" * (100 << 10) + "\n"   # over the 64K limit, still fits the comment
     return [
         ("volume-symlink-to-shadow", with_volume(files["shadow_link"]), "volume"),
         ("volume-of-other-user", with_volume(files["other"]), "volume"),
@@ -69,7 +69,7 @@ def user_cases(files: dict[str, str]) -> list[tuple[str, str, str]]:
          "networks[0].mac"),
         ("mac-broadcast", BASE.replace("{network: lan}", "{network: lan, mac: 'ff:ff:ff:ff:ff:ff'}"),
          "networks[0].mac"),
-        ("user-data-10MB", BASE + "cloud_init:\n  user_data: |\n" + "".join(f"    {line}\n" for line in
+        ("user-data-100K", BASE + "cloud_init:\n  user_data: |\n" + "".join(f"    {line}\n" for line in
                                                                         big.splitlines()), "user_data"),
         ("name-with-slash", BASE.replace("name: web", "name: ../../etc"), "name"),
         ("hostname-injection", BASE + "cloud_init:\n  hostname: 'a;reboot'\n", "hostname"),
