@@ -45,6 +45,10 @@ class Network:
                                     "`vxlan`: [first, last] VNIs for job-private segments (multi-VM jobs)", None)
     port: int = field(Int(1, 65535), "`vxlan`: UDP port", 4789)
     mtu: int | None = field(Int(576, 65535), "MTU of the VM's device", None)
+    subnet: str | None = field(Str(pattern=r"((25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(25[0-5]|2[0-4]\d|1?\d?\d)/(1[6-9]|2[0-9]|30)",
+                                   pattern_help="an IPv4 subnet /16 to /30, e.g. 192.168.100.0/24"),
+                               "`vxlan`: addresses slurm-vm gives VMs of multi-VM jobs (VM i gets host i+1) "
+                               "and writes to every guest's /etc/hosts", None)
     allowed_users: tuple = field(ListOf(Str(pattern=USER_PATTERN, pattern_help=USER_HELP)),
                                  "users who may use it (empty and no groups: everyone)", [])
     allowed_groups: tuple = field(ListOf(Str(pattern=USER_PATTERN, pattern_help=USER_HELP)),
@@ -135,7 +139,13 @@ def _check_network(name: str, net: Network, ctx: Context) -> None:
             ctx.problem(path + ("vni",), "a `vxlan` network needs exactly one of `vni` or `vni_range`")
         if net.vni_range is not None and (len(net.vni_range) != 2 or net.vni_range[0] > net.vni_range[1]):
             ctx.problem(path + ("vni_range",), "use [first, last] with first <= last")
-    elif net.vni is not None or net.vni_range is not None:
+    if net.subnet is not None:
+        import ipaddress
+        if net.kind != "vxlan":
+            ctx.problem(path + ("subnet",), "`subnet` applies to `vxlan` networks only")
+        elif ipaddress.ip_interface(net.subnet).network.network_address != ipaddress.ip_interface(net.subnet).ip:
+            ctx.problem(path + ("subnet",), f"{net.subnet} has host bits set; use the network address")
+    if net.kind != "vxlan" and (net.vni is not None or net.vni_range is not None):
         ctx.problem(path + ("vni",), f"`vni`/`vni_range` apply to `vxlan` networks only, not `{net.kind}`")
 
 

@@ -5,6 +5,7 @@ Nothing here touches the system; the executor (prepare.py) carries a plan out an
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 
@@ -95,16 +96,53 @@ def plan_nics(spec: VMSpec, config: Config, ctx: JobContext, jdir: str) -> tuple
     return tuple(nics)
 
 
-def render_network_config(spec: VMSpec, nics: tuple[NicPlan, ...]) -> str | None:
+def auto_address(subnet: str, vm_index: int) -> str:
+    """VM i of a multi-VM job gets host i+1 of the network's subnet."""
+    network = ipaddress.ip_network(subnet)
+    return f"{network.network_address + vm_index + 1}/{network.prefixlen}"
+
+
+def plan_addresses(spec: VMSpec, config: Config, vm_index: int) -> tuple[str | None, ...]:
+    out = []
+    for ref in spec.networks:
+        subnet = config.networks[ref.network].subnet
+        out.append(ref.address or (auto_address(subnet, vm_index) if subnet else None))
+    return tuple(out)
+
+
+def hosts_entries(spec: VMSpec, config: Config) -> list[tuple[str, str]]:
+    """(address, hostname) of every VM of the job, on the first NIC that has slurm-vm-given addresses."""
+    for ref in spec.networks:
+        subnet = config.networks[ref.network].subnet
+        if subnet and not ref.address:
+            return [(auto_address(subnet, i).split("/")[0], spec.hostname(i)) for i in range(spec.count)]
+    return []
+
+
+def hosts_vendor_data(entries: list[tuple[str, str]], vendor_data: str | None) -> str | None:
+    """Merge an /etc/hosts for the job's VMs into the vendor-data cloud-config."""
+    if not entries:
+        return vendor_data
+    base: dict = {}
+    if vendor_data:
+        loaded = yaml.safe_load(vendor_data)
+        base = loaded if isinstance(loaded, dict) else {}
+    hosts = "127.0.0.1 localhost\n" + "".join(f"{ip} {name}\n" for ip, name in entries)
+    base.setdefault("write_files", []).append({"path": "/etc/hosts", "content": hosts, "permissions": "0644"})
+    base["manage_etc_hosts"] = False
+    return "#cloud-config\n" + yaml.safe_dump(base, sort_keys=False, default_style=None, width=4096)
+
+
+def render_network_config(spec: VMSpec, nics: tuple[NicPlan, ...], addresses: tuple[str | None, ...]) -> str | None:
     if spec.cloud_init.network_config is not None:
         return yaml.safe_dump(spec.cloud_init.network_config, sort_keys=False)
     if not nics:
         return None
     ethernets = {}
-    for nic, ref in zip(nics, spec.networks):
+    for nic, ref, address in zip(nics, spec.networks, addresses):
         entry: dict = {"match": {"macaddress": nic.mac}, "set-name": f"eth{nic.index}"}
-        if ref.address:
-            entry["addresses"] = [ref.address]
+        if address:
+            entry["addresses"] = [address]
             if ref.gateway:
                 entry["routes"] = [{"to": "0.0.0.0/0", "via": ref.gateway}]
         else:
@@ -113,13 +151,15 @@ def render_network_config(spec: VMSpec, nics: tuple[NicPlan, ...]) -> str | None
     return yaml.safe_dump({"version": 2, "ethernets": ethernets}, sort_keys=False)
 
 
-def plan_seed(spec: VMSpec, ctx: JobContext, nics: tuple[NicPlan, ...], jdir: str) -> SeedPlan:
+def plan_seed(spec: VMSpec, config: Config, ctx: JobContext, nics: tuple[NicPlan, ...], jdir: str) -> SeedPlan:
     from ..disks.seed import render_meta_data, render_user_data
     hostname = spec.hostname(ctx.vm_index)
     user_data, vendor_data = render_user_data(spec.cloud_init.user_data, list(spec.cloud_init.ssh_authorized_keys),
                                               hostname)
+    network_config = render_network_config(spec, nics, plan_addresses(spec, config, ctx.vm_index))
     return SeedPlan(path=os.path.join(jdir, SEED_NAME), meta_data=render_meta_data(instance_id(ctx), hostname),
-                    user_data=user_data, network_config=render_network_config(spec, nics), vendor_data=vendor_data)
+                    user_data=user_data, network_config=network_config,
+                    vendor_data=hosts_vendor_data(hosts_entries(spec, config), vendor_data))
 
 
 def plan_definition(spec: VMSpec, config: Config, ctx: JobContext, jdir: str, overlay: str, seed: str,
@@ -155,7 +195,7 @@ def make_plan(spec: VMSpec, config: Config, ctx: JobContext) -> NodePlan:
     jdir = job_dir(state_dir, ctx.job_id)
     overlay = os.path.join(jdir, OVERLAY_NAME)
     nics = plan_nics(spec, config, ctx, jdir)
-    seed = plan_seed(spec, ctx, nics, jdir)
+    seed = plan_seed(spec, config, ctx, nics, jdir)
     return NodePlan(job_id=ctx.job_id, uid=ctx.uid, gid=ctx.gid, user=ctx.user, state_dir=state_dir,
                     job_dir=jdir, image_name=spec.image, base_image=image.path, base_format=image.format,
                     overlay=overlay, disk_size=spec.disk, seed=seed,
