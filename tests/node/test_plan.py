@@ -1,0 +1,108 @@
+"""The prolog's functional core: spec + config + job context -> NodePlan, without root or side effects."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from slurm_vm.config import parse_config
+from slurm_vm.node.context import JobContext
+from slurm_vm.node.plan import make_plan
+from slurm_vm.spec import parse_spec
+
+CONFIG = """
+state_dir: /var/lib/svm/%n
+images:
+  deb: {path: /img/deb.qcow2, kernel: /img/vmlinux, initrd: /img/initrd, cmdline: "console=ttyS0"}
+  fw: {path: /img/fw.raw, format: raw, firmware: /img/CLOUDHV.fd}
+networks:
+  lan: {kind: bridge, bridge: br0}
+  fabric: {kind: macvtap, parent: eth1}
+  private: {kind: vxlan, parent: eth0, vni_range: [1000, 1999], subnet: 192.168.50.0/24}
+grace_seconds: 7
+"""
+
+
+def ctx(job_id: int = 77, node: str = "n1", nodes: tuple[str, ...] = ("n1",)) -> JobContext:
+    return JobContext(job_id=job_id, uid=4201, gid=4201, user="svmtest", node=node, nodes=nodes, cluster="c",
+                      comment="")
+
+
+def plan_for(spec_text: str, context: JobContext | None = None):
+    config = parse_config(CONFIG, "config")
+    return make_plan(parse_spec(spec_text, "spec", config), config, context or ctx())
+
+
+def test_single_vm_plan():
+    plan = plan_for("""name: web
+image: deb
+cpus: 2
+memory: 1G
+disk: 10G
+networks: [{network: lan, address: 10.0.0.5/24, gateway: 10.0.0.1}, {network: fabric}]
+volumes: [{path: /data/v.img, readonly: true}]
+""")
+    assert plan.job_dir == "/var/lib/svm/n1/jobs/77"
+    assert plan.base_image == "/img/deb.qcow2" and plan.disk_size == 10 << 30
+    assert [n.ifname for n in plan.nics] == ["svm77n0", "svm77n1"]
+    assert plan.nics[0].bridge == "br0" and plan.nics[1].parent == "eth1"
+    assert plan.nics[1].device_path == "/var/lib/svm/n1/jobs/77/macvtap1"
+    assert len({n.mac for n in plan.nics}) == 2
+    for nic in plan.nics:
+        first = int(nic.mac.split(":")[0], 16)
+        assert first & 0b11 == 0b10
+    net = yaml.safe_load(plan.seed.network_config)
+    assert net["version"] == 2
+    eth0 = net["ethernets"]["eth0"]
+    assert eth0["addresses"] == ["10.0.0.5/24"] and eth0["match"]["macaddress"] == plan.nics[0].mac
+    assert eth0["routes"] == [{"to": "0.0.0.0/0", "via": "10.0.0.1"}]
+    assert net["ethernets"]["eth1"]["dhcp4"] is True
+    meta = yaml.safe_load(plan.seed.meta_data)
+    assert meta["local-hostname"] == "web" and "77" in meta["instance-id"]
+    d = plan.definition
+    json.dumps(d)
+    assert (d["cpus"], d["memory_bytes"], d["grace_seconds"]) == (2, 1 << 30, 7)
+    assert [disk["role"] for disk in d["disks"]] == ["root", "seed", "volume"]
+    assert d["disks"][2]["readonly"] is True
+    assert d["nics"][0] == {"mac": plan.nics[0].mac, "tap": "svm77n0", "device": None}
+    assert d["nics"][1]["tap"] is None and d["nics"][1]["device"].endswith("macvtap1")
+    assert d["boot"]["kernel"] == "/img/vmlinux"
+
+
+def test_plans_are_deterministic_and_job_specific():
+    spec = "name: a\nimage: deb\nnetworks: [{network: lan}]\n"
+    assert plan_for(spec) == plan_for(spec)
+    assert plan_for(spec).nics[0].mac != plan_for(spec, ctx(job_id=78)).nics[0].mac
+
+
+def test_multi_vm_plan_gives_each_node_its_vm():
+    spec = "name: vc\nimage: deb\ncount: 3\nnetworks: [{network: private}]\n"
+    nodes = ("n1", "n2", "n3")
+    plans = [plan_for(spec, ctx(node=n, nodes=nodes)) for n in nodes]
+    assert [yaml.safe_load(p.seed.meta_data)["local-hostname"] for p in plans] == ["vc-0", "vc-1", "vc-2"]
+    assert len({p.nics[0].vni for p in plans}) == 1 and 1000 <= plans[0].nics[0].vni <= 1999
+    assert len({p.nics[0].mac for p in plans}) == 3
+    addresses = [yaml.safe_load(p.seed.network_config)["ethernets"]["eth0"]["addresses"][0] for p in plans]
+    assert addresses == ["192.168.50.1/24", "192.168.50.2/24", "192.168.50.3/24"]
+    vendor = yaml.safe_load(plans[1].seed.vendor_data)
+    hosts = next(f["content"] for f in vendor["write_files"] if f["path"] == "/etc/hosts")
+    assert "192.168.50.3 vc-2" in hosts and "192.168.50.1 vc-0" in hosts
+
+
+def test_firmware_image_boots_without_kernel():
+    d = plan_for("name: f\nimage: fw\n").definition
+    assert d["boot"] == {"kernel": None, "initrd": None, "cmdline": None, "firmware": "/img/CLOUDHV.fd"}
+
+
+@pytest.mark.parametrize("user_data", [None, "#cloud-config\npackages: [htop]\n", "#!/bin/sh\necho hi\n"])
+def test_ssh_keys_reach_the_seed_whatever_the_user_data(user_data):
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHqZrH0kXH3kq7mJ8CwLrDkYbI6RmDsZ4bq2m3M8kN7c a@b"
+    spec = {"name": "k", "image": "deb", "cloud_init": {"ssh_authorized_keys": [key]}}
+    if user_data:
+        spec["cloud_init"]["user_data"] = user_data
+    plan = plan_for(yaml.safe_dump(spec))
+    assert key in plan.seed.user_data + (plan.seed.vendor_data or "")
+    if user_data and user_data.startswith("#!"):
+        assert plan.seed.user_data == user_data
