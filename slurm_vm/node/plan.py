@@ -34,6 +34,7 @@ class NicPlan:
     port: int = 4789
     mtu: int | None = None
     device_path: str | None = None   # macvtap: char device node made in the job dir
+    private: bool = False            # vxlan: a job-private segment (VNI from the network's vni_range)
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,8 @@ def plan_nics(spec: VMSpec, config: Config, ctx: JobContext, jdir: str) -> tuple
             vni = job_vni(ctx.job_id, tuple(net.vni_range))
         nics.append(NicPlan(index=i, ifname=ifname, kind=net.kind, mac=mac, network=ref.network, bridge=net.bridge,
                             parent=net.parent, mode=net.mode, vni=vni, port=net.port, mtu=net.mtu,
-                            device_path=os.path.join(jdir, f"macvtap{i}") if net.kind == "macvtap" else None))
+                            device_path=os.path.join(jdir, f"macvtap{i}") if net.kind == "macvtap" else None,
+                            private=net.kind == "vxlan" and net.vni is None))
     return tuple(nics)
 
 

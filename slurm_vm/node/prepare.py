@@ -27,11 +27,15 @@ class Prepared:
     volume_formats: dict[str, str]
 
 
+def locks_dir(state_dir: str) -> str:
+    return os.path.join(state_dir, "locks")
+
+
 def ensure_state_dirs(state_dir: str) -> None:
     ensure_root_dir(state_dir, 0o711)
     ensure_root_dir(jobs_dir(state_dir), 0o711)
     ensure_root_dir(journal_dir(state_dir), 0o700)
-    ensure_root_dir(os.path.join(state_dir, "locks"), 0o700)
+    ensure_root_dir(locks_dir(state_dir), 0o700)
 
 
 def _injected_fault(state_dir: str) -> str | None:
@@ -60,7 +64,7 @@ def step_volumes(plan: NodePlan, journal: Journal, out: Prepared) -> None:
             infos.append(check_volume_as_user(path, plan.uid, plan.gid, groups, readonly))
         except SlurmVmError as exc:
             raise UserFault(f"volume {path}: {exc}") from None
-    reservations = VolumeReservations(os.path.join(plan.state_dir, "locks"))
+    reservations = VolumeReservations(locks_dir(plan.state_dir))
     journal.record("volume_reservations", job_id=plan.job_id)
     for info in infos:
         try:
@@ -90,13 +94,13 @@ def step_seed(plan: NodePlan, journal: Journal, out: Prepared) -> None:
 
 def step_nics(plan: NodePlan, journal: Journal, out: Prepared) -> None:
     from ..networks import links
-    from ..networks.names import vxlan_bridge_name
     for nic in plan.nics:
         if nic.kind == "vxlan":
             journal.record("vxlan_segment", vni=nic.vni, job_id=plan.job_id)
-            links.ensure_vxlan_segment(nic.vni, plan.job_id, parent=nic.parent, port=nic.port, mtu=nic.mtu)
+            bridge = links.ensure_vxlan_segment(nic.vni, plan.job_id, nic.parent, locks_dir(plan.state_dir),
+                                                port=nic.port, mtu=nic.mtu, private=nic.private)
             journal.record("link", name=nic.ifname)
-            links.create_tap(nic.ifname, plan.uid, plan.gid, bridge=vxlan_bridge_name(nic.vni), mtu=nic.mtu)
+            links.create_tap(nic.ifname, plan.uid, plan.gid, bridge=bridge, mtu=nic.mtu)
         elif nic.kind == "macvtap":
             journal.record("link", name=nic.ifname)
             journal.record("file", path=nic.device_path)

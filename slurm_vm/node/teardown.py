@@ -53,7 +53,7 @@ def undo_entry(state_dir: str, entry: Entry, job_id: int) -> str:
         links.delete_link(name)
         return f"deleted link {name}"
     if entry.action == "vxlan_segment":
-        links.release_vxlan_segment(int(args["vni"]), job_id)
+        links.release_vxlan_segment(int(args["vni"]), job_id, os.path.join(state_dir, "locks"))
         return f"released VXLAN segment {args['vni']}"
     if entry.action == "volume_reservations":
         from ..disks.volumes import VolumeReservations
@@ -115,9 +115,12 @@ def sweep_job(state_dir: str, job_id: int) -> TeardownReport:
     from ..disks.volumes import VolumeReservations
     from ..networks import links
     report = TeardownReport()
+    locks = os.path.join(state_dir, "locks")
     actions = [
         *[(f"link {name}", lambda name=name: links.delete_link(name))
           for name, owner, _ in links.list_owned_links() if owner == job_id],
+        *[(f"VXLAN segment {vni}", lambda vni=vni: links.release_vxlan_segment(vni, job_id, locks))
+          for vni in links.segments_of_job(locks, job_id)],
         (f"job dir {job_id}", lambda: remove_tree_safely(job_dir(state_dir, job_id))),
         ("error note", lambda: remove_tree_safely(error_note_path(state_dir, job_id))),
         ("volume reservations", lambda: VolumeReservations(os.path.join(state_dir, "locks")).release_job(job_id)),
