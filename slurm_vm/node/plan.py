@@ -63,6 +63,7 @@ class NodePlan:
     volumes: tuple[tuple[str, bool], ...]
     nics: tuple[NicPlan, ...]
     definition: dict
+    qemu_img: str = "qemu-img"
 
 
 def jobs_dir(state_dir: str) -> str:
@@ -202,4 +203,5 @@ def make_plan(spec: VMSpec, config: Config, ctx: JobContext) -> NodePlan:
                     job_dir=jdir, image_name=spec.image, base_image=image.path, base_format=image.format,
                     overlay=overlay, disk_size=spec.disk, seed=seed,
                     volumes=tuple((v.path, v.readonly) for v in spec.volumes), nics=nics,
-                    definition=plan_definition(spec, config, ctx, jdir, overlay, seed.path, nics))
+                    definition=plan_definition(spec, config, ctx, jdir, overlay, seed.path, nics),
+                    qemu_img=config.hypervisor.qemu_img)

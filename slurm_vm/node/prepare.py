@@ -63,7 +63,7 @@ def step_volumes(plan: NodePlan, journal: Journal, out: Prepared) -> None:
         try:
             infos.append(check_volume_as_user(path, plan.uid, plan.gid, groups, readonly))
         except SlurmVmError as exc:
-            raise UserFault(f"volume {path}: {exc}") from None
+            raise UserFault(str(exc)) from None
     reservations = VolumeReservations(locks_dir(plan.state_dir))
     journal.record("volume_reservations", job_id=plan.job_id)
     for info in infos:
@@ -75,14 +75,12 @@ def step_volumes(plan: NodePlan, journal: Journal, out: Prepared) -> None:
 
 
 def step_overlay(plan: NodePlan, journal: Journal, out: Prepared) -> None:
-    from ..disks.overlay import create_overlay
+    from ..disks.overlay import DiskSizeError, create_overlay
     journal.record("file", path=plan.overlay)
     try:
-        create_overlay(plan.base_image, plan.base_format, plan.overlay, plan.disk_size, 0, 0)
-    except SlurmVmError as exc:
-        if "disk" in str(exc):
-            raise UserFault(str(exc)) from None
-        raise
+        create_overlay(plan.base_image, plan.base_format, plan.overlay, plan.disk_size, 0, 0, plan.qemu_img)
+    except DiskSizeError as exc:
+        raise UserFault(str(exc)) from None
 
 
 def step_seed(plan: NodePlan, journal: Journal, out: Prepared) -> None:
@@ -163,7 +161,11 @@ def prepare_node(plan: NodePlan, journal: Journal) -> None:
                 raise NodeError(f"fault injected at step {current} (remove {plan.state_dir}/{FAULT_FILE})")
             step(plan, journal, out)
     except BaseException as exc:
-        undo_journal(plan.state_dir, journal)
+        rollback = undo_journal(plan.state_dir, journal)
+        if not rollback.errors:
+            journal.remove()
         if isinstance(exc, SlurmVmError):
-            exc.args = (f"step {current}: {exc}",)
+            leftover = f" (rollback incomplete, the epilog retries: {'; '.join(rollback.errors)})" \
+                if rollback.errors else ""
+            exc.args = (f"step {current}: {exc}{leftover}",)
         raise

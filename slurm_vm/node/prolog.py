@@ -22,9 +22,10 @@ def read_spec_text(ctx: JobContext, config: Config) -> str:
     text = transport.inline_spec(ctx.comment)
     if text is not None:
         return text
+    digest = transport.comment_digest(ctx.comment)   # a damaged comment is refused before any RPC
     from ..slurm import get_backend
     backend = get_backend("cli", config.slurm.command_timeout, config.slurm.bin_dir)
-    return transport.spec_from_script(backend.batch_script(ctx.job_id), transport.comment_digest(ctx.comment))
+    return transport.spec_from_script(backend.batch_script(ctx.job_id), digest)
 
 
 def load_job_spec(ctx: JobContext, config: Config):

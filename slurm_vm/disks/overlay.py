@@ -1,0 +1,56 @@
+"""qcow2 overlays on admin base images: the base is the backing file, never copied."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+from ..errors import NodeError
+
+QEMU_IMG_TIMEOUT = 60
+
+
+class DiskSizeError(NodeError):
+    """The requested disk size cannot be honoured (the job's input, not the node's fault)."""
+
+
+def qemu_img_info(path: str, fmt: str | None = None, qemu_img: str = "qemu-img",
+                  timeout: int = QEMU_IMG_TIMEOUT) -> dict:
+    argv = [qemu_img, "info", "--output=json", "-U"]
+    if fmt:
+        argv += ["-f", fmt]
+    proc = _run([*argv, path], timeout)
+    try:
+        return json.loads(proc.stdout)
+    except ValueError:
+        raise NodeError(f"qemu-img info gave no JSON for {path}") from None
+
+
+def _run(argv: list[str], timeout: int) -> subprocess.CompletedProcess:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except FileNotFoundError:
+        raise NodeError(f"{argv[0]} not found: install qemu-utils or set hypervisor.qemu_img") from None
+    except subprocess.TimeoutExpired:
+        raise NodeError(f"{os.path.basename(argv[0])} {argv[1]} took longer than {timeout}s") from None
+    if proc.returncode != 0:
+        raise NodeError(f"{os.path.basename(argv[0])} {argv[1]} failed: {' '.join(proc.stderr.split())}")
+    return proc
+
+
+def create_overlay(base: str, base_format: str, overlay: str, size_bytes: int | None, uid: int, gid: int,
+                   qemu_img: str = "qemu-img", timeout: int = QEMU_IMG_TIMEOUT) -> int:
+    """Create `overlay` (qcow2, backing file `base`), at least as large as the base; returns its size."""
+    if not os.path.isfile(base):
+        raise NodeError(f"base image {base} does not exist on this node")
+    info = qemu_img_info(base, base_format, qemu_img, timeout)
+    base_size = int(info.get("virtual-size", 0))
+    if size_bytes is not None and size_bytes < base_size:
+        raise DiskSizeError(f"disk: {size_bytes >> 20}M is smaller than the image's {base_size >> 20}M; "
+                            "ask for at least the image size or leave `disk` out")
+    size = size_bytes if size_bytes is not None else base_size
+    _run([qemu_img, "create", "-q", "-f", "qcow2", "-b", base, "-F", base_format, overlay, str(size)], timeout)
+    os.chown(overlay, uid, gid, follow_symlinks=False)
+    os.chmod(overlay, 0o600, follow_symlinks=False)
+    return size
