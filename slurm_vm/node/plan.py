@@ -130,10 +130,15 @@ def hosts_vendor_data(entries: list[tuple[str, str]], vendor_data: str | None) -
     if vendor_data:
         loaded = yaml.safe_load(vendor_data)
         base = loaded if isinstance(loaded, dict) else {}
-    hosts = "127.0.0.1 localhost\n" + "".join(f"{ip} {name}\n" for ip, name in entries)
-    base.setdefault("write_files", []).append({"path": "/etc/hosts", "content": hosts, "permissions": "0644"})
+    files = base.pop("write_files", [])
     base["manage_etc_hosts"] = False
-    return "#cloud-config\n" + yaml.safe_dump(base, sort_keys=False, default_style=None, width=4096)
+    # Written by hand so that /etc/hosts is a literal block (`content: |`), the most portable YAML form.
+    lines = ["127.0.0.1 localhost", *(f"{ip} {name}" for ip, name in entries)]
+    block = "write_files:\n- path: /etc/hosts\n  permissions: '0644'\n  content: |\n" + \
+        "".join(f"    {line}\n" for line in lines)
+    if files:
+        block += yaml.safe_dump(files, sort_keys=False, width=4096)
+    return "#cloud-config\n" + yaml.safe_dump(base, sort_keys=False, width=4096) + block
 
 
 def render_network_config(spec: VMSpec, nics: tuple[NicPlan, ...], addresses: tuple[str | None, ...]) -> str | None:

@@ -1,0 +1,121 @@
+"""cloud-hypervisor: the command line and the VmConfig (pure), and its REST API over a unix socket (httpx).
+
+cloud-hypervisor needs a real KVM, so on the development machines these are checked against its
+published API (shared/reference/cloud-hypervisor-v53.0-api.yaml) rather than run: see docs/hypervisors.md.
+"""
+
+from __future__ import annotations
+
+from ..errors import HypervisorError
+from .definition import VMDefinition
+
+API_SOCKET = "api.sock"
+EVENT_LOG = "events.json"
+SERIAL_LOG = "serial.log"
+API_TIMEOUT = 10.0
+
+
+def _affinity(cores: list[int]) -> str:
+    return "[" + ",".join(f"{i}@[{core}]" for i, core in enumerate(cores)) + "]"
+
+
+def ch_argv(defn: VMDefinition, cores: list[int], nic_fds: list[int]) -> list[str]:
+    argv = [defn.cloud_hypervisor_binary,
+            "--api-socket", f"path={defn.path(API_SOCKET)}",
+            "--event-monitor", f"path={defn.path(EVENT_LOG)}",
+            "--cpus", f"boot={defn.cpus},affinity={_affinity(cores)}",
+            "--memory", f"size={defn.memory_bytes >> 20}M",
+            "--serial", f"file={defn.path(SERIAL_LOG)}", "--console", "off"]
+    if defn.boot.kernel:
+        argv += ["--kernel", defn.boot.kernel]
+        if defn.boot.initrd:
+            argv += ["--initramfs", defn.boot.initrd]
+        if defn.boot.cmdline:
+            argv += ["--cmdline", defn.boot.cmdline]
+    else:
+        argv += ["--firmware", defn.boot.firmware]  # type: ignore[list-item]
+    if defn.disks:
+        argv.append("--disk")
+        argv += [_disk_option(d.path, d.format, d.readonly, d.backing, i) for i, d in enumerate(defn.disks)]
+    if defn.nics:
+        if len(nic_fds) != len(defn.nics):
+            raise HypervisorError("one open file descriptor per NIC is needed")
+        argv.append("--net")
+        argv += [f"fd=[{fd}],mac={nic.mac},id=net{i}" for i, (nic, fd) in enumerate(zip(defn.nics, nic_fds))]
+    return argv
+
+
+def _disk_option(path: str, fmt: str, readonly: bool, backing: bool, index: int) -> str:
+    if "," in path:
+        raise HypervisorError(f"cloud-hypervisor cannot take a disk path with a comma: {path}")
+    option = f"path={path},readonly={'on' if readonly else 'off'},id=disk{index},image_type={fmt}"
+    if fmt == "qcow2" and backing:
+        option += ",backing_files=on"
+    return option
+
+
+def ch_vm_config(defn: VMDefinition, cores: list[int], nic_fds: list[int]) -> dict:
+    """The VmConfig body of PUT /vm.create for the same VM as ch_argv."""
+    payload: dict = {}
+    if defn.boot.kernel:
+        payload["kernel"] = defn.boot.kernel
+        if defn.boot.initrd:
+            payload["initramfs"] = defn.boot.initrd
+        if defn.boot.cmdline:
+            payload["cmdline"] = defn.boot.cmdline
+    else:
+        payload["firmware"] = defn.boot.firmware
+    config: dict = {
+        "cpus": {"boot_vcpus": defn.cpus, "max_vcpus": defn.cpus,
+                 "affinity": [{"vcpu": i, "host_cpus": [core]} for i, core in enumerate(cores)]},
+        "memory": {"size": defn.memory_bytes},
+        "payload": payload,
+        "serial": {"mode": "File", "file": defn.path(SERIAL_LOG)},
+        "console": {"mode": "Off"},
+    }
+    if defn.disks:
+        config["disks"] = [{"path": d.path, "readonly": d.readonly, "id": f"disk{i}",
+                            "image_type": "Qcow2" if d.format == "qcow2" else "Raw",
+                            **({"backing_files": True} if d.format == "qcow2" and d.backing else {})}
+                           for i, d in enumerate(defn.disks)]
+    if defn.nics:
+        config["net"] = [{"fds": [fd], "mac": nic.mac, "id": f"net{i}"}
+                         for i, (nic, fd) in enumerate(zip(defn.nics, nic_fds))]
+    return config
+
+
+class CloudHypervisorAPI:
+    """The few endpoints the launcher needs, under http://localhost/api/v1 on the API socket."""
+
+    def __init__(self, socket_path: str, timeout: float = API_TIMEOUT):
+        import httpx
+        self._client = httpx.Client(transport=httpx.HTTPTransport(uds=socket_path),
+                                    base_url="http://localhost/api/v1", timeout=timeout)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _request(self, method: str, endpoint: str, body: dict | None = None):
+        import httpx
+        try:
+            response = self._client.request(method, f"/{endpoint}", json=body)
+        except httpx.HTTPError as exc:
+            raise HypervisorError(f"cloud-hypervisor API {endpoint}: {exc}") from None
+        if response.status_code >= 400:
+            raise HypervisorError(f"cloud-hypervisor API {endpoint}: HTTP {response.status_code} {response.text[:200]}")
+        return response
+
+    def ping(self) -> dict:
+        return self._request("GET", "vmm.ping").json()
+
+    def info(self) -> dict:
+        return self._request("GET", "vm.info").json()
+
+    def power_button(self) -> None:
+        self._request("PUT", "vm.power-button")
+
+    def shutdown(self) -> None:
+        self._request("PUT", "vm.shutdown")
+
+    def shutdown_vmm(self) -> None:
+        self._request("PUT", "vmm.shutdown")

@@ -1,0 +1,37 @@
+"""Can this host boot guests with KVM? Decided without trying: a KVM that hangs must never be used."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from .definition import VMDefinition
+
+
+def kvm_usability(dev: str = "/dev/kvm", sys_module: str = "/sys/module") -> tuple[bool, str]:
+    if not os.path.exists(dev):
+        return False, f"{dev} does not exist"
+    if not os.access(dev, os.R_OK | os.W_OK):
+        return False, f"{dev} is not readable and writable by this user"
+    has = {name: os.path.isdir(os.path.join(sys_module, name)) for name in ("kvm_pvm", "kvm_intel", "kvm_amd")}
+    if has["kvm_pvm"] and not (has["kvm_intel"] or has["kvm_amd"]):
+        return False, "only the nested PVM KVM module is loaded (kvm_pvm); it cannot boot ordinary guests"
+    return True, "KVM is usable"
+
+
+def choose_backend(defn: VMDefinition) -> tuple[str, str, list[str]]:
+    """(hypervisor, accelerator, warnings) for this host."""
+    warnings = []
+    usable, reason = kvm_usability()
+    hypervisor = defn.hypervisor
+    if hypervisor == "auto":
+        ch_present = shutil.which(defn.cloud_hypervisor_binary) is not None
+        hypervisor = "cloud-hypervisor" if usable and ch_present else "qemu"
+    accelerator = defn.accelerator
+    if accelerator == "auto":
+        accelerator = "kvm" if usable else "tcg"
+        if not usable:
+            warnings.append(f"KVM not used ({reason}): the guest runs under QEMU's software emulation (slow)")
+    elif accelerator == "kvm" and not usable:
+        warnings.append(f"KVM was asked for but {reason}")
+    return hypervisor, accelerator, warnings

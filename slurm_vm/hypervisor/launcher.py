@@ -1,0 +1,321 @@
+"""The launcher: run one VM for the job step, pinned to the step's cores, and manage its power state.
+
+It runs as the job's user inside the job's cgroup (the batch script execs it). The VMM runs in its
+own session, so the signals Slurm sends the launcher never reach it; the launcher turns them into an
+ACPI power-button press, then a hard stop when the grace time runs out.
+"""
+
+from __future__ import annotations
+
+import enum
+import fcntl
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+from ..errors import HypervisorError
+from .cores import NotEnoughCores, allowed_cores, vcpu_map
+from .definition import VMDefinition
+from .kvm import choose_backend
+
+TUNSETIFF = 0x400454CA
+IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
+START_TIMEOUT = 30.0
+HARD_STOP_WAIT = 5.0
+POLL = 0.1
+LOG_TAIL_LINES = 15
+
+
+class ExitCode(enum.IntEnum):
+    GUEST_POWERED_OFF = 0      # the guest shut itself down, or `slurm-vm stop` (SIGUSR2) shut it down
+    STOPPED_ON_SIGNAL = 3      # ACPI shutdown after SIGTERM/SIGINT (scancel, preemption) or SIGUSR1 (time limit)
+    HARD_STOPPED = 4           # the guest ignored the power button for grace_seconds
+    CRASHED = 5                # the hypervisor exited on its own with an error or was killed
+    FAILED_TO_START = 6        # the hypervisor could not be started or configured
+    REFUSED = 7                # another launcher runs for this job, a bad definition, not enough cores
+
+
+SIGNAL_RESULTS = {signal.SIGTERM: ExitCode.STOPPED_ON_SIGNAL, signal.SIGINT: ExitCode.STOPPED_ON_SIGNAL,
+                  signal.SIGUSR1: ExitCode.STOPPED_ON_SIGNAL, signal.SIGUSR2: ExitCode.GUEST_POWERED_OFF}
+
+
+def say(message: str) -> None:
+    print(f"slurm-vm launch: {message}", file=sys.stderr, flush=True)
+
+
+def open_tap(name: str) -> int:
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR))
+    except OSError as exc:
+        os.close(fd)
+        raise HypervisorError(f"cannot attach to tap {name}: {exc.strerror}") from None
+    return fd
+
+
+def open_nics(defn: VMDefinition) -> list[int]:
+    fds: list[int] = []
+    try:
+        for nic in defn.nics:
+            if nic.tap:
+                fds.append(open_tap(nic.tap))
+            else:
+                fds.append(os.open(nic.device, os.O_RDWR | os.O_CLOEXEC))  # type: ignore[arg-type]
+    except OSError as exc:
+        for fd in fds:
+            os.close(fd)
+        raise HypervisorError(f"cannot open a NIC device: {exc.strerror}: {exc.filename}") from None
+    except HypervisorError:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
+
+
+class Runtime:
+    """One VMM process and how to talk to it."""
+
+    def __init__(self, defn: VMDefinition, accelerator: str, cores: list[int]):
+        self.defn, self.accelerator, self.cores = defn, accelerator, cores
+        self.proc: subprocess.Popen | None = None
+
+    def argv(self, fds: list[int]) -> list[str]:
+        raise NotImplementedError
+
+    def after_start(self, deadline: float) -> None:
+        raise NotImplementedError
+
+    def power_button(self) -> None:
+        raise NotImplementedError
+
+    def hard_stop(self) -> None:
+        raise NotImplementedError
+
+    def start(self, fds: list[int], log_path: str) -> None:
+        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            self.proc = subprocess.Popen(self.argv(fds), pass_fds=fds, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=log, start_new_session=True, close_fds=True)
+        except OSError as exc:
+            raise HypervisorError(f"cannot run {self.argv(fds)[0]}: {exc.strerror}") from None
+        finally:
+            os.close(log)
+
+    def wait_for_socket(self, path: str, deadline: float) -> None:
+        while not os.path.exists(path):
+            if self.proc.poll() is not None:  # type: ignore[union-attr]
+                raise HypervisorError(f"the hypervisor exited during start-up (status {self.proc.returncode})")
+            if time.monotonic() > deadline:
+                raise HypervisorError(f"the hypervisor did not open {os.path.basename(path)} within "
+                                      f"{START_TIMEOUT:.0f}s")
+            time.sleep(0.02)
+
+
+class QemuRuntime(Runtime):
+    def argv(self, fds: list[int]) -> list[str]:
+        from .qemu import qemu_argv
+        return qemu_argv(self.defn, self.accelerator, fds)
+
+    @property
+    def qmp_path(self) -> str:
+        from .qemu import QMP_SOCKET
+        return self.defn.path(QMP_SOCKET)
+
+    def after_start(self, deadline: float) -> None:
+        from .qemu import pin_and_resume
+        self.wait_for_socket(self.qmp_path, deadline)
+        pinned = pin_and_resume(self.qmp_path, self.cores)
+        say("vCPUs pinned: " + ", ".join(f"vCPU {v} -> core {c}" for v, c in sorted(pinned.items())))
+
+    def power_button(self) -> None:
+        from .qemu import power_button
+        power_button(self.qmp_path)
+
+    def hard_stop(self) -> None:
+        from .qemu import quit_now
+        try:
+            quit_now(self.qmp_path)
+        except HypervisorError:
+            pass
+
+
+class CloudHypervisorRuntime(Runtime):
+    def argv(self, fds: list[int]) -> list[str]:
+        from .cloud_hypervisor import ch_argv
+        return ch_argv(self.defn, self.cores, fds)
+
+    def api(self):
+        from .cloud_hypervisor import API_SOCKET, CloudHypervisorAPI
+        return CloudHypervisorAPI(self.defn.path(API_SOCKET))
+
+    def after_start(self, deadline: float) -> None:
+        from .cloud_hypervisor import API_SOCKET
+        self.wait_for_socket(self.defn.path(API_SOCKET), deadline)
+        api = self.api()
+        try:
+            api.ping()
+        finally:
+            api.close()
+        say("vCPUs pinned at start: " + ", ".join(f"vCPU {v} -> core {c}" for v, c in enumerate(self.cores)))
+
+    def power_button(self) -> None:
+        api = self.api()
+        try:
+            api.power_button()
+        finally:
+            api.close()
+
+    def hard_stop(self) -> None:
+        api = self.api()
+        try:
+            api.shutdown_vmm()
+        except HypervisorError:
+            pass
+        finally:
+            api.close()
+
+
+class Launcher:
+    def __init__(self, defn: VMDefinition):
+        self.defn = defn
+        self.requested: ExitCode | None = None
+        self.request_signal = ""
+
+    def _on_signal(self, signum: int, frame) -> None:
+        if self.requested is None:
+            self.requested = SIGNAL_RESULTS[signal.Signals(signum)]
+            self.request_signal = signal.Signals(signum).name
+
+    def run(self) -> int:
+        lock_fd = self._lock()
+        if lock_fd is None:
+            say(f"another launcher already runs the VM of job {self.defn.job_id}; not starting a second one")
+            return ExitCode.REFUSED
+        for sig in SIGNAL_RESULTS:
+            signal.signal(sig, self._on_signal)
+        try:
+            return self._run_locked()
+        finally:
+            for name in ("vmm.pid", "launcher.pid"):
+                try:
+                    os.unlink(self.defn.path(name))
+                except FileNotFoundError:
+                    pass
+            os.close(lock_fd)
+
+    def _lock(self) -> int | None:
+        fd = os.open(self.defn.path("launcher.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        self._write_pid("launcher.pid", os.getpid())
+        return fd
+
+    def _write_pid(self, name: str, pid: int) -> None:
+        tmp = self.defn.path(f".{name}.tmp")
+        with open(tmp, "w") as fh:
+            fh.write(f"{pid}\n")
+        os.replace(tmp, self.defn.path(name))
+
+    def _prepare(self) -> tuple[Runtime, list[int]]:
+        cores = vcpu_map(self.defn.cpus, allowed_cores())
+        hypervisor, accelerator, warnings = choose_backend(self.defn)
+        for warning in warnings:
+            say(f"warning: {warning}")
+        runtime_class = CloudHypervisorRuntime if hypervisor == "cloud-hypervisor" else QemuRuntime
+        say(f"starting VM {self.defn.name} with {hypervisor} ({accelerator}), {self.defn.cpus} vCPU(s), "
+            f"{self.defn.memory_bytes >> 20} MiB")
+        return runtime_class(self.defn, accelerator, cores), open_nics(self.defn)
+
+    def _run_locked(self) -> int:
+        try:
+            runtime, fds = self._prepare()
+        except NotEnoughCores as exc:
+            say(str(exc))
+            return ExitCode.REFUSED
+        except HypervisorError as exc:
+            say(str(exc))
+            return ExitCode.FAILED_TO_START
+        log_path = self.defn.path("vmm.log")
+        try:
+            runtime.start(fds, log_path)
+            self._write_pid("vmm.pid", runtime.proc.pid)  # type: ignore[union-attr]
+            runtime.after_start(time.monotonic() + START_TIMEOUT)
+        except HypervisorError as exc:
+            say(f"failed to start: {exc}")
+            self._kill(runtime)
+            self._print_log_tail(log_path)
+            return ExitCode.FAILED_TO_START
+        finally:
+            for fd in fds:
+                os.close(fd)
+        say("VM running")
+        return self._supervise(runtime, log_path)
+
+    def _supervise(self, runtime: Runtime, log_path: str) -> int:
+        proc = runtime.proc
+        assert proc is not None
+        deadline: float | None = None
+        while proc.poll() is None:
+            if self.requested is not None and deadline is None:
+                say(f"{self.request_signal}: pressing the ACPI power button; hard stop in "
+                    f"{self.defn.grace_seconds}s")
+                try:
+                    runtime.power_button()
+                except HypervisorError as exc:
+                    say(f"power button failed ({exc}); stopping hard")
+                    return self._hard_stop(runtime)
+                deadline = time.monotonic() + self.defn.grace_seconds
+            if deadline is not None and time.monotonic() >= deadline:
+                say(f"the guest did not power off within {self.defn.grace_seconds}s; hard stop")
+                return self._hard_stop(runtime)
+            time.sleep(POLL)
+        return self._exit_result(proc.returncode, log_path)
+
+    def _exit_result(self, returncode: int, log_path: str) -> int:
+        if self.requested is not None:
+            say(f"the guest shut down after {self.request_signal} (exit code {int(self.requested)})")
+            return self.requested
+        if returncode == 0:
+            say("the guest powered off")
+            return ExitCode.GUEST_POWERED_OFF
+        how = f"killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exit status {returncode}"
+        say(f"the hypervisor exited unexpectedly ({how}): crash")
+        self._print_log_tail(log_path)
+        return ExitCode.CRASHED
+
+    def _hard_stop(self, runtime: Runtime) -> int:
+        runtime.hard_stop()
+        self._kill(runtime)
+        say("hard-stopped")
+        return ExitCode.HARD_STOPPED
+
+    @staticmethod
+    def _kill(runtime: Runtime) -> None:
+        proc = runtime.proc
+        if proc is None:
+            return
+        try:
+            proc.wait(timeout=HARD_STOP_WAIT if proc.poll() is None else 0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=HARD_STOP_WAIT)
+
+    @staticmethod
+    def _print_log_tail(path: str) -> None:
+        try:
+            with open(path, errors="replace") as fh:
+                lines = fh.read().splitlines()[-LOG_TAIL_LINES:]
+        except OSError:
+            return
+        for line in lines:
+            say(f"hypervisor: {line}")
+
+
+def run(defn: VMDefinition) -> int:
+    return int(Launcher(defn).run())

@@ -1,0 +1,94 @@
+"""QEMU: the command line (pure) and control over QMP (the qemu.qmp library)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from ..errors import HypervisorError
+from .definition import VMDefinition
+
+QMP_SOCKET = "qmp.sock"
+SERIAL_LOG = "serial.log"
+QMP_TIMEOUT = 10.0
+
+
+def qemu_argv(defn: VMDefinition, accelerator: str, nic_fds: list[int]) -> list[str]:
+    """Starts paused (-S): the launcher pins each vCPU thread, then resumes."""
+    accel = "kvm" if accelerator == "kvm" else "tcg,tb-size=64"
+    argv = [defn.qemu_binary, "-name", f"{defn.name},debug-threads=on", "-accel", accel,
+            "-machine", "q35" if defn.boot.firmware else "pc", "-cpu", "host" if accelerator == "kvm" else "qemu64",
+            "-smp", str(defn.cpus), "-m", f"{defn.memory_bytes >> 20}M",
+            "-nodefaults", "-no-user-config", "-S", "-display", "none", "-monitor", "none",
+            "-serial", f"file:{defn.path(SERIAL_LOG)}",
+            "-qmp", f"unix:{defn.path(QMP_SOCKET)},server=on,wait=off"]
+    if defn.boot.kernel:
+        argv += ["-kernel", defn.boot.kernel]
+        if defn.boot.initrd:
+            argv += ["-initrd", defn.boot.initrd]
+        if defn.boot.cmdline:
+            argv += ["-append", defn.boot.cmdline]
+    else:
+        argv += ["-bios", defn.boot.firmware]  # type: ignore[list-item]
+    for i, disk in enumerate(defn.disks):
+        readonly = ",readonly=on" if disk.readonly else ""
+        argv += ["-drive", f"file={_escape(disk.path)},format={disk.format},if=none,id=d{i},"
+                           f"file.locking=on,cache=none,aio=threads{readonly}",
+                 "-device", f"virtio-blk-pci,drive=d{i}"]
+    if len(nic_fds) != len(defn.nics):
+        raise HypervisorError("one open file descriptor per NIC is needed")
+    for i, (nic, fd) in enumerate(zip(defn.nics, nic_fds)):
+        argv += ["-netdev", f"tap,id=n{i},fd={fd}", "-device", f"virtio-net-pci,netdev=n{i},mac={nic.mac}"]
+    return argv
+
+
+def _escape(path: str) -> str:
+    """QEMU's option syntax doubles commas inside values."""
+    return path.replace(",", ",,")
+
+
+async def _qmp(socket_path: str, commands: list[tuple[str, dict | None]]) -> list:
+    from qemu.qmp import QMPClient
+    client = QMPClient("slurm-vm")
+    await asyncio.wait_for(client.connect(socket_path), QMP_TIMEOUT)
+    try:
+        results = []
+        for name, args in commands:
+            results.append(await asyncio.wait_for(client.execute(name, args), QMP_TIMEOUT))
+        return results
+    finally:
+        await client.disconnect()
+
+
+def qmp(socket_path: str, *commands: tuple[str, dict | None]) -> list:
+    """Run QMP commands in one short connection (QEMU serves one QMP client at a time)."""
+    try:
+        return asyncio.run(_qmp(socket_path, list(commands)))
+    except (OSError, asyncio.TimeoutError, EOFError) as exc:
+        raise HypervisorError(f"QMP at {socket_path} did not answer: {exc or type(exc).__name__}") from None
+    except Exception as exc:  # qemu.qmp raises its own error types (ExecuteError, ConnectError, ...)
+        raise HypervisorError(f"QMP failed: {exc}") from None
+
+
+def vcpu_threads(socket_path: str) -> dict[int, int]:
+    """cpu-index -> host thread id."""
+    (cpus,) = qmp(socket_path, ("query-cpus-fast", None))
+    return {int(c["cpu-index"]): int(c["thread-id"]) for c in cpus}
+
+
+def pin_and_resume(socket_path: str, cores: list[int]) -> dict[int, int]:
+    threads = vcpu_threads(socket_path)
+    for index, tid in sorted(threads.items()):
+        if index >= len(cores):
+            raise HypervisorError(f"vCPU {index} has no core")
+        os.sched_setaffinity(tid, {cores[index]})
+    qmp(socket_path, ("cont", None))
+    return {index: cores[index] for index in threads}
+
+
+def power_button(socket_path: str) -> None:
+    qmp(socket_path, ("system_powerdown", None))
+
+
+def quit_now(socket_path: str) -> None:
+    qmp(socket_path, ("quit", None))
