@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 
-CACHE = os.environ.get("SLURM_VM_TEST_CACHE", "/var/cache/slurm-vm/test-guests")
+CACHE = os.environ.get("SLURM_VM_TEST_CACHE", "/var/cache/slurm-vm/guests")
 FILES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "guest_files")
 TINY_MODULES = ["virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci",
                 "virtio_blk", "failover", "net_failover", "virtio_net", "button", "evdev", "cdrom", "isofs"]

@@ -12,7 +12,7 @@ import sys
 
 import yaml
 
-GUEST_CACHE = os.environ.get("SLURM_VM_TEST_CACHE", "/var/cache/slurm-vm/test-guests")
+GUEST_CACHE = os.environ.get("SLURM_VM_TEST_CACHE", "/var/cache/slurm-vm/guests")
 NODE_BRIDGE = "vmbr0"
 NODE_BRIDGE_ADDR = "10.77.0.1/24"
 GRACE_SECONDS = 5
