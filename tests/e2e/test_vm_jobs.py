@@ -165,3 +165,38 @@ def test_node_doctor_finds_and_fixes_leftovers(vm_cluster):
     fixed = vc.cluster.node_exec(node, [*env, *argv, "--fix"], timeout=60)
     assert fixed.returncode == 0, fixed.stderr
     assert not os.path.exists(os.path.join(state, "jobs", "999999"))
+
+
+MULTI = """name: vc
+image: tiny
+count: 3
+memory: 256M
+networks:
+  - network: private
+cloud_init:
+  user_data: |
+    #cloud-config
+    runcmd:
+      - for h in vc-0 vc-1 vc-2; do for i in $(seq 60); do ping -c1 -W1 $h >/dev/null && echo "PING $h OK" && break; sleep 1; done; done
+"""
+
+
+def test_three_vm_job_guests_ping_each_other_by_hostname_across_nodes(vm_cluster):
+    vc = vm_cluster
+    job = vc.submit(MULTI, name="vc")
+    vc.wait_state(job, {"RUNNING"}, timeout=120)
+    nodes = vc.job_field(job, "%N")
+    expanded = vc.cluster.client(["scontrol", "show", "hostnames", nodes]).stdout.split()
+    assert len(expanded) == 3
+    for i, node in enumerate(expanded):
+        serial = vc.wait_serial(node, job, "PING vc-2 OK", timeout=180)
+        assert f"SLURM-VM-TEST hostname=vc-{i}" in serial
+        for peer in ("vc-0", "vc-1", "vc-2"):
+            assert f"PING {peer} OK" in serial, serial
+    stop = vc.slurm_vm("stop", "vc")
+    assert stop.returncode == 0, stop.stderr
+    assert vc.wait_gone_or_ended(job, timeout=120) == "COMPLETED", vc.output(job)
+    vc.wait_no_leaks(job)
+    for node in vc.cluster.nodes:
+        links = vc.cluster.node_exec(node, ["ip", "-o", "link", "show"]).stdout
+        assert "svmvx" not in links and "svmbr" not in links, links
