@@ -54,8 +54,12 @@ def _disk_option(path: str, fmt: str, readonly: bool, backing: bool, index: int)
     return option
 
 
-def ch_vm_config(defn: VMDefinition, cores: list[int], nic_fds: list[int]) -> dict:
-    """The VmConfig body of PUT /vm.create for the same VM as ch_argv."""
+def ch_vm_config(defn: VMDefinition, cores: list[int]) -> dict:
+    """The VmConfig body of PUT /vm.create for the same VM as ch_argv.
+
+    Over REST a NIC is named by its tap (cloud-hypervisor opens it); a macvtap's file descriptor can only
+    be handed over on the command line or with SCM_RIGHTS, so such NICs are refused here.
+    """
     payload: dict = {}
     if defn.boot.kernel:
         payload["kernel"] = defn.boot.kernel
@@ -79,8 +83,9 @@ def ch_vm_config(defn: VMDefinition, cores: list[int], nic_fds: list[int]) -> di
                             **({"backing_files": True} if d.format == "qcow2" and d.backing else {})}
                            for i, d in enumerate(defn.disks)]
     if defn.nics:
-        config["net"] = [{"fds": [fd], "mac": nic.mac, "id": f"net{i}"}
-                         for i, (nic, fd) in enumerate(zip(defn.nics, nic_fds))]
+        if any(nic.tap is None for nic in defn.nics):
+            raise HypervisorError("macvtap NICs cannot be described in a REST VmConfig; use the command line")
+        config["net"] = [{"tap": nic.tap, "mac": nic.mac, "id": f"net{i}"} for i, nic in enumerate(defn.nics)]
     return config
 
 

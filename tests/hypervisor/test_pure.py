@@ -1,0 +1,111 @@
+"""The hypervisor module's functional parts: definitions, core maps, KVM detection, QEMU argv."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from slurm_vm.errors import HypervisorError
+from slurm_vm.hypervisor.cores import cgroup_cpuset, parse_cpu_list, vcpu_map
+from slurm_vm.hypervisor.definition import VMDefinition
+from slurm_vm.hypervisor.kvm import kvm_usability
+from slurm_vm.hypervisor.qemu import qemu_argv
+from tests.hypervisor.shapes import SHAPES, definition
+
+
+@pytest.mark.parametrize("name", SHAPES)
+def test_definition_round_trips(name):
+    defn = SHAPES[name]
+    assert VMDefinition.from_json(defn.to_json()) == defn
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda d: d.update(extra=1), "unknown key"),
+    (lambda d: d.pop("cpus"), "missing key"),
+    (lambda d: d["boot"].update(firmware="/x"), "exactly one of kernel or firmware"),
+    (lambda d: d["nics"][0].update(device="/dev/x"), "exactly one of tap or device"),
+    (lambda d: d.update(cpus="2"), "wrong type"),
+    (lambda d: d.update(cpus=True), "wrong type"),
+    (lambda d: d.update(hypervisor="xen"), "unknown hypervisor"),
+    (lambda d: d["disks"][0].update(format="vmdk"), "qcow2 or raw"),
+])
+def test_definition_is_strict(mutate, message):
+    data = json.loads(definition().to_json())
+    mutate(data)
+    with pytest.raises(HypervisorError, match=message):
+        VMDefinition.from_json(json.dumps(data))
+
+
+def test_cpu_lists_and_core_map():
+    assert parse_cpu_list("0-2,5,7-8\n") == {0, 1, 2, 5, 7, 8}
+    assert vcpu_map(2, [4, 6, 7]) == [4, 6]
+    with pytest.raises(HypervisorError, match="--cpus-per-task=3"):
+        vcpu_map(3, [0, 1])
+
+
+def test_cgroup_cpuset_reads_v1_and_v2(tmp_path):
+    v1 = tmp_path / "v1"
+    (v1 / "cpuset" / "slurm" / "job_1").mkdir(parents=True)
+    (v1 / "cpuset" / "slurm" / "job_1" / "cpuset.cpus").write_text("2-3\n")
+    (tmp_path / "cg1").write_text("4:memory:/x\n3:cpuset:/slurm/job_1\n")
+    assert cgroup_cpuset(str(tmp_path / "cg1"), str(v1)) == {2, 3}
+    v2 = tmp_path / "v2"
+    (v2 / "system.slice" / "job_2").mkdir(parents=True)
+    (v2 / "system.slice" / "job_2" / "cpuset.cpus.effective").write_text("")
+    (v2 / "system.slice" / "job_2" / "cpuset.effective_cpus").write_text("1\n")
+    (tmp_path / "cg2").write_text("0::/system.slice/job_2\n")
+    assert cgroup_cpuset(str(tmp_path / "cg2"), str(v2)) == {1}
+
+
+def test_kvm_detection_refuses_nested_pvm(tmp_path):
+    dev = tmp_path / "kvm"
+    dev.write_text("")
+    mods = tmp_path / "module"
+    (mods / "kvm").mkdir(parents=True)
+    (mods / "kvm_pvm").mkdir()
+    usable, reason = kvm_usability(str(dev), str(mods))
+    assert not usable and "PVM" in reason
+    (mods / "kvm_intel").mkdir()
+    assert kvm_usability(str(dev), str(mods))[0]
+    assert not kvm_usability(str(tmp_path / "missing"), str(mods))[0]
+
+
+def test_kvm_detection_on_this_machine_never_says_usable_for_pvm():
+    if os.path.isdir("/sys/module/kvm_pvm") and not (os.path.isdir("/sys/module/kvm_intel") or
+                                                     os.path.isdir("/sys/module/kvm_amd")):
+        assert kvm_usability()[0] is False
+    else:
+        pytest.skip("this host has no nested PVM KVM")
+
+
+def test_qemu_argv_for_kernel_boot():
+    defn = definition(cpus=2, nics=2, volumes=1)
+    argv = qemu_argv(defn, "tcg", [5, 6])
+    joined = " ".join(argv)
+    assert argv[0] == "/usr/bin/qemu-system-x86_64"
+    assert "-S" in argv and "-nodefaults" in argv
+    assert argv[argv.index("-accel") + 1] == "tcg,tb-size=64"
+    assert argv[argv.index("-smp") + 1] == "2" and argv[argv.index("-m") + 1] == "1024M"
+    assert argv[argv.index("-kernel") + 1] == "/img/vmlinux"
+    assert "-netdev tap,id=n0,fd=5" in joined and "-netdev tap,id=n1,fd=6" in joined
+    assert "virtio-net-pci,netdev=n1,mac=02:00:00:00:00:01" in joined
+    assert "file=/var/lib/slurm-vm/jobs/42/seed.iso,format=raw" in joined and "readonly=on" in joined
+    assert "file.locking=on" in joined
+    assert "unix:/var/lib/slurm-vm/jobs/42/qmp.sock,server=on,wait=off" in joined
+    assert "file:/var/lib/slurm-vm/jobs/42/serial.log" in joined
+
+
+def test_qemu_argv_for_firmware_and_kvm():
+    argv = qemu_argv(definition(boot=SHAPES["firmware"].boot), "kvm", [3])
+    assert argv[argv.index("-accel") + 1] == "kvm"
+    assert argv[argv.index("-bios") + 1].endswith("CLOUDHV.fd")
+    assert "-kernel" not in argv
+
+
+def test_qemu_argv_escapes_commas_and_needs_one_fd_per_nic():
+    defn = definition(run_dir="/var/lib/a,b")
+    assert "file=/var/lib/a,,b/overlay.qcow2" in " ".join(qemu_argv(defn, "tcg", [3]))
+    with pytest.raises(HypervisorError):
+        qemu_argv(definition(nics=2), "tcg", [3])
