@@ -533,8 +533,9 @@ def rootfs_mounts(root: str, binds: list[str], tun: str | None = None, resolv: b
     steps = [f"mount --rbind /proc {root}/proc", f"mount --rbind /sys {root}/sys", f"mount --rbind /dev {root}/dev",
              f"mount --bind /etc/passwd {root}/etc/passwd", f"mount --bind /etc/group {root}/etc/group",
              f"mkdir -p {root}/run/netns"]
-    if resolv:
+    if resolv:   # for pip inside the rootfs: the host's resolver and CA bundle (registry proxies)
         steps.append(f"cp /etc/resolv.conf {root}/etc/resolv.conf")
+        steps.append(f"mount --bind /etc/ssl/certs {root}/etc/ssl/certs")
     for path in sorted(set(binds)):
         steps.append(f"mkdir -p {root}{path} && mount --bind {path} {root}{path}")
     if tun:
