@@ -137,7 +137,7 @@ class Cluster:
         pid = self._read_pid(f"{node}.mntpid" if node else "ctl.mntpid")
         if pid is None:
             raise ClusterError(f"cluster {self.name} is not up")
-        ns = ["nsenter", f"--target={pid}", "--mount", "--uts", "--net", "--root", "--wd=/"]
+        ns = ["nsenter", f"--target={pid}", "--mount", "--uts", "--net", "--root", "--wdns=/"]
         return subprocess.run([*ns, *argv], capture_output=True, text=True, timeout=timeout, check=False)
 
     # --- lifecycle -----------------------------------------------------------------------------------
