@@ -45,7 +45,7 @@ class VMRecord:
 
 
 def current_user() -> str:
-    return os.environ.get("SLURM_VM_USER_OVERRIDE_FOR_TESTS") or getpass.getuser()
+    return getpass.getuser()
 
 
 def spec_of_job(job: JobInfo) -> VMSpec | None:
