@@ -15,7 +15,7 @@ import yaml
 GUEST_CACHE = os.environ.get("SLURM_VM_TEST_CACHE", "/var/cache/slurm-vm/guests")
 NODE_BRIDGE = "vmbr0"
 NODE_BRIDGE_ADDR = "10.77.0.1/24"
-GRACE_SECONDS = 5
+GRACE_SECONDS = 12
 KILL_WAIT = 20
 
 
