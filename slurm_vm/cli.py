@@ -72,7 +72,9 @@ def validate(specs: tuple[str, ...], config_path: str | None) -> None:
         raise ValidationError(problems)
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+# slurm-vm's own options may stand anywhere; everything else goes to sbatch (after `--`, everything does,
+# e.g. `slurm-vm submit vm.yaml -- --wait` for sbatch's own --wait).
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": True})
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
 @click.argument("sbatch_args", nargs=-1, type=click.UNPROCESSED)
 @click.option("--dry-run", is_flag=True, help="print the sbatch command and batch script; submit nothing")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_SIZE_RE = re.compile(r"^([0-9]{1,15})\s*([KMGT]?)(i?B)?$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"^([0-9]{1,19})\s*([KMGT]?)(i?B)?$", re.IGNORECASE)
 # Slurm's --time forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S, and the words below.
 _TIME_RES = [
     re.compile(r"^(?P<m>\d+)$"),

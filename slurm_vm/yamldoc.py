@@ -113,7 +113,10 @@ def load_document(text: str | bytes, source: str, max_bytes: int = MAX_DOCUMENT_
             raise ValidationError([Problem("", f"the file is not UTF-8 text (byte {exc.start})", None, source)]) from None
     if len(text.encode("utf-8", "surrogatepass")) > max_bytes:
         raise ValidationError([Problem("", f"the file is larger than {max_bytes} bytes", None, source)])
-    loader = _StrictLoader(text)
+    try:
+        loader = _StrictLoader(text)
+    except yaml.YAMLError as exc:   # the reader refuses control characters up front
+        raise ValidationError([Problem("", f"not valid YAML: {_first_line(exc)}", None, source)]) from None
     try:
         try:
             node = loader.get_single_node()

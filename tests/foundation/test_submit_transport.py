@@ -1,0 +1,129 @@
+"""Submission planning, the spec's transport inside the job, and Slurm output parsing (no Slurm needed)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from slurm_vm import transport, units
+from slurm_vm.slurm.cli import SEP, parse_squeue_line
+
+CONFIG = """
+images:
+  tiny: {path: /img/t.qcow2, kernel: /img/vmlinux}
+networks:
+  lan: {kind: bridge, bridge: br0}
+hypervisor: {memory_overhead: 300M}
+grace_seconds: 15
+"""
+SPEC = "name: web\nimage: tiny\ncpus: 3\nmemory: 1500M\ntime: '1:30:00'\nnetworks: [{network: lan}]\n"
+
+
+def dry_run(tmp_path, spec: str, *extra: str) -> subprocess.CompletedProcess:
+    (tmp_path / "config.yaml").write_text(CONFIG)
+    (tmp_path / "vm.yaml").write_text(spec)
+    exe = os.path.join(os.path.dirname(sys.executable), "slurm-vm")
+    return subprocess.run([exe, "submit", str(tmp_path / "vm.yaml"), "--dry-run", *extra],
+                          env={**os.environ, "SLURM_VM_CONFIG": str(tmp_path / "config.yaml")},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_dry_run_shows_the_sbatch_arguments_and_script(tmp_path):
+    proc = dry_run(tmp_path, SPEC, "--partition=vm", "--account", "proj", "-q", "high")
+    assert proc.returncode == 0, proc.stderr
+    command, script = proc.stdout.split("\n\n", 1)
+    args = shlex.split(command)
+    assert args[0] == "sbatch"
+    assert "--cpus-per-task=3" in args
+    assert "--mem=1800M" in args                      # 1500M guest + 300M overhead
+    assert "--time=1:30:00" in args
+    assert "--signal=B:USR1@75" in args               # grace 15 + 60 s of Slurm's slack
+    assert "--job-name=vm-web" in args and "--nodes=1" in args
+    assert args[-5:] == ["--partition=vm", "--account", "proj", "-q", "high"]
+    comment = next(a for a in args if a.startswith("--comment="))[len("--comment="):]
+    assert transport.inline_spec(comment) == SPEC
+    assert script.startswith("#!/bin/sh\n") and "exec slurm-vm launch" in script
+    assert transport.spec_from_script(script) == SPEC
+
+
+def test_memory_overhead_rounds_up_to_whole_mebibytes(tmp_path):
+    proc = dry_run(tmp_path, SPEC.replace("1500M", "1000001K"))
+    assert "--mem=1277M" in proc.stdout   # ceil(1000001 KiB / 1024) = 977 MiB + 300
+
+
+def test_large_specs_travel_in_the_script_with_a_digest(tmp_path):
+    big = SPEC + "cloud_init:\n  user_data: |\n" + "".join(f"    # line {os.urandom(16).hex()}\n" for _ in range(200))
+    proc = dry_run(tmp_path, big)
+    assert proc.returncode == 0, proc.stderr
+    command, script = proc.stdout.split("\n\n", 1)
+    comment = next(a for a in shlex.split(command) if a.startswith("--comment="))[len("--comment="):]
+    assert comment.startswith("slurm-vm:1:sha256:") and len(comment) <= 1024
+    assert transport.spec_from_script(script, transport.comment_digest(comment)) == big
+
+
+def test_multi_vm_jobs_run_one_launcher_per_node(tmp_path):
+    spec = "name: vc\nimage: tiny\ncount: 3\n"
+    proc = dry_run(tmp_path, spec)
+    assert "--nodes=3" in proc.stdout and "--ntasks-per-node=1" in proc.stdout
+    assert "exec srun --ntasks-per-node=1" in proc.stdout
+
+
+@settings(max_examples=100)
+@given(st.text(max_size=5000))
+def test_transport_round_trips_any_text(text):
+    comment = transport.encode_comment(text)
+    assert len(comment) <= transport.MAX_COMMENT and transport.is_vm_comment(comment)
+    script = transport.embed_in_script(text)
+    inline = transport.inline_spec(comment)
+    if inline is not None:
+        assert inline == text
+    else:
+        assert transport.spec_from_script(script, transport.comment_digest(comment)) == text
+
+
+def test_transport_refuses_tampering():
+    script = transport.embed_in_script("name: a\n")
+    other = transport.spec_digest("name: b\n")
+    with pytest.raises(transport.TransportError, match="does not match"):
+        transport.spec_from_script(script, other)
+    lines = script.splitlines()
+    lines[1] = "# !!!!" + lines[1][6:]
+    with pytest.raises(transport.TransportError, match="damaged"):
+        transport.spec_from_script("\n".join(lines))
+    with pytest.raises(transport.TransportError, match="no slurm-vm spec"):
+        transport.spec_from_script("#!/bin/sh\necho hi\n")
+    with pytest.raises(transport.TransportError):
+        transport.comment_digest("slurm-vm:1:sha256:xyz")
+
+
+@given(st.integers(0, 1 << 50))
+def test_sizes_round_trip(n):
+    assert units.parse_size(units.format_size(n)) == n
+
+
+@pytest.mark.parametrize("text,seconds", [("60", 3600), ("1:30", 90), ("2:00:00", 7200), ("1-0", 86400),
+                                          ("1-2:3", 93780), ("1-00:00:01", 86401), ("unlimited", None)])
+def test_slurm_times(text, seconds):
+    assert units.parse_slurm_time(text) == seconds
+
+
+def line(*fields: str) -> str:
+    return SEP.join(fields)
+
+
+def test_squeue_lines_as_slurm_prints_them():
+    running = parse_squeue_line(line("42", "vm-web", "alice", "RUNNING", "n[1-3]", "6", "1800M", "5:01",
+                                     "1:30:00", "2026-11-24T12:00:00", "None", "slurm-vm:1:z:abc def|x"))
+    assert running.job_id == 42 and running.nodes == ("n1", "n2", "n3") and running.cpus == 6
+    assert running.comment == "slurm-vm:1:z:abc def|x" and running.is_vm and running.vm_name == "web"
+    pending = parse_squeue_line(line("43", "other job", "bob", "PENDING", "", "1", "1G", "0:00", "10:00", "N/A",
+                                     "Priority", "(null)"))
+    assert pending.nodes == () and pending.comment == "" and not pending.is_vm
+    assert parse_squeue_line("garbage") is None
+    assert parse_squeue_line(line("x", *["a"] * 11)) is None
