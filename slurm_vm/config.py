@@ -8,8 +8,7 @@ import pwd
 from dataclasses import dataclass
 
 from .errors import Problem, ValidationError
-from .schema import (NAME_HELP, NAME_PATTERN, AbsPath, Bool, Context, Int, ListOf, MapOf, Obj, Size, Str, field,
-                     parse_object)
+from .schema import AbsPath, Context, Int, ListOf, MapOf, Obj, Size, Str, field, parse_object
 from .yamldoc import load_document
 
 DEFAULT_CONFIG_PATH = "/etc/slurm-vm/config.yaml"

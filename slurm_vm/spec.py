@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 
 from .config import Config, groups_of_user, user_may_use_network
 from .errors import Problem, ValidationError
 from .schema import (NAME_HELP, NAME_PATTERN, AbsPath, Bool, Context, Int, ListOf, Obj, RawMapping, Size, SlurmTime,
                      Str, Text, field, parse_object)
-from .yamldoc import Document, load_document
+from .yamldoc import load_document
 
 MAX_SPEC_BYTES = 1 << 20
 M = 1 << 20
@@ -136,8 +135,6 @@ def _check_against_config(spec: VMSpec, config: Config, ctx: Context) -> None:
         if nic.network not in config.networks:
             known = ", ".join(sorted(config.networks)) or "none configured"
             ctx.problem(("networks", i, "network"), f"no network {nic.network!r}; available: {known}")
-        elif spec.count > 1 and config.networks[nic.network].kind != "vxlan" and False:
-            pass
 
 
 def check_user_access(spec: VMSpec, config: Config, user: str, source: str) -> None:

@@ -181,6 +181,7 @@ class CloudHypervisorRuntime(Runtime):
 class Launcher:
     def __init__(self, defn: VMDefinition):
         self.defn = defn
+        self.started = time.monotonic()
         self.requested: ExitCode | None = None
         self.request_signal = ""
 
@@ -254,7 +255,7 @@ class Launcher:
         finally:
             for fd in fds:
                 os.close(fd)
-        say("VM running")
+        say(f"VM running ({time.monotonic() - self.started:.2f}s after the launcher started)")
         return self._supervise(runtime, log_path)
 
     def _supervise(self, runtime: Runtime, log_path: str) -> int:
