@@ -43,6 +43,20 @@ def _run(argv: list[str], timeout: float = 60, check: bool = True, **kw) -> subp
     return proc
 
 
+def _alive(pid: int) -> bool:
+    """Running (a zombie child of ours is reaped and counts as gone)."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
 def ensure_test_users() -> None:
     for name, uid in TEST_USERS:
         if _run(["id", "-u", name], check=False).returncode != 0:
@@ -416,7 +430,7 @@ class Cluster:
         except ProcessLookupError:
             return
         deadline = time.monotonic() + STOP_TIMEOUT / 4
-        while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
+        while time.monotonic() < deadline and _alive(pid):
             time.sleep(0.05)
         try:
             os.killpg(pid, signal.SIGKILL)
