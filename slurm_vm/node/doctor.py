@@ -49,12 +49,26 @@ def _ids_in(directory: str, suffix: str = "") -> list[tuple[int, str]]:
     return out
 
 
+def _segment_holders(locks: str) -> list[tuple[int, int]]:
+    from ..networks.links import segment_jobs
+    try:
+        names = os.listdir(locks)
+    except FileNotFoundError:
+        return []
+    vnis = [int(n[6:-5]) for n in names if n.startswith("vxlan-") and n.endswith(".json") and n[6:-5].isdigit()]
+    return [(vni, job) for vni in vnis for job in segment_jobs(locks, vni)]
+
+
 def find_leftovers(state_dir: str, live_job_ids: set[int]) -> list[Finding]:
+    from ..disks.volumes import VolumeReservations
     from ..networks.links import list_owned_links
+    locks = os.path.join(state_dir, "locks")
     found = [Finding("job dir", path, jid) for jid, path in _ids_in(jobs_dir(state_dir))]
     found += [Finding("error note", path, jid) for jid, path in _ids_in(jobs_dir(state_dir), ".error")]
     found += [Finding("journal", path, jid) for jid, path in _ids_in(journal_dir(state_dir), ".jsonl")]
     found += [Finding("link", name, jid) for name, jid, _ in list_owned_links()]
+    found += [Finding("volume reservation", name, jid) for name, jid in VolumeReservations(locks).holders()]
+    found += [Finding("VXLAN segment reference", f"vni {vni}", jid) for vni, jid in _segment_holders(locks)]
     return sorted((f for f in found if f.job_id not in live_job_ids), key=lambda f: (f.job_id, f.kind, f.name))
 
 
