@@ -156,15 +156,23 @@ def test_node_doctor_finds_and_fixes_leftovers(vm_cluster):
     node = vc.cluster.nodes[0]
     state = vc.node_state(node)
     os.makedirs(os.path.join(state, "jobs", "999999"), exist_ok=True)
+    os.makedirs(os.path.join(state, "locks", "volumes"), exist_ok=True)
+    with open(os.path.join(state, "locks", "vxlan-5999.json"), "w") as fh:
+        json.dump({"jobs": [999999], "private": True}, fh)
+    with open(os.path.join(state, "locks", "volumes", "1-2"), "w") as fh:
+        fh.write("999999 /data/v.img\n")
     argv = [os.path.join(os.path.dirname(os.path.dirname(__import__("sys").executable)), "bin", "slurm-vm"),
             "node", "doctor", "--node", node, "--json"]
     env = ["env", f"SLURM_VM_CONFIG={vc.config_path}", *[f"{k}={v}" for k, v in vc.cluster.env.items()]]
     found = vc.cluster.node_exec(node, [*env, *argv], timeout=60)
     assert found.returncode == 1, found.stderr
-    assert any(f["job_id"] == 999999 for f in json.loads(found.stdout))
+    kinds = {f["kind"] for f in json.loads(found.stdout) if f["job_id"] == 999999}
+    assert kinds == {"job dir", "volume reservation", "VXLAN segment reference"}, found.stdout
     fixed = vc.cluster.node_exec(node, [*env, *argv, "--fix"], timeout=60)
     assert fixed.returncode == 0, fixed.stderr
     assert not os.path.exists(os.path.join(state, "jobs", "999999"))
+    assert not os.path.exists(os.path.join(state, "locks", "vxlan-5999.json"))
+    assert not os.path.exists(os.path.join(state, "locks", "volumes", "1-2"))
 
 
 MULTI = """name: vc
