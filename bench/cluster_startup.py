@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""Start-up and tear-down time of the namespace test cluster, per Slurm flavour (root).
+
+Usage: bench/cluster_startup.py [--runs N] [--flavours 22.05,24.11]
+The 24.11 root filesystem is built first if missing (not timed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from slurm_vm.devtools.testcluster import Cluster, ensure_rootfs  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--flavours", default="22.05,24.11")
+    args = parser.parse_args()
+    print("| flavour | runs | up (3 nodes idle) median s | first `srun -N3` s | down s |\n|---|---|---|---|---|")
+    for flavour in args.flavours.split(","):
+        if flavour == "24.11":
+            ensure_rootfs(None, [])
+        ups, sruns, downs = [], [], []
+        for i in range(args.runs):
+            cluster = Cluster(f"bench{flavour.replace('.', '')}", slurm=flavour, hooks="none")
+            cluster.down()
+            start = time.perf_counter()
+            cluster.up()
+            ups.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            proc = cluster.client(["srun", "-N3", "true"], user="svmtest", timeout=120)
+            sruns.append(time.perf_counter() - start)
+            if proc.returncode != 0:
+                raise SystemExit(proc.stderr)
+            start = time.perf_counter()
+            cluster.down()
+            downs.append(time.perf_counter() - start)
+        print(f"| {flavour} | {args.runs} | {statistics.median(ups):.2f} | {statistics.median(sruns):.2f} | "
+              f"{statistics.median(downs):.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
