@@ -7,7 +7,7 @@ published API (shared/reference/cloud-hypervisor-v53.0-api.yaml) rather than run
 from __future__ import annotations
 
 from ..errors import HypervisorError
-from .definition import VMDefinition
+from .definition import VMDefinition, boot_argv
 
 API_SOCKET = "api.sock"
 EVENT_LOG = "events.json"
@@ -26,14 +26,7 @@ def ch_argv(defn: VMDefinition, cores: list[int], nic_fds: list[int]) -> list[st
             "--cpus", f"boot={defn.cpus},affinity={_affinity(cores)}",
             "--memory", f"size={defn.memory_bytes >> 20}M",
             "--serial", f"file={defn.path(SERIAL_LOG)}", "--console", "off"]
-    if defn.boot.kernel:
-        argv += ["--kernel", defn.boot.kernel]
-        if defn.boot.initrd:
-            argv += ["--initramfs", defn.boot.initrd]
-        if defn.boot.cmdline:
-            argv += ["--cmdline", defn.boot.cmdline]
-    else:
-        argv += ["--firmware", defn.boot.firmware]  # type: ignore[list-item]
+    argv += boot_argv(defn.boot, ("--kernel", "--initramfs", "--cmdline", "--firmware"))
     if defn.disks:
         argv.append("--disk")
         argv += [_disk_option(d.path, d.format, d.readonly, d.backing, i) for i, d in enumerate(defn.disks)]

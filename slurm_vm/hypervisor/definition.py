@@ -19,6 +19,19 @@ class Boot:
     firmware: str | None = None
 
 
+def boot_argv(boot: Boot, flags: tuple[str, str, str, str]) -> list[str]:
+    """Boot options in a VMM's own flag names: (kernel, initrd, cmdline, firmware)."""
+    kernel_flag, initrd_flag, cmdline_flag, firmware_flag = flags
+    if not boot.kernel:
+        return [firmware_flag, boot.firmware or ""]
+    argv = [kernel_flag, boot.kernel]
+    if boot.initrd:
+        argv += [initrd_flag, boot.initrd]
+    if boot.cmdline:
+        argv += [cmdline_flag, boot.cmdline]
+    return argv
+
+
 @dataclass(frozen=True)
 class Disk:
     path: str

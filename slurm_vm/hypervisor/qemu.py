@@ -6,7 +6,7 @@ import asyncio
 import os
 
 from ..errors import HypervisorError
-from .definition import VMDefinition
+from .definition import VMDefinition, boot_argv
 
 QMP_SOCKET = "qmp.sock"
 SERIAL_LOG = "serial.log"
@@ -22,14 +22,7 @@ def qemu_argv(defn: VMDefinition, accelerator: str, nic_fds: list[int]) -> list[
             "-nodefaults", "-no-user-config", "-S", "-display", "none", "-monitor", "none",
             "-serial", f"file:{defn.path(SERIAL_LOG)}",
             "-qmp", f"unix:{defn.path(QMP_SOCKET)},server=on,wait=off"]
-    if defn.boot.kernel:
-        argv += ["-kernel", defn.boot.kernel]
-        if defn.boot.initrd:
-            argv += ["-initrd", defn.boot.initrd]
-        if defn.boot.cmdline:
-            argv += ["-append", defn.boot.cmdline]
-    else:
-        argv += ["-bios", defn.boot.firmware]  # type: ignore[list-item]
+    argv += boot_argv(defn.boot, ("-kernel", "-initrd", "-append", "-bios"))
     for i, disk in enumerate(defn.disks):
         readonly = ",readonly=on" if disk.readonly else ""
         argv += ["-drive", f"file={_escape(disk.path)},format={disk.format},if=none,id=d{i},"

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import signal
 
-from ..config import load_config
-from ..errors import SlurmVmError, ValidationError
-from .context import job_context_from_env
-from .log import log_event
+from ..errors import SlurmVmError
+from .log import hook_context, log_event
 from .prepare import ensure_state_dirs
 from .teardown import teardown_job
 
@@ -23,16 +21,10 @@ def _on_alarm(signum, frame):
 
 
 def run_epilog(env: dict[str, str]) -> int:
-    job = env.get("SLURM_JOB_ID", "?")
-    try:
-        ctx = job_context_from_env(env)
-        config = load_config()
-    except ValidationError as exc:
-        log_event("epilog", job, f"config: {exc.problems[0]}", error=True)
+    loaded = hook_context("epilog", env)
+    if loaded is None:
         return 1
-    except SlurmVmError as exc:
-        log_event("epilog", job, str(exc), error=True)
-        return 1
+    ctx, config = loaded
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.alarm(EPILOG_TIMEOUT_SECONDS)
     try:

@@ -8,6 +8,21 @@ import syslog
 import time
 
 
+def hook_context(hook: str, env: dict[str, str]):
+    """(JobContext, Config) for a hook, or None after logging why not (a node fault)."""
+    from ..config import load_config
+    from ..errors import SlurmVmError, ValidationError
+    from .context import job_context_from_env
+    job = env.get("SLURM_JOB_ID", "?")
+    try:
+        return job_context_from_env(env), load_config()
+    except ValidationError as exc:
+        log_event(hook, job, f"step config: {exc.problems[0]}", error=True)
+    except SlurmVmError as exc:
+        log_event(hook, job, f"step context: {exc}", error=True)
+    return None
+
+
 def log_event(hook: str, job_id: int | str, message: str, log_file: str | None = None, error: bool = False) -> None:
     line = f"slurm-vm-{hook}: job {job_id}: {message}"
     print(line, file=sys.stderr, flush=True)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 
 from .. import transport
-from ..config import Config, load_config
+from ..config import Config
 from ..errors import SlurmVmError, ValidationError
-from .context import JobContext, job_context_from_env
+from .context import JobContext
 from .journal import Journal
-from .log import log_event
+from .log import hook_context, log_event
 from .plan import error_note_path, make_plan
 from .prepare import UserFault, ensure_state_dirs, prepare_node
 from .teardown import teardown_job
@@ -57,16 +57,10 @@ def write_error_note(config: Config, ctx: JobContext, message: str) -> None:
 
 
 def run_prolog(env: dict[str, str]) -> int:
-    job = env.get("SLURM_JOB_ID", "?")
-    try:
-        ctx = job_context_from_env(env)
-        config = load_config()
-    except ValidationError as exc:
-        log_event("prolog", job, f"step config: {exc.problems[0]}", error=True)
+    loaded = hook_context("prolog", env)
+    if loaded is None:
         return EXIT_NODE_FAULT
-    except SlurmVmError as exc:
-        log_event("prolog", job, f"step context: {exc}", error=True)
-        return EXIT_NODE_FAULT
+    ctx, config = loaded
     try:
         state_dir = config.node_state_dir(ctx.node)
         ensure_state_dirs(state_dir)
