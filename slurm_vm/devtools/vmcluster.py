@@ -54,6 +54,9 @@ def test_config(directory: str, state_root: str, underlay: str, guests: dict) ->
         "tiny-noacpi": {"path": base, "kernel": tiny["kernel"], "initrd": tiny["initrd"],
                         "cmdline": tiny["cmdline"] + " svmtest.noacpi",
                         "description": "busybox test guest that ignores the ACPI power button"},
+        "tiny-selfoff": {"path": base, "kernel": tiny["kernel"], "initrd": tiny["initrd"],
+                         "cmdline": tiny["cmdline"] + " svmtest.poweroff=3",
+                         "description": "busybox test guest that powers off 3 s after it is ready"},
     }
     if "debian" in guests:
         deb = guests["debian"]

@@ -15,7 +15,8 @@ from ..errors import NodeError, SlurmVmError
 from .journal import Journal, ensure_root_dir, journal_dir
 from .plan import DEFINITION_NAME, NodePlan, jobs_dir
 
-FAULT_FILE = "fault-inject"   # root-only test hook: <state_dir>/fault-inject names a step to fail at
+# Root-only test hook: <state_dir>/fault-inject holds lines `STEP` (every job) or `STEP:JOBID`.
+FAULT_FILE = "fault-inject"
 
 
 class UserFault(SlurmVmError):
@@ -38,12 +39,17 @@ def ensure_state_dirs(state_dir: str) -> None:
     ensure_root_dir(locks_dir(state_dir), 0o700)
 
 
-def _injected_fault(state_dir: str) -> str | None:
+def _injected_fault(state_dir: str, job_id: int) -> str | None:
     try:
         with open(os.path.join(state_dir, FAULT_FILE), encoding="utf-8") as fh:
-            return fh.read().strip()
+            lines = fh.read().split()
     except FileNotFoundError:
         return None
+    for line in lines:
+        step, _, job = line.partition(":")
+        if not job or job == str(job_id):
+            return step
+    return None
 
 
 def step_job_dir(plan: NodePlan, journal: Journal, out: Prepared) -> None:
@@ -152,7 +158,7 @@ STEPS: tuple[tuple[str, Callable[[NodePlan, Journal, Prepared], None]], ...] = (
 def prepare_node(plan: NodePlan, journal: Journal) -> None:
     """Run every step; on any failure undo the journal and re-raise (the caller reports it)."""
     from .teardown import undo_journal
-    fault = _injected_fault(plan.state_dir)
+    fault = _injected_fault(plan.state_dir, plan.job_id)
     out = Prepared(volume_formats={})
     current = ""
     try:
