@@ -42,6 +42,7 @@ class Soak:
         self.active: dict[int, dict] = {}
         self.outcomes: collections.Counter = collections.Counter()
         self.injected_nodes: set[str] = set()
+        self.resumes = 0
 
     def inject(self, job_hint: str) -> None:
         for node in self.vc.cluster.nodes:
@@ -66,6 +67,7 @@ class Soak:
                 node, _, why = line.partition("|")
                 if node:
                     self.injected_nodes.add(node)
+                    self.resumes += 1
                     self.vc.cluster.client(["scontrol", "update", f"nodename={node}", "state=resume"])
             if state in ("PENDING", "REQUEUED", "REQUEUE_HOLD") or "held" in self.vc.job_field(job, "%r").lower():
                 if time.monotonic() - info["since"] > 5:
@@ -146,8 +148,10 @@ def main() -> int:
     print(f"\nleaks: {len(leaks)} {leaks[:10]}")
     print(f"drained nodes at the end: {len(drained)} {drained}; nodes drained by injected prolog failures "
           f"(resumed): {sorted(soak.injected_nodes)}")
+    injected = sum(n for (ending, _), n in soak.outcomes.items() if ending == "prolog-failure")
+    print(f"drain events resumed: {soak.resumes}; injected prolog failures: {injected}")
     unfinished = args.jobs - sum(soak.outcomes.values())
-    return 0 if not leaks and not drained and not unfinished else 1
+    return 0 if not leaks and not drained and not unfinished and soak.resumes <= injected else 1
 
 
 if __name__ == "__main__":
