@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
     say("starting a 3-node Slurm cluster in network namespaces, Prolog/Epilog = slurm-vm's")
-    cluster = Cluster(CLUSTER_NAME, slurm="22.05", nodes=3, hooks="slurm-vm", venv=venv_dir(),
+    cluster = Cluster(CLUSTER_NAME, slurm="22.05", nodes_count=3, hooks="slurm-vm", venv=venv_dir(),
                       slurm_vm_config=config, bind=[REPO, directory], kill_wait=KILL_WAIT)
     cluster.up()
     setup_node_bridges(cluster)
