@@ -53,6 +53,14 @@ def test_vm_runs_with_seed_and_network_then_stops_gracefully(vm_cluster):
     assert names["alpha"]["job_id"] == job and names["alpha"]["state"] == "RUNNING"
     assert names["alpha"]["addresses"] == ["10.77.0.10"]
 
+    status = vc.slurm_vm("status", "alpha", "--json")
+    assert status.returncode == 0, status.stderr
+    data = json.loads(status.stdout)
+    assert data["state"] == "RUNNING" and data["nodes"] == [node]
+    assert any("SLURM-VM-TEST ready" in line for line in data["serial_tail"]), data
+    console = vc.slurm_vm("console", str(job), "--lines", "50")
+    assert console.returncode == 0 and "SLURM-VM-TEST hostname=alpha" in console.stdout, console.stderr
+
     stop = vc.slurm_vm("stop", "alpha")
     assert stop.returncode == 0, stop.stderr
     assert vc.wait_gone_or_ended(job) == "COMPLETED", vc.output(job)
