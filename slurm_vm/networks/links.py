@@ -24,9 +24,9 @@ from ..errors import NodeError
 from .names import multicast_group, parse_owned_name, vxlan_bridge_name, vxlan_device_name
 
 
-def _iproute_class():
-    """pyroute2's IPRoute without running pyroute2/__init__.py (which imports NDB, IPDB, conntrack:
-    ~70 ms that every prolog would pay for nothing)."""
+def _pyroute2_package() -> None:
+    """Register pyroute2 as a bare package so that importing its submodules does not run
+    pyroute2/__init__.py, which imports NDB, IPDB and conntrack: ~100 ms every hook would pay for nothing."""
     if "pyroute2" not in sys.modules:
         spec = importlib.util.find_spec("pyroute2")
         if spec is None or spec.submodule_search_locations is None:
@@ -35,6 +35,10 @@ def _iproute_class():
         package.__path__ = list(spec.submodule_search_locations)
         package.__spec__ = spec
         sys.modules["pyroute2"] = package
+
+
+def _iproute_class():
+    _pyroute2_package()
     from pyroute2.iproute.linux import IPRoute
     return IPRoute
 
@@ -49,6 +53,7 @@ def _ipr() -> Iterator[object]:
 
 
 def _netlink_error():
+    _pyroute2_package()
     from pyroute2.netlink.exceptions import NetlinkError
     return NetlinkError
 

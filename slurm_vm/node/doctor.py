@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 from ..config import Config
 from ..slurm import SlurmBackend
-from .journal import journal_dir
-from .plan import jobs_dir
+from .layout import journal_dir, jobs_dir
 from .teardown import teardown_job
 
 LIVE_STATES = {"RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "STOPPED"}

@@ -6,7 +6,7 @@ import signal
 
 from ..errors import SlurmVmError
 from .log import hook_context, log_event
-from .prepare import ensure_state_dirs
+from .layout import ensure_state_dirs
 from .teardown import teardown_job
 
 EPILOG_TIMEOUT_SECONDS = 60

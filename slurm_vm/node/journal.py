@@ -11,35 +11,13 @@ import json
 import os
 from dataclasses import dataclass
 
-from ..errors import NodeError
+from .layout import journal_path
 
 
 @dataclass(frozen=True)
 class Entry:
     action: str
     args: dict
-
-
-def journal_dir(state_dir: str) -> str:
-    return os.path.join(state_dir, "journal")
-
-
-def journal_path(state_dir: str, job_id: int) -> str:
-    return os.path.join(journal_dir(state_dir), f"{job_id}.jsonl")
-
-
-def ensure_root_dir(path: str, mode: int = 0o700) -> None:
-    """A directory owned by root with exactly `mode`; refuses one that someone else could have made."""
-    try:
-        os.mkdir(path, mode)
-    except FileExistsError:
-        pass
-    st = os.lstat(path)
-    import stat
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0:
-        raise NodeError(f"{path} is not a root-owned directory; remove it and let slurm-vm recreate it")
-    if stat.S_IMODE(st.st_mode) != mode:
-        os.chmod(path, mode)
 
 
 class Journal:

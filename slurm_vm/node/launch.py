@@ -8,7 +8,7 @@ import sys
 from ..config import load_config
 from ..errors import SlurmVmError
 from .context import job_id_from_env
-from .plan import DEFINITION_NAME, error_note_path, job_dir
+from .layout import DEFINITION_NAME, error_note_path, job_dir
 
 EXIT_REFUSED = 7
 SERIAL_NAME = "serial.log"

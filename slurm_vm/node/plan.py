@@ -14,10 +14,8 @@ import yaml
 from ..config import Config
 from ..spec import VMSpec
 from .context import JobContext
+from .layout import OVERLAY_NAME, SEED_NAME, job_dir
 
-OVERLAY_NAME = "overlay.qcow2"
-SEED_NAME = "seed.iso"
-DEFINITION_NAME = "vm.json"
 
 
 @dataclass(frozen=True)
@@ -64,18 +62,6 @@ class NodePlan:
     nics: tuple[NicPlan, ...]
     definition: dict
     qemu_img: str = "qemu-img"
-
-
-def jobs_dir(state_dir: str) -> str:
-    return os.path.join(state_dir, "jobs")
-
-
-def job_dir(state_dir: str, job_id: int) -> str:
-    return os.path.join(jobs_dir(state_dir), str(job_id))
-
-
-def error_note_path(state_dir: str, job_id: int) -> str:
-    return os.path.join(jobs_dir(state_dir), f"{job_id}.error")
 
 
 def instance_id(ctx: JobContext) -> str:

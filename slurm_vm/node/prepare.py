@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import NodeError, SlurmVmError
-from .journal import Journal, ensure_root_dir, journal_dir
-from .plan import DEFINITION_NAME, NodePlan, jobs_dir
+from .journal import Journal
+from .layout import DEFINITION_NAME, locks_dir
+from .plan import NodePlan
 
 # Root-only test hook: <state_dir>/fault-inject holds lines `STEP` (every job) or `STEP:JOBID`.
 FAULT_FILE = "fault-inject"
@@ -26,17 +27,6 @@ class UserFault(SlurmVmError):
 @dataclass
 class Prepared:
     volume_formats: dict[str, str]
-
-
-def locks_dir(state_dir: str) -> str:
-    return os.path.join(state_dir, "locks")
-
-
-def ensure_state_dirs(state_dir: str) -> None:
-    ensure_root_dir(state_dir, 0o711)
-    ensure_root_dir(jobs_dir(state_dir), 0o711)
-    ensure_root_dir(journal_dir(state_dir), 0o700)
-    ensure_root_dir(locks_dir(state_dir), 0o700)
 
 
 def _injected_fault(state_dir: str, job_id: int) -> str | None:

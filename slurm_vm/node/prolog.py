@@ -10,8 +10,9 @@ from ..errors import SlurmVmError, ValidationError
 from .context import JobContext
 from .journal import Journal
 from .log import hook_context, log_event
-from .plan import error_note_path, make_plan
-from .prepare import UserFault, ensure_state_dirs, prepare_node
+from .layout import ensure_state_dirs, error_note_path
+from .plan import make_plan
+from .prepare import UserFault, prepare_node
 from .teardown import teardown_job
 
 EXIT_OK = 0

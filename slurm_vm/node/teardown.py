@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from ..errors import SlurmVmError
 from .journal import Entry, Journal
-from .plan import error_note_path, job_dir
+from .layout import error_note_path, job_dir
 
 KILL_WAIT_SECONDS = 5.0
 
