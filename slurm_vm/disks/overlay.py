@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 
 from ..errors import NodeError
@@ -39,13 +40,29 @@ def _run(argv: list[str], timeout: int) -> subprocess.CompletedProcess:
     return proc
 
 
+def base_virtual_size(base: str, base_format: str, qemu_img: str = "qemu-img",
+                      timeout: int = QEMU_IMG_TIMEOUT) -> int:
+    """The guest-visible size of an admin's base image: read from the qcow2 header or the raw file's size
+    (no subprocess on the prolog's hot path); anything unusual is left to qemu-img."""
+    try:
+        with open(base, "rb") as fh:
+            header = fh.read(32)
+            size = os.fstat(fh.fileno()).st_size
+    except OSError as exc:
+        raise NodeError(f"cannot read base image {base}: {exc.strerror}") from None
+    if base_format == "raw":
+        return size
+    if len(header) == 32 and header[:4] == b"QFI\xfb":
+        return struct.unpack(">Q", header[24:32])[0]
+    return int(qemu_img_info(base, base_format, qemu_img, timeout).get("virtual-size", 0))
+
+
 def create_overlay(base: str, base_format: str, overlay: str, size_bytes: int | None, uid: int, gid: int,
                    qemu_img: str = "qemu-img", timeout: int = QEMU_IMG_TIMEOUT) -> int:
     """Create `overlay` (qcow2, backing file `base`), at least as large as the base; returns its size."""
     if not os.path.isfile(base):
         raise NodeError(f"base image {base} does not exist on this node")
-    info = qemu_img_info(base, base_format, qemu_img, timeout)
-    base_size = int(info.get("virtual-size", 0))
+    base_size = base_virtual_size(base, base_format, qemu_img, timeout)
     if size_bytes is not None and size_bytes < base_size:
         raise DiskSizeError(f"disk: {size_bytes >> 20}M is smaller than the image's {base_size >> 20}M; "
                             "ask for at least the image size or leave `disk` out")

@@ -242,3 +242,11 @@ def test_reservations_keep_a_volume_to_one_running_job(workdir):
     res.release_job(12)
     assert res.holders() == []
     assert os.path.exists(vol)
+
+
+@pytest.mark.parametrize("fmt,size", [("qcow2", "100G"), ("raw", "7M"), ("qcow2", "1536K")])
+def test_base_size_from_the_header_matches_qemu_img(workdir, fmt, size):
+    from slurm_vm.disks.overlay import base_virtual_size
+    base = os.path.join(workdir, f"b.{fmt}")
+    subprocess.run(["qemu-img", "create", "-q", "-f", fmt, base, size], check=True)
+    assert base_virtual_size(base, fmt) == qemu_img_info(base, fmt)["virtual-size"]
