@@ -127,7 +127,7 @@ class QemuRuntime(Runtime):
     def after_start(self, deadline: float) -> None:
         from .qemu import pin_and_resume
         self.wait_for_socket(self.qmp_path, deadline)
-        pinned = pin_and_resume(self.qmp_path, self.cores)
+        pinned = pin_and_resume(self.qmp_path, self.cores, deadline, lambda: self.proc.poll() is None)
         say("vCPUs pinned: " + ", ".join(f"vCPU {v} -> core {c}" for v, c in sorted(pinned.items())))
 
     def power_button(self) -> None:

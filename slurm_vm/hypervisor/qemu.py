@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 from ..errors import HypervisorError
 from .definition import VMDefinition, boot_argv
@@ -69,8 +70,19 @@ def vcpu_threads(socket_path: str) -> dict[int, int]:
     return {int(c["cpu-index"]): int(c["thread-id"]) for c in cpus}
 
 
-def pin_and_resume(socket_path: str, cores: list[int]) -> dict[int, int]:
-    threads = vcpu_threads(socket_path)
+def wait_for_vcpu_threads(socket_path: str, deadline: float, alive) -> dict[int, int]:
+    """QEMU creates its QMP socket a moment before it listens on it: retry until it answers."""
+    while True:
+        try:
+            return vcpu_threads(socket_path)
+        except HypervisorError:
+            if time.monotonic() > deadline or not alive():
+                raise
+            time.sleep(0.05)
+
+
+def pin_and_resume(socket_path: str, cores: list[int], deadline: float, alive) -> dict[int, int]:
+    threads = wait_for_vcpu_threads(socket_path, deadline, alive)
     for index, tid in sorted(threads.items()):
         if index >= len(cores):
             raise HypervisorError(f"vCPU {index} has no core")
