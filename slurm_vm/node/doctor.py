@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ..config import Config
 from ..slurm import SlurmBackend
-from .layout import journal_dir, jobs_dir
+from .layout import journal_dir, jobs_dir, locks_dir
 from .teardown import teardown_job
 
 LIVE_STATES = {"RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "STOPPED"}
@@ -61,7 +61,7 @@ def _segment_holders(locks: str) -> list[tuple[int, int]]:
 def find_leftovers(state_dir: str, live_job_ids: set[int]) -> list[Finding]:
     from ..disks.volumes import VolumeReservations
     from ..networks.links import list_owned_links
-    locks = os.path.join(state_dir, "locks")
+    locks = locks_dir(state_dir)
     found = [Finding("job dir", path, jid) for jid, path in _ids_in(jobs_dir(state_dir))]
     found += [Finding("error note", path, jid) for jid, path in _ids_in(jobs_dir(state_dir), ".error")]
     found += [Finding("journal", path, jid) for jid, path in _ids_in(journal_dir(state_dir), ".jsonl")]

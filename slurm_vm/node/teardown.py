@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from ..errors import SlurmVmError
 from .journal import Entry, Journal
-from .layout import error_note_path, job_dir
+from .layout import error_note_path, job_dir, locks_dir
 
 KILL_WAIT_SECONDS = 5.0
 
@@ -53,11 +53,11 @@ def undo_entry(state_dir: str, entry: Entry, job_id: int) -> str:
         links.delete_link(name)
         return f"deleted link {name}"
     if entry.action == "vxlan_segment":
-        links.release_vxlan_segment(int(args["vni"]), job_id, os.path.join(state_dir, "locks"))
+        links.release_vxlan_segment(int(args["vni"]), job_id, locks_dir(state_dir))
         return f"released VXLAN segment {args['vni']}"
     if entry.action == "volume_reservations":
         from ..disks.volumes import VolumeReservations
-        VolumeReservations(os.path.join(state_dir, "locks")).release_job(job_id)
+        VolumeReservations(locks_dir(state_dir)).release_job(job_id)
         return "released volume reservations"
     raise SlurmVmError(f"unknown journal action {entry.action!r}")
 
@@ -115,7 +115,7 @@ def sweep_job(state_dir: str, job_id: int) -> TeardownReport:
     from ..disks.volumes import VolumeReservations
     from ..networks import links
     report = TeardownReport()
-    locks = os.path.join(state_dir, "locks")
+    locks = locks_dir(state_dir)
     actions = [
         *[(f"link {name}", lambda name=name: links.delete_link(name))
           for name, owner, _ in links.list_owned_links() if owner == job_id],
@@ -123,7 +123,7 @@ def sweep_job(state_dir: str, job_id: int) -> TeardownReport:
           for vni in links.segments_of_job(locks, job_id)],
         (f"job dir {job_id}", lambda: remove_tree_safely(job_dir(state_dir, job_id))),
         ("error note", lambda: remove_tree_safely(error_note_path(state_dir, job_id))),
-        ("volume reservations", lambda: VolumeReservations(os.path.join(state_dir, "locks")).release_job(job_id)),
+        ("volume reservations", lambda: VolumeReservations(locks_dir(state_dir)).release_job(job_id)),
     ]
     for label, action in actions:
         try:
