@@ -15,7 +15,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from slurm_vm.devtools.testcluster import Cluster, ensure_rootfs  # noqa: E402
+from devtools.testcluster import Cluster, ensure_rootfs  # noqa: E402
 
 
 def main() -> int:

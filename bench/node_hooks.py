@@ -21,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.fixtures.hooknode import OTHER, SPEC, USER, Node, ensure_user  # noqa: E402
+from devtools.hooknode import OTHER, SPEC, USER, Node, ensure_user  # noqa: E402
 
 
 def timed(argv: list[str], env: dict[str, str]) -> float:

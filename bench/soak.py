@@ -22,10 +22,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from slurm_vm.devtools.testcluster import Cluster  # noqa: E402
-from slurm_vm.devtools.vmcluster import KILL_WAIT, setup_node_bridges, venv_dir, write_test_config  # noqa: E402
+from devtools.testcluster import Cluster  # noqa: E402
+from devtools.vmcluster import KILL_WAIT, setup_node_bridges, venv_dir, write_test_config  # noqa: E402
 from slurm_vm.node.prepare import STEPS  # noqa: E402
-from tests.fixtures.vmcluster import VMCluster  # noqa: E402
+from devtools.vmcluster import VMCluster  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENDINGS = ("poweroff", "stop", "scancel", "timeout", "prolog-failure", "launcher-killed")

@@ -24,8 +24,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from slurm_vm import transport  # noqa: E402
-from slurm_vm.devtools.testcluster import Cluster  # noqa: E402
-from slurm_vm.devtools.vmcluster import KILL_WAIT, setup_node_bridges, venv_dir, write_test_config  # noqa: E402
+from devtools.testcluster import Cluster  # noqa: E402
+from devtools.vmcluster import KILL_WAIT, setup_node_bridges, venv_dir, write_test_config  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = "name: {name}\nimage: tiny\ncpus: 1\nmemory: 256M\nnetworks: [{{network: lan}}]\n"

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from slurm_vm.devtools.testcluster import Cluster
+from devtools.testcluster import Cluster
 
 pytestmark = pytest.mark.cluster
 
@@ -62,8 +62,8 @@ def test_prolog_and_epilog_run_as_root_on_every_node(slurm_cluster):
 
 
 def test_down_leaves_nothing_and_is_idempotent(cluster_factory):
-    from tests.fixtures.cluster import flavour
-    cluster = cluster_factory("leak" + flavour().replace(".", ""), hooks="none", nodes_count=2)
+    from tests.fixtures.cluster import cluster_name, flavour
+    cluster = cluster_factory(cluster_name("leak" + flavour().replace(".", "")), hooks="none", nodes_count=2)
     run_ok(cluster, ["srun", "-N2", "true"])
     job = int(run_ok(cluster, ["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "sleep 300"]).strip())
     cluster.wait_job(job, {"RUNNING"})

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from slurm_vm.devtools.vmcluster import GUEST_CACHE
+from devtools.vmcluster import GUEST_CACHE
 from slurm_vm.disks.seed import build_seed_iso, render_meta_data
 
 pytestmark = [pytest.mark.root, pytest.mark.guest]

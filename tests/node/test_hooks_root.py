@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import yaml
 
-from tests.fixtures.hooknode import SPEC, STEPS, USER, VENV_BIN
+from devtools.hooknode import SPEC, STEPS, USER, VENV_BIN
 
 pytestmark = pytest.mark.root
 

@@ -15,7 +15,7 @@ import zlib
 import pytest
 
 from slurm_vm import transport
-from tests.fixtures.hooknode import SPEC, USER
+from devtools.hooknode import SPEC, USER
 
 pytestmark = pytest.mark.root
 

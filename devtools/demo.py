@@ -12,7 +12,7 @@ import time
 from .testcluster import Cluster
 from .vmcluster import KILL_WAIT, SetupError, setup_node_bridges, venv_dir, write_test_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_DIR = "/var/lib/slurm-vm-demo"
 CLUSTER_NAME = "demo"
 USER = "svmtest"

@@ -1,0 +1,199 @@
+"""A slurm-vm setup on top of the namespace test cluster: admin config for the test guests, node bridges.
+
+Used by the end-to-end tests (tests/fixtures/vmcluster.py), bench/ and the README's demo (scripts/demo).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import yaml
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GUEST_CACHE = os.environ.get("SLURM_VM_TEST_CACHE", "/var/cache/slurm-vm/guests")
+NODE_BRIDGE = "vmbr0"
+NODE_BRIDGE_ADDR = "10.77.0.1/24"
+GRACE_SECONDS = 12
+KILL_WAIT = 20
+
+
+class SetupError(Exception):
+    pass
+
+
+def venv_dir() -> str:
+    return os.path.dirname(os.path.dirname(sys.executable))
+
+
+def load_guests(cache: str = GUEST_CACHE) -> dict:
+    path = os.path.join(cache, "guests.json")
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise SetupError(f"test guests not built ({path} missing): run scripts/build-test-guests") from None
+
+
+def tiny_base_image(directory: str) -> str:
+    """The tiny guest boots from its initramfs; its 'base image' is an empty qcow2 for the overlay."""
+    base = os.path.join(directory, "tiny-base.qcow2")
+    if not os.path.exists(base):
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", base, "64M"], check=True, timeout=30)
+    os.chmod(base, 0o644)
+    return base
+
+
+def test_config(directory: str, state_root: str, underlay: str, guests: dict) -> dict:
+    tiny = guests["tiny"]
+    base = tiny_base_image(directory)
+    images = {
+        "tiny": {"path": base, "kernel": tiny["kernel"], "initrd": tiny["initrd"], "cmdline": tiny["cmdline"],
+                 "description": "busybox test guest"},
+        "tiny-noacpi": {"path": base, "kernel": tiny["kernel"], "initrd": tiny["initrd"],
+                        "cmdline": tiny["cmdline"] + " svmtest.noacpi",
+                        "description": "busybox test guest that ignores the ACPI power button"},
+        "tiny-selfoff": {"path": base, "kernel": tiny["kernel"], "initrd": tiny["initrd"],
+                         "cmdline": tiny["cmdline"] + " svmtest.poweroff=3",
+                         "description": "busybox test guest that powers off 3 s after it is ready"},
+    }
+    if "debian" in guests:
+        deb = guests["debian"]
+        images["debian"] = {"path": deb["image"], "kernel": deb["kernel"], "initrd": deb["initrd"],
+                            "cmdline": deb["cmdline"], "description": "Debian 12 with cloud-init"}
+    return {
+        "state_dir": os.path.join(state_root, "%n"),
+        "images": images,
+        "networks": {
+            "lan": {"kind": "bridge", "bridge": NODE_BRIDGE},
+            "private": {"kind": "vxlan", "parent": underlay, "vni_range": [5000, 5999], "subnet": "192.168.77.0/24"},
+        },
+        "grace_seconds": GRACE_SECONDS,
+        "hypervisor": {"memory_overhead": "320M"},
+        "slurm": {"kill_wait": KILL_WAIT},
+        "slurm_vm_command": os.path.join(venv_dir(), "bin", "slurm-vm"),
+        "log_file": os.path.join(directory, "hooks.log"),
+    }
+
+
+def write_test_config(directory: str, state_root: str, underlay: str, cache: str = GUEST_CACHE) -> str:
+    config = test_config(directory, state_root, underlay, load_guests(cache))
+    path = os.path.join(directory, "config.yaml")
+    with open(path, "w") as fh:
+        yaml.safe_dump(config, fh, sort_keys=False)
+    os.chmod(path, 0o644)
+    return path
+
+
+def setup_node_bridges(cluster) -> None:
+    """Each node gets the `lan` bridge with the same address: nodes are separate network namespaces."""
+    script = (f"ip link show {NODE_BRIDGE} >/dev/null 2>&1 || ip link add {NODE_BRIDGE} type bridge; "
+              f"ip addr replace {NODE_BRIDGE_ADDR} dev {NODE_BRIDGE}; ip link set {NODE_BRIDGE} up")
+    for node in cluster.nodes:
+        proc = cluster.node_exec(node, ["sh", "-c", script], timeout=20)
+        if proc.returncode != 0:
+            raise SetupError(f"cannot set up {NODE_BRIDGE} on {node}: {proc.stderr.strip()}")
+
+TEST_ROOT = "/var/lib/slurm-vm-test"
+TEST_USER = "svmtest"
+
+
+@dataclass
+class VMCluster:
+    cluster: object
+    config_path: str
+    directory: str
+    state_root: str
+
+    def slurm_vm(self, *args: str, user: str = TEST_USER, timeout: int = 60) -> subprocess.CompletedProcess:
+        argv = [os.path.join(venv_dir(), "bin", "slurm-vm"), *args]
+        return self.cluster.client(argv, user=user, env={"SLURM_VM_CONFIG": self.config_path}, timeout=timeout)
+
+    def submit(self, spec_text: str, *sbatch: str, name: str = "vm") -> int:
+        spec = os.path.join(self.directory, "specs", f"{name}-{time.monotonic_ns()}.yaml")
+        with open(spec, "w") as fh:
+            fh.write(spec_text)
+        os.chmod(spec, 0o644)
+        out = os.path.join(self.directory, "out", "%j.out")
+        proc = self.slurm_vm("submit", "--parsable", spec, f"--output={out}", *sbatch)
+        assert proc.returncode == 0, proc.stderr
+        return int(proc.stdout.strip())
+
+    def output(self, job_id: int) -> str:
+        try:
+            with open(os.path.join(self.directory, "out", f"{job_id}.out"), errors="replace") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            return ""
+
+    def node_state(self, node: str) -> str:
+        return os.path.join(self.state_root, node)
+
+    def serial_log(self, node: str, job_id: int) -> str:
+        try:
+            with open(os.path.join(self.node_state(node), "jobs", str(job_id), "serial.log"), errors="replace") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            return ""
+
+    def wait_serial(self, node: str, job_id: int, marker: str, timeout: float = 90) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.serial_log(node, job_id)
+            if marker in text:
+                return text
+            time.sleep(0.5)
+        raise AssertionError(f"{marker!r} not in serial log of job {job_id} after {timeout}s:\n"
+                             f"{self.serial_log(node, job_id)[-2000:]}\njob output:\n{self.output(job_id)[-2000:]}")
+
+    def job_field(self, job_id: int, fmt: str) -> str:
+        proc = self.cluster.client(["squeue", "-h", "-t", "all", "-j", str(job_id), "-o", fmt])
+        return proc.stdout.strip()
+
+    def wait_state(self, job_id: int, states: set[str], timeout: float = 90) -> str:
+        deadline = time.monotonic() + timeout
+        state = ""
+        while time.monotonic() < deadline:
+            state = self.job_field(job_id, "%T")
+            if state in states:
+                return state
+            time.sleep(0.5)
+        raise AssertionError(f"job {job_id} is {state or 'gone'}, not {states}, after {timeout}s; "
+                             f"output:\n{self.output(job_id)[-3000:]}")
+
+    def wait_gone_or_ended(self, job_id: int, timeout: float = 120) -> str:
+        return self.wait_state(job_id, {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+                                        "PREEMPTED", "BOOT_FAIL", "DEADLINE"}, timeout)
+
+    def leaks(self, job_id: int | None = None) -> list[str]:
+        """slurm-vm objects left on any node: job dirs, journals, notes, svm links, VMM processes."""
+        found = []
+        for node in self.cluster.nodes:
+            state = self.node_state(node)
+            for sub in ("jobs", "journal"):
+                directory = os.path.join(state, sub)
+                if os.path.isdir(directory):
+                    found += [f"{node}:{sub}/{n}" for n in os.listdir(directory)
+                              if job_id is None or n.split(".")[0] == str(job_id)]
+            proc = self.cluster.node_exec(node, ["ip", "-o", "link", "show"], timeout=20)
+            for line in proc.stdout.splitlines():
+                name = line.split(":", 2)[1].strip().split("@")[0]
+                if name.startswith("svm") and (job_id is None or name.startswith(f"svm{job_id}n")):
+                    found.append(f"{node}:link {name}")
+        procs = subprocess.run(["pgrep", "-a", "-f", f"{self.state_root}/"], capture_output=True, text=True,
+                               timeout=10).stdout
+        found += [f"process {line}" for line in procs.splitlines() if "qemu" in line or "cloud-hyp" in line]
+        return found
+
+    def wait_no_leaks(self, job_id: int | None = None, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            leaks = self.leaks(job_id)
+            if not leaks or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert leaks == [], leaks
