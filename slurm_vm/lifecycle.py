@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass
 from . import transport
 from .config import Config
 from .errors import SlurmError, SlurmVmError, ValidationError
+from .limits import JOB_NAME_PREFIX, SERIAL_LOG
 from .slurm import JobInfo, SlurmBackend
 from .spec import VMSpec, parse_spec
-from .submit import JOB_NAME_PREFIX
 
 ACTIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING"}
 
@@ -113,7 +113,7 @@ def node_command(job: JobInfo, node: str, argv: list[str], timeout: int | None) 
 
 
 def serial_log_path(config: Config, job: JobInfo, node: str) -> str:
-    return os.path.join(config.node_state_dir(node), "jobs", str(job.job_id), "serial.log")
+    return os.path.join(config.node_state_dir(node), "jobs", str(job.job_id), SERIAL_LOG)
 
 
 def serial_tail(config: Config, job: JobInfo, lines: int = 20, timeout: int = 30) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from .config import Config, groups_of_user, user_may_use_network
 from .errors import Problem, ValidationError
+from .limits import MAX_NICS
 from .schema import (NAME_HELP, NAME_PATTERN, AbsPath, Bool, Context, Int, ListOf, Obj, RawMapping, Size, SlurmTime,
                      Str, Text, field, parse_object)
 from .yamldoc import load_document
@@ -21,7 +22,6 @@ MAC_PATTERN = r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}"
 SSH_KEY_PATTERN = r"(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com) [A-Za-z0-9+/=]{16,16384}( [^\n\r\x00]{0,256})?"
 IPV4_CIDR = r"((25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(25[0-5]|2[0-4]\d|1?\d?\d)/([0-9]|[12][0-9]|3[0-2])"
 IPV4 = r"((25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(25[0-5]|2[0-4]\d|1?\d?\d)"
-MAX_NICS = 8
 MAX_VOLUMES = 8
 
 

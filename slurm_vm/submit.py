@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 from . import transport, units
 from .config import Config
+from .limits import JOB_NAME_PREFIX
 from .spec import VMSpec
 
 # Slurm sends the --signal warning up to 60 s earlier than asked; the guest needs the grace time after it.
 SIGNAL_SLACK_SECONDS = 60
-JOB_NAME_PREFIX = "vm-"
 
 
 @dataclass(frozen=True)

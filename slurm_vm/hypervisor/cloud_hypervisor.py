@@ -7,11 +7,12 @@ published API (shared/reference/cloud-hypervisor-v53.0-api.yaml) rather than run
 from __future__ import annotations
 
 from ..errors import HypervisorError
+from ..limits import CH_API_SOCKET as API_SOCKET
+from ..limits import CH_EVENT_LOG as EVENT_LOG
+from ..limits import SERIAL_LOG
 from .definition import VMDefinition, boot_argv
+from .runtime import Runtime, say
 
-API_SOCKET = "api.sock"
-EVENT_LOG = "events.json"
-SERIAL_LOG = "serial.log"
 API_TIMEOUT = 10.0
 
 
@@ -117,3 +118,36 @@ class CloudHypervisorAPI:
 
     def shutdown_vmm(self) -> None:
         self._request("PUT", "vmm.shutdown")
+
+
+class CloudHypervisorRuntime(Runtime):
+    def argv(self, fds: list[int]) -> list[str]:
+        return ch_argv(self.defn, self.cores, fds)
+
+    def api(self):
+        return CloudHypervisorAPI(self.defn.path(API_SOCKET))
+
+    def after_start(self, deadline: float) -> None:
+        self.wait_for_socket(self.defn.path(API_SOCKET), deadline)
+        api = self.api()
+        try:
+            api.ping()
+        finally:
+            api.close()
+        say("vCPUs pinned at start: " + ", ".join(f"vCPU {v} -> core {c}" for v, c in enumerate(self.cores)))
+
+    def power_button(self) -> None:
+        api = self.api()
+        try:
+            api.power_button()
+        finally:
+            api.close()
+
+    def hard_stop(self) -> None:
+        api = self.api()
+        try:
+            api.shutdown_vmm()
+        except HypervisorError:
+            pass
+        finally:
+            api.close()

@@ -11,19 +11,18 @@ import enum
 import fcntl
 import os
 import signal
-import struct
 import subprocess
-import sys
 import time
 
 from ..errors import HypervisorError
+from ..limits import LAUNCHER_LOCK, LAUNCHER_PID, VMM_LOG, VMM_PID
+from .cloud_hypervisor import CloudHypervisorRuntime
 from .cores import NotEnoughCores, allowed_cores, vcpu_map
 from .definition import VMDefinition
 from .kvm import choose_backend
+from .qemu import QemuRuntime
+from .runtime import START_TIMEOUT, Runtime, open_nics, say
 
-TUNSETIFF = 0x400454CA
-IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
-START_TIMEOUT = 30.0
 HARD_STOP_WAIT = 5.0
 POLL = 0.1
 LOG_TAIL_LINES = 15
@@ -40,142 +39,6 @@ class ExitCode(enum.IntEnum):
 
 SIGNAL_RESULTS = {signal.SIGTERM: ExitCode.STOPPED_ON_SIGNAL, signal.SIGINT: ExitCode.STOPPED_ON_SIGNAL,
                   signal.SIGUSR1: ExitCode.STOPPED_ON_SIGNAL, signal.SIGUSR2: ExitCode.GUEST_POWERED_OFF}
-
-
-def say(message: str) -> None:
-    print(f"slurm-vm launch: {message}", file=sys.stderr, flush=True)
-
-
-def open_tap(name: str) -> int:
-    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
-    try:
-        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR))
-    except OSError as exc:
-        os.close(fd)
-        raise HypervisorError(f"cannot attach to tap {name}: {exc.strerror}") from None
-    return fd
-
-
-def open_nics(defn: VMDefinition) -> list[int]:
-    fds: list[int] = []
-    try:
-        for nic in defn.nics:
-            if nic.tap:
-                fds.append(open_tap(nic.tap))
-            else:
-                fds.append(os.open(nic.device, os.O_RDWR | os.O_CLOEXEC))  # type: ignore[arg-type]
-    except OSError as exc:
-        for fd in fds:
-            os.close(fd)
-        raise HypervisorError(f"cannot open a NIC device: {exc.strerror}: {exc.filename}") from None
-    except HypervisorError:
-        for fd in fds:
-            os.close(fd)
-        raise
-    return fds
-
-
-class Runtime:
-    """One VMM process and how to talk to it."""
-
-    def __init__(self, defn: VMDefinition, accelerator: str, cores: list[int]):
-        self.defn, self.accelerator, self.cores = defn, accelerator, cores
-        self.proc: subprocess.Popen | None = None
-
-    def argv(self, fds: list[int]) -> list[str]:
-        raise NotImplementedError
-
-    def after_start(self, deadline: float) -> None:
-        raise NotImplementedError
-
-    def power_button(self) -> None:
-        raise NotImplementedError
-
-    def hard_stop(self) -> None:
-        raise NotImplementedError
-
-    def start(self, fds: list[int], log_path: str) -> None:
-        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            self.proc = subprocess.Popen(self.argv(fds), pass_fds=fds, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=log, start_new_session=True, close_fds=True)
-        except OSError as exc:
-            raise HypervisorError(f"cannot run {self.argv(fds)[0]}: {exc.strerror}") from None
-        finally:
-            os.close(log)
-
-    def wait_for_socket(self, path: str, deadline: float) -> None:
-        while not os.path.exists(path):
-            if self.proc.poll() is not None:  # type: ignore[union-attr]
-                raise HypervisorError(f"the hypervisor exited during start-up (status {self.proc.returncode})")
-            if time.monotonic() > deadline:
-                raise HypervisorError(f"the hypervisor did not open {os.path.basename(path)} within "
-                                      f"{START_TIMEOUT:.0f}s")
-            time.sleep(0.02)
-
-
-class QemuRuntime(Runtime):
-    def argv(self, fds: list[int]) -> list[str]:
-        from .qemu import qemu_argv
-        return qemu_argv(self.defn, self.accelerator, fds)
-
-    @property
-    def qmp_path(self) -> str:
-        from .qemu import QMP_SOCKET
-        return self.defn.path(QMP_SOCKET)
-
-    def after_start(self, deadline: float) -> None:
-        from .qemu import pin_and_resume
-        self.wait_for_socket(self.qmp_path, deadline)
-        pinned = pin_and_resume(self.qmp_path, self.cores, deadline, lambda: self.proc.poll() is None)
-        say("vCPUs pinned: " + ", ".join(f"vCPU {v} -> core {c}" for v, c in sorted(pinned.items())))
-
-    def power_button(self) -> None:
-        from .qemu import power_button
-        power_button(self.qmp_path)
-
-    def hard_stop(self) -> None:
-        from .qemu import quit_now
-        try:
-            quit_now(self.qmp_path)
-        except HypervisorError:
-            pass
-
-
-class CloudHypervisorRuntime(Runtime):
-    def argv(self, fds: list[int]) -> list[str]:
-        from .cloud_hypervisor import ch_argv
-        return ch_argv(self.defn, self.cores, fds)
-
-    def api(self):
-        from .cloud_hypervisor import API_SOCKET, CloudHypervisorAPI
-        return CloudHypervisorAPI(self.defn.path(API_SOCKET))
-
-    def after_start(self, deadline: float) -> None:
-        from .cloud_hypervisor import API_SOCKET
-        self.wait_for_socket(self.defn.path(API_SOCKET), deadline)
-        api = self.api()
-        try:
-            api.ping()
-        finally:
-            api.close()
-        say("vCPUs pinned at start: " + ", ".join(f"vCPU {v} -> core {c}" for v, c in enumerate(self.cores)))
-
-    def power_button(self) -> None:
-        api = self.api()
-        try:
-            api.power_button()
-        finally:
-            api.close()
-
-    def hard_stop(self) -> None:
-        api = self.api()
-        try:
-            api.shutdown_vmm()
-        except HypervisorError:
-            pass
-        finally:
-            api.close()
 
 
 class Launcher:
@@ -200,7 +63,7 @@ class Launcher:
         try:
             return self._run_locked()
         finally:
-            for name in ("vmm.pid", "launcher.pid"):
+            for name in (VMM_PID, LAUNCHER_PID):
                 try:
                     os.unlink(self.defn.path(name))
                 except FileNotFoundError:
@@ -208,13 +71,13 @@ class Launcher:
             os.close(lock_fd)
 
     def _lock(self) -> int | None:
-        fd = os.open(self.defn.path("launcher.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fd = os.open(self.defn.path(LAUNCHER_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             return None
-        self._write_pid("launcher.pid", os.getpid())
+        self._write_pid(LAUNCHER_PID, os.getpid())
         return fd
 
     def _write_pid(self, name: str, pid: int) -> None:
@@ -242,10 +105,10 @@ class Launcher:
         except HypervisorError as exc:
             say(str(exc))
             return ExitCode.FAILED_TO_START
-        log_path = self.defn.path("vmm.log")
+        log_path = self.defn.path(VMM_LOG)
         try:
             runtime.start(fds, log_path)
-            self._write_pid("vmm.pid", runtime.proc.pid)  # type: ignore[union-attr]
+            self._write_pid(VMM_PID, runtime.proc.pid)  # type: ignore[union-attr]
             runtime.after_start(time.monotonic() + START_TIMEOUT)
         except HypervisorError as exc:
             say(f"failed to start: {exc}")

@@ -1,4 +1,4 @@
-"""QEMU: the command line (pure) and control over QMP (the qemu.qmp library)."""
+"""QEMU: the command line (pure), control over QMP (the qemu.qmp library) and the launcher's runtime."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import os
 import time
 
 from ..errors import HypervisorError
+from ..limits import QMP_SOCKET, SERIAL_LOG
 from .definition import VMDefinition, boot_argv
+from .runtime import Runtime, say
 
-QMP_SOCKET = "qmp.sock"
-SERIAL_LOG = "serial.log"
 QMP_TIMEOUT = 10.0
 
 
@@ -97,3 +97,26 @@ def power_button(socket_path: str) -> None:
 
 def quit_now(socket_path: str) -> None:
     qmp(socket_path, ("quit", None))
+
+
+class QemuRuntime(Runtime):
+    def argv(self, fds: list[int]) -> list[str]:
+        return qemu_argv(self.defn, self.accelerator, fds)
+
+    @property
+    def qmp_path(self) -> str:
+        return self.defn.path(QMP_SOCKET)
+
+    def after_start(self, deadline: float) -> None:
+        self.wait_for_socket(self.qmp_path, deadline)
+        pinned = pin_and_resume(self.qmp_path, self.cores, deadline, lambda: self.proc.poll() is None)
+        say("vCPUs pinned: " + ", ".join(f"vCPU {v} -> core {c}" for v, c in sorted(pinned.items())))
+
+    def power_button(self) -> None:
+        power_button(self.qmp_path)
+
+    def hard_stop(self) -> None:
+        try:
+            quit_now(self.qmp_path)
+        except HypervisorError:
+            pass

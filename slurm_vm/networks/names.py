@@ -8,10 +8,8 @@ from __future__ import annotations
 import re
 
 from ..errors import NodeError
+from ..limits import MAX_JOB_ID, MAX_NICS, MAX_VMS_PER_JOB
 
-MAX_JOB_ID = 4294967295
-MAX_NICS = 8
-MAX_VMS_PER_JOB = 2048
 IFNAMSIZ = 15
 _OWNED = re.compile(r"svm([0-9]{1,10})n([0-7])")
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import hostlist
 
 from ..errors import NodeError
+from ..limits import MAX_JOB_ID
 
-MAX_JOB_ID = 4294967295
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ import sys
 from ..config import load_config
 from ..errors import SlurmVmError
 from .context import job_id_from_env
-from .layout import DEFINITION_NAME, error_note_path, job_dir
+from ..limits import DEFINITION_FILE, SERIAL_LOG
+from .layout import error_note_path, job_dir
 
 EXIT_REFUSED = 7
-SERIAL_NAME = "serial.log"
 SERIAL_TAIL_LINES = 20
 
 
@@ -31,7 +31,7 @@ def launch_job(definition_path: str | None, config_path: str | None) -> int:
             if note is not None:
                 _say(f"the node refused this VM: {note}")
                 return EXIT_REFUSED
-            definition_path = os.path.join(job_dir(state_dir, job_id), DEFINITION_NAME)
+            definition_path = os.path.join(job_dir(state_dir, job_id), DEFINITION_FILE)
         try:
             with open(definition_path, encoding="utf-8") as fh:
                 text = fh.read(1 << 20)
@@ -43,7 +43,7 @@ def launch_job(definition_path: str | None, config_path: str | None) -> int:
         try:
             return run(definition)
         finally:
-            print_serial_tail(os.path.join(definition.run_dir, SERIAL_NAME))
+            print_serial_tail(os.path.join(definition.run_dir, SERIAL_LOG))
     except SlurmVmError as exc:
         _say(str(exc))
         return EXIT_REFUSED

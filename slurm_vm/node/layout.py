@@ -11,9 +11,6 @@ import stat
 
 from ..errors import NodeError
 
-OVERLAY_NAME = "overlay.qcow2"
-SEED_NAME = "seed.iso"
-DEFINITION_NAME = "vm.json"
 
 
 def jobs_dir(state_dir: str) -> str:

@@ -5,16 +5,16 @@ Nothing here touches the system; the executor (prepare.py) carries a plan out an
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from dataclasses import dataclass
 
-import yaml
-
 from ..config import Config
 from ..spec import VMSpec
+from .addresses import hosts_entries, plan_addresses
+from .cloudinit import hosts_vendor_data, render_meta_data, render_network_config, render_user_data
 from .context import JobContext
-from .layout import OVERLAY_NAME, SEED_NAME, job_dir
+from ..limits import OVERLAY_FILE, SEED_FILE
+from .layout import job_dir
 
 
 
@@ -85,73 +85,12 @@ def plan_nics(spec: VMSpec, config: Config, ctx: JobContext, jdir: str) -> tuple
     return tuple(nics)
 
 
-def auto_address(subnet: str, vm_index: int) -> str:
-    """VM i of a multi-VM job gets host i+1 of the network's subnet."""
-    network = ipaddress.ip_network(subnet)
-    return f"{network.network_address + vm_index + 1}/{network.prefixlen}"
-
-
-def plan_addresses(spec: VMSpec, config: Config, vm_index: int) -> tuple[str | None, ...]:
-    out = []
-    for ref in spec.networks:
-        subnet = config.networks[ref.network].subnet
-        out.append(ref.address or (auto_address(subnet, vm_index) if subnet else None))
-    return tuple(out)
-
-
-def hosts_entries(spec: VMSpec, config: Config) -> list[tuple[str, str]]:
-    """(address, hostname) of every VM of the job, on the first NIC that has slurm-vm-given addresses."""
-    for ref in spec.networks:
-        subnet = config.networks[ref.network].subnet
-        if subnet and not ref.address:
-            return [(auto_address(subnet, i).split("/")[0], spec.hostname(i)) for i in range(spec.count)]
-    return []
-
-
-def hosts_vendor_data(entries: list[tuple[str, str]], vendor_data: str | None) -> str | None:
-    """Merge an /etc/hosts for the job's VMs into the vendor-data cloud-config."""
-    if not entries:
-        return vendor_data
-    base: dict = {}
-    if vendor_data:
-        loaded = yaml.safe_load(vendor_data)
-        base = loaded if isinstance(loaded, dict) else {}
-    files = base.pop("write_files", [])
-    base["manage_etc_hosts"] = False
-    # Written by hand so that /etc/hosts is a literal block (`content: |`), the most portable YAML form.
-    lines = ["127.0.0.1 localhost", *(f"{ip} {name}" for ip, name in entries)]
-    block = "write_files:\n- path: /etc/hosts\n  permissions: '0644'\n  content: |\n" + \
-        "".join(f"    {line}\n" for line in lines)
-    if files:
-        block += yaml.safe_dump(files, sort_keys=False, width=4096)
-    return "#cloud-config\n" + yaml.safe_dump(base, sort_keys=False, width=4096) + block
-
-
-def render_network_config(spec: VMSpec, nics: tuple[NicPlan, ...], addresses: tuple[str | None, ...]) -> str | None:
-    if spec.cloud_init.network_config is not None:
-        return yaml.safe_dump(spec.cloud_init.network_config, sort_keys=False)
-    if not nics:
-        return None
-    ethernets = {}
-    for nic, ref, address in zip(nics, spec.networks, addresses):
-        entry: dict = {"match": {"macaddress": nic.mac}, "set-name": f"eth{nic.index}"}
-        if address:
-            entry["addresses"] = [address]
-            if ref.gateway:
-                entry["routes"] = [{"to": "0.0.0.0/0", "via": ref.gateway}]
-        else:
-            entry["dhcp4"] = True
-        ethernets[f"eth{nic.index}"] = entry
-    return yaml.safe_dump({"version": 2, "ethernets": ethernets}, sort_keys=False)
-
-
 def plan_seed(spec: VMSpec, config: Config, ctx: JobContext, nics: tuple[NicPlan, ...], jdir: str) -> SeedPlan:
-    from ..disks.seed import render_meta_data, render_user_data
     hostname = spec.hostname(ctx.vm_index)
     user_data, vendor_data = render_user_data(spec.cloud_init.user_data, list(spec.cloud_init.ssh_authorized_keys),
                                               hostname)
     network_config = render_network_config(spec, nics, plan_addresses(spec, config, ctx.vm_index))
-    return SeedPlan(path=os.path.join(jdir, SEED_NAME), meta_data=render_meta_data(instance_id(ctx), hostname),
+    return SeedPlan(path=os.path.join(jdir, SEED_FILE), meta_data=render_meta_data(instance_id(ctx), hostname),
                     user_data=user_data, network_config=network_config,
                     vendor_data=hosts_vendor_data(hosts_entries(spec, config), vendor_data))
 
@@ -187,7 +126,7 @@ def make_plan(spec: VMSpec, config: Config, ctx: JobContext) -> NodePlan:
     image = config.images[spec.image]
     state_dir = config.node_state_dir(ctx.node)
     jdir = job_dir(state_dir, ctx.job_id)
-    overlay = os.path.join(jdir, OVERLAY_NAME)
+    overlay = os.path.join(jdir, OVERLAY_FILE)
     nics = plan_nics(spec, config, ctx, jdir)
     seed = plan_seed(spec, config, ctx, nics, jdir)
     return NodePlan(job_id=ctx.job_id, uid=ctx.uid, gid=ctx.gid, user=ctx.user, state_dir=state_dir,

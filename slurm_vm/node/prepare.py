@@ -13,7 +13,8 @@ from typing import Callable
 
 from ..errors import NodeError, SlurmVmError
 from .journal import Journal
-from .layout import DEFINITION_NAME, locks_dir
+from ..limits import DEFINITION_FILE
+from .layout import locks_dir
 from .plan import NodePlan
 
 # Root-only test hook: <state_dir>/fault-inject holds lines `STEP` (every job) or `STEP:JOBID`.
@@ -109,7 +110,7 @@ def step_definition(plan: NodePlan, journal: Journal, out: Prepared) -> None:
     definition = dict(plan.definition)
     definition["disks"] = [dict(d, format=out.volume_formats.get(d["path"], d["format"])) if d["role"] == "volume"
                            else d for d in definition["disks"]]
-    path = os.path.join(plan.job_dir, DEFINITION_NAME)
+    path = os.path.join(plan.job_dir, DEFINITION_FILE)
     journal.record("file", path=path)
     _write_private_file(path, (json.dumps(definition, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 

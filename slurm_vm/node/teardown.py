@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..errors import SlurmVmError
+from ..limits import VMM_PID
 from .journal import Entry, Journal
 from .layout import error_note_path, job_dir, locks_dir
 
@@ -74,7 +75,7 @@ def undo_journal(state_dir: str, journal: Journal) -> TeardownReport:
 
 def kill_hypervisor(state_dir: str, job_id: int, uid: int | None) -> str | None:
     """Kill the job's VMM if it outlived the job (it should not: Slurm's cgroup ends it first)."""
-    pid_file = os.path.join(job_dir(state_dir, job_id), "vmm.pid")
+    pid_file = os.path.join(job_dir(state_dir, job_id), VMM_PID)
     try:
         fd = os.open(pid_file, os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd) as fh:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..limits import JOB_NAME_PREFIX
+
 
 @dataclass(frozen=True)
 class JobInfo:
@@ -29,7 +31,7 @@ class JobInfo:
 
     @property
     def vm_name(self) -> str:
-        return self.name[3:] if self.name.startswith("vm-") else self.name
+        return self.name[len(JOB_NAME_PREFIX):] if self.name.startswith(JOB_NAME_PREFIX) else self.name
 
 
 class SlurmBackend(Protocol):

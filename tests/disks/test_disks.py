@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from slurm_vm.disks.overlay import DiskSizeError, create_overlay, qemu_img_info
 from slurm_vm.disks.safefs import make_private_dir, remove_tree_safely, run_as_user, write_file_atomic
-from slurm_vm.disks.seed import build_seed_iso, render_meta_data, render_user_data
+from slurm_vm.disks.seed import build_seed_iso
+from slurm_vm.node.cloudinit import render_meta_data, render_user_data
 from slurm_vm.disks.volumes import VolumeReservations, check_volume_as_user
 from slurm_vm.errors import NodeError
 

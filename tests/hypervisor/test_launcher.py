@@ -19,7 +19,8 @@ import time
 import pytest
 
 from devtools.vmcluster import GUEST_CACHE
-from slurm_vm.disks.seed import build_seed_iso, render_meta_data
+from slurm_vm.disks.seed import build_seed_iso
+from slurm_vm.node.cloudinit import render_meta_data
 
 pytestmark = [pytest.mark.root, pytest.mark.guest]
 USER = "svmtest"

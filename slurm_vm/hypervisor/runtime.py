@@ -1,0 +1,92 @@
+"""What every VMM runtime shares: the NIC file descriptors it is handed and its process.
+
+The QEMU and cloud-hypervisor runtimes (qemu.py, cloud_hypervisor.py) subclass Runtime.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+import subprocess
+import sys
+import time
+
+from ..errors import HypervisorError
+from .definition import VMDefinition
+
+TUNSETIFF = 0x400454CA
+IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
+START_TIMEOUT = 30.0
+
+
+def say(message: str) -> None:
+    print(f"slurm-vm launch: {message}", file=sys.stderr, flush=True)
+
+
+def open_tap(name: str) -> int:
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR))
+    except OSError as exc:
+        os.close(fd)
+        raise HypervisorError(f"cannot attach to tap {name}: {exc.strerror}") from None
+    return fd
+
+
+def open_nics(defn: VMDefinition) -> list[int]:
+    fds: list[int] = []
+    try:
+        for nic in defn.nics:
+            if nic.tap:
+                fds.append(open_tap(nic.tap))
+            else:
+                fds.append(os.open(nic.device, os.O_RDWR | os.O_CLOEXEC))  # type: ignore[arg-type]
+    except OSError as exc:
+        for fd in fds:
+            os.close(fd)
+        raise HypervisorError(f"cannot open a NIC device: {exc.strerror}: {exc.filename}") from None
+    except HypervisorError:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
+
+
+class Runtime:
+    """One VMM process and how to talk to it."""
+
+    def __init__(self, defn: VMDefinition, accelerator: str, cores: list[int]):
+        self.defn, self.accelerator, self.cores = defn, accelerator, cores
+        self.proc: subprocess.Popen | None = None
+
+    def argv(self, fds: list[int]) -> list[str]:
+        raise NotImplementedError
+
+    def after_start(self, deadline: float) -> None:
+        raise NotImplementedError
+
+    def power_button(self) -> None:
+        raise NotImplementedError
+
+    def hard_stop(self) -> None:
+        raise NotImplementedError
+
+    def start(self, fds: list[int], log_path: str) -> None:
+        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            self.proc = subprocess.Popen(self.argv(fds), pass_fds=fds, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=log, start_new_session=True, close_fds=True)
+        except OSError as exc:
+            raise HypervisorError(f"cannot run {self.argv(fds)[0]}: {exc.strerror}") from None
+        finally:
+            os.close(log)
+
+    def wait_for_socket(self, path: str, deadline: float) -> None:
+        while not os.path.exists(path):
+            if self.proc.poll() is not None:  # type: ignore[union-attr]
+                raise HypervisorError(f"the hypervisor exited during start-up (status {self.proc.returncode})")
+            if time.monotonic() > deadline:
+                raise HypervisorError(f"the hypervisor did not open {os.path.basename(path)} within "
+                                      f"{START_TIMEOUT:.0f}s")
+            time.sleep(0.02)

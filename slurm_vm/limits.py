@@ -1,0 +1,24 @@
+"""Names and limits shared by the CLI, the node hooks and the launcher: spelled once, here.
+
+No imports: every module (disks, networks, hypervisor included) may use it.
+"""
+
+from __future__ import annotations
+
+MAX_JOB_ID = 4294967295          # Slurm job ids are uint32
+MAX_NICS = 8                     # NICs per VM (names.nic_name has one hex digit for the index)
+MAX_VMS_PER_JOB = 2048           # networks.names.derive_mac spends 11 bits on the VM index
+JOB_NAME_PREFIX = "vm-"          # Slurm job name of a VM job: vm-<spec name>
+
+# Files in a job's run dir (<state_dir>/jobs/<job id>/), shared by prolog, launcher, epilog and CLI.
+DEFINITION_FILE = "vm.json"
+OVERLAY_FILE = "overlay.qcow2"
+SEED_FILE = "seed.iso"
+SERIAL_LOG = "serial.log"
+VMM_LOG = "vmm.log"
+VMM_PID = "vmm.pid"
+LAUNCHER_PID = "launcher.pid"
+LAUNCHER_LOCK = "launcher.lock"
+QMP_SOCKET = "qmp.sock"
+CH_API_SOCKET = "api.sock"
+CH_EVENT_LOG = "events.json"
