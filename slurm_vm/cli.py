@@ -110,11 +110,13 @@ def submit(spec_path: str, sbatch_args: tuple[str, ...], dry_run: bool, parsable
 
 @main.command()
 @click.option("--definition", metavar="PATH", help="vm.json (default: the job's, from the node state dir)")
+@click.option("--grace-seconds", type=click.IntRange(0, 3600), default=None,
+              help="ACPI power button to hard stop (set by `submit`, which also sets the --signal lead from it)")
 @config_option
-def launch(definition: str | None, config_path: str | None) -> None:
+def launch(definition: str | None, grace_seconds: int | None, config_path: str | None) -> None:
     """Run the job's VM (the batch script's job step; not for interactive use)."""
     from .node.launch import launch_job
-    sys.exit(launch_job(definition, config_path))
+    sys.exit(launch_job(definition, config_path, grace_seconds))
 
 
 @main.command("list")
@@ -157,7 +159,8 @@ def status(ref: str, lines: int, as_json: bool, config_path: str | None) -> None
 @config_option
 def console(ref: str, follow: bool, lines: int, config_path: str | None) -> None:
     """Print a VM's serial console log (read through the job on its node)."""
-    from .lifecycle import NotFound, current_user, find_vm, node_command, serial_log_path
+    from .errors import NotFound
+    from .lifecycle import current_user, find_vm, node_command, serial_log_path
     config = _config(config_path)
     job = find_vm(_backend(config), ref, current_user())
     if job.state != "RUNNING" or not job.nodes:

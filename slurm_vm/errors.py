@@ -43,3 +43,35 @@ class NodeError(SlurmVmError):
 
 class HypervisorError(SlurmVmError):
     """The hypervisor could not be configured, started or controlled."""
+
+
+class UserFault(SlurmVmError):
+    """The job's own input is at fault (its spec, a volume its user cannot read, a disk too small).
+
+    On a node this fails the job with the reason and never drains the node (is_users_fault decides).
+    """
+
+
+class TransportError(UserFault):
+    """The VM spec carried by a job (comment or batch script) is damaged or missing."""
+
+
+class DiskSizeError(UserFault):
+    """The requested disk size cannot be honoured."""
+
+
+class VolumeError(UserFault):
+    """A persistent volume the spec names cannot be used by the job's user, or is attached elsewhere."""
+
+
+class NotEnoughCores(HypervisorError):
+    """The job step may use fewer cores than the VM has vCPUs."""
+
+
+class NotFound(SlurmVmError):
+    """No VM job matches what the user named."""
+
+
+def is_users_fault(exc: BaseException) -> bool:
+    """The one place that decides: the job's input (fail the job) or the node (drain it)."""
+    return isinstance(exc, (UserFault, ValidationError))

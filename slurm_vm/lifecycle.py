@@ -4,23 +4,18 @@ from __future__ import annotations
 
 import getpass
 import os
-import shlex
 import subprocess
 import time
 from dataclasses import asdict, dataclass
 
 from . import transport
 from .config import Config
-from .errors import SlurmError, SlurmVmError, ValidationError
+from .errors import NotFound, SlurmError, ValidationError
 from .limits import JOB_NAME_PREFIX, SERIAL_LOG
 from .slurm import JobInfo, SlurmBackend
 from .spec import VMSpec, parse_spec
 
 ACTIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING"}
-
-
-class NotFound(SlurmVmError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -133,10 +128,6 @@ def ssh_argv(job: JobInfo, login: str | None, extra: tuple[str, ...]) -> list[st
                        "or ssh to the address your network's DHCP gave it")
     target = f"{login}@{record.addresses[0]}" if login else record.addresses[0]
     return ["ssh", *extra, target]
-
-
-def describe_argv(argv: list[str]) -> str:
-    return " ".join(shlex.quote(a) for a in argv)
 
 
 ENDED_STATES = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE",

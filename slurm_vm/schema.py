@@ -300,9 +300,6 @@ class Context:
     def problem(self, path: Path, message: str) -> None:
         self.problems.append(Problem(format_path(path), message, self.doc.line_of(path), self.doc.source))
 
-    def problem_at(self, dotted: str, path: Path, message: str) -> None:
-        self.problems.append(Problem(dotted, message, self.doc.line_of(path), self.doc.source))
-
     def check(self, kind: Kind, value: Any, path: Path) -> Any:
         try:
             return kind.check(value, self, path)

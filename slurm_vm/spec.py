@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from .config import Config, groups_of_user, user_may_use_network
@@ -160,6 +159,3 @@ def load_spec_file(path: str, config: Config | None = None) -> tuple[VMSpec, str
     spec = parse_spec(data, path, config)
     return spec, data.decode("utf-8")
 
-
-def spec_to_dict(spec: VMSpec) -> dict:
-    return dataclasses.asdict(spec)

@@ -37,7 +37,8 @@ def warning_lead_seconds(config: Config) -> int:
 
 
 def batch_script(spec_text: str, spec: VMSpec, config: Config) -> str:
-    launch = shlex.quote(config.slurm_vm_command) + " launch"
+    # The grace time travels in the job, so that the --signal lead below and the launcher agree on it.
+    launch = f"{shlex.quote(config.slurm_vm_command)} launch --grace-seconds {config.grace_seconds}"
     if spec.count > 1:
         # One launcher per node; each is a task of one step, so scancel reaches every launcher.
         launch = f"srun --ntasks-per-node=1 --kill-on-bad-exit=0 {launch}"

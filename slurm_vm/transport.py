@@ -17,17 +17,13 @@ import binascii
 import hashlib
 import zlib
 
-from .errors import SlurmVmError
+from .errors import TransportError
 
 COMMENT_PREFIX = "slurm-vm:1:"
 MAX_COMMENT = 1024
 BEGIN_MARK = "# slurm-vm-spec-begin"
 END_MARK = "# slurm-vm-spec-end"
 MAX_SPEC_BYTES = 1 << 20
-
-
-class TransportError(SlurmVmError):
-    pass
 
 
 def spec_digest(spec_text: str) -> str:

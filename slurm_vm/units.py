@@ -64,11 +64,3 @@ def parse_slurm_time(value: object) -> int | None:
             return seconds
     raise ValueError(f"{text!r} is not a Slurm time: use minutes (60), H:MM:SS (2:00:00) or D-HH:MM:SS (1-12:00:00)")
 
-
-def format_slurm_time(seconds: int) -> str:
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}-{hours:02d}:{minutes:02d}:{secs:02d}"
-    return f"{hours}:{minutes:02d}:{secs:02d}"

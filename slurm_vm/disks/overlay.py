@@ -7,13 +7,9 @@ import os
 import struct
 import subprocess
 
-from ..errors import NodeError
+from ..errors import DiskSizeError, NodeError
 
 QEMU_IMG_TIMEOUT = 60
-
-
-class DiskSizeError(NodeError):
-    """The requested disk size cannot be honoured (the job's input, not the node's fault)."""
 
 
 def qemu_img_info(path: str, fmt: str | None = None, qemu_img: str = "qemu-img",

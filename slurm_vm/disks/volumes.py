@@ -12,7 +12,7 @@ import stat
 from dataclasses import dataclass
 from typing import Callable
 
-from ..errors import NodeError
+from ..errors import NodeError, VolumeError
 from .safefs import run_as_user
 
 QCOW2_MAGIC = b"QFI\xfb"
@@ -57,7 +57,7 @@ def check_volume_as_user(path: str, uid: int, gid: int, groups: list[int], reado
     try:
         return run_as_user(uid, gid, groups, _probe, path, readonly)
     except NodeError as exc:
-        raise NodeError(f"volume {path}: {exc}") from None
+        raise VolumeError(f"volume {path}: {exc}") from None
 
 
 class VolumeReservations:
@@ -78,7 +78,7 @@ class VolumeReservations:
                 if owner == job_id:
                     return
                 if owner is not None and (is_alive is None or is_alive(owner)):
-                    raise NodeError(f"volume {info.path} is attached to job {owner}, which is still running here")
+                    raise VolumeError(f"volume {info.path} is attached to job {owner}, which is still running here")
                 os.unlink(path)  # a dead job's record
                 continue
             with os.fdopen(fd, "w") as fh:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import glob
 import os
 
-from ..errors import HypervisorError
+from ..errors import NotEnoughCores
 
 
 def parse_cpu_list(text: str) -> set[int]:
@@ -68,10 +68,6 @@ def allowed_cores() -> list[int]:
         cpus &= cgroup
     nodes = numa_nodes()
     return sorted(cpus, key=lambda c: (nodes.get(c, 0), c))
-
-
-class NotEnoughCores(HypervisorError):
-    pass
 
 
 def vcpu_map(vcpus: int, cores: list[int]) -> list[int]:

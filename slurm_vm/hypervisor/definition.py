@@ -35,7 +35,7 @@ def boot_argv(boot: Boot, flags: tuple[str, str, str, str]) -> list[str]:
 @dataclass(frozen=True)
 class Disk:
     path: str
-    format: str          # qcow2 | raw
+    format: str          # qcow2 | raw (the plan says auto for volumes until the prolog has probed them)
     readonly: bool
     role: str            # root | seed | volume
     backing: bool = False

@@ -17,7 +17,8 @@ import time
 from ..errors import HypervisorError
 from ..limits import LAUNCHER_LOCK, LAUNCHER_PID, VMM_LOG, VMM_PID
 from .cloud_hypervisor import CloudHypervisorRuntime
-from .cores import NotEnoughCores, allowed_cores, vcpu_map
+from ..errors import NotEnoughCores
+from .cores import allowed_cores, vcpu_map
 from .definition import VMDefinition
 from .kvm import choose_backend
 from .qemu import QemuRuntime

@@ -17,11 +17,14 @@ import os
 import stat
 import subprocess
 import sys
+import time
 import types
 from typing import Iterator
 
 from ..errors import NodeError
 from .names import multicast_group, parse_owned_name, vxlan_bridge_name, vxlan_device_name
+
+SEGMENT_LOCK_TIMEOUT = 30.0
 
 
 def _pyroute2_package() -> None:
@@ -118,11 +121,6 @@ def list_owned_links() -> list[tuple[str, int, int]]:
     return out
 
 
-def link_names() -> set[str]:
-    with _ipr() as ipr:
-        return {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
-
-
 # --- macvtap -----------------------------------------------------------------------------------------
 
 def create_macvtap(name: str, parent: str, mac: str, mode: str, uid: int, gid: int, device_path: str) -> str:
@@ -175,12 +173,21 @@ def _segment_file(locks_dir: str, vni: int) -> str:
 
 
 @contextlib.contextmanager
-def _segment_lock(locks_dir: str, vni: int) -> Iterator[None]:
+def _segment_lock(locks_dir: str, vni: int, timeout: float = SEGMENT_LOCK_TIMEOUT) -> Iterator[None]:
     os.makedirs(locks_dir, mode=0o700, exist_ok=True)
     fd = os.open(os.path.join(locks_dir, f"vxlan-{vni}.lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise NodeError(f"VXLAN segment {vni}: its lock was held for more than {timeout:.0f}s "
+                                    "(a stuck prolog or epilog on this node?)") from None
+                time.sleep(0.01)
         yield
     finally:
         os.close(fd)
@@ -265,11 +272,16 @@ def release_vxlan_segment(vni: int, job_id: int, locks_dir: str) -> None:
         _write_segment(locks_dir, vni, data)
 
 
-def segments_of_job(locks_dir: str, job_id: int) -> list[int]:
-    """VNIs whose reference records name the job (for sweeps after a lost journal)."""
+def _segment_vnis(locks_dir: str) -> list[int]:
+    """VNIs that have a reference record (vxlan-<vni>.json) in the locks dir."""
     try:
         names = os.listdir(locks_dir)
     except FileNotFoundError:
         return []
-    vnis = [int(n[6:-5]) for n in names if n.startswith("vxlan-") and n.endswith(".json") and n[6:-5].isdigit()]
-    return [vni for vni in vnis if job_id in segment_jobs(locks_dir, vni)]
+    stems = [n[len("vxlan-"):-len(".json")] for n in names if n.startswith("vxlan-") and n.endswith(".json")]
+    return [int(stem) for stem in stems if stem.isdigit()]
+
+
+def segment_holders(locks_dir: str) -> list[tuple[int, int]]:
+    """(vni, job id) of every job a segment's reference record names (for sweeps and node doctor)."""
+    return [(vni, job) for vni in _segment_vnis(locks_dir) for job in segment_jobs(locks_dir, vni)]

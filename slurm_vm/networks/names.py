@@ -10,7 +10,6 @@ import re
 from ..errors import NodeError
 from ..limits import MAX_JOB_ID, MAX_NICS, MAX_VMS_PER_JOB
 
-IFNAMSIZ = 15
 _OWNED = re.compile(r"svm([0-9]{1,10})n([0-7])")
 
 
@@ -56,18 +55,6 @@ def derive_mac(job_id: int, vm_index: int, nic_index: int) -> str:
     first = (((value >> 40) & 0x3F) << 2) | 0x02
     rest = [(value >> shift) & 0xFF for shift in (32, 24, 16, 8, 0)]
     return ":".join(f"{b:02x}" for b in [first, *rest])
-
-
-def validate_user_mac(mac: str, field: str = "mac") -> str:
-    parts = mac.split(":")
-    if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p) for p in parts):
-        raise NodeError(f"{field}: {mac!r} is not a MAC address such as 52:54:00:12:34:56")
-    octets = [int(p, 16) for p in parts]
-    if octets[0] & 1:
-        raise NodeError(f"{field}: {mac} is a multicast or broadcast address; use a unicast MAC")
-    if not any(octets):
-        raise NodeError(f"{field}: the all-zero MAC is not allowed")
-    return mac.lower()
 
 
 def job_vni(job_id: int, vni_range: tuple[int, int]) -> int:

@@ -6,13 +6,13 @@ Slurm command timeout) and refuses to guess when Slurm cannot answer.
 
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass
 
 from ..config import Config
 from ..slurm import SlurmBackend
-from .layout import journal_dir, jobs_dir, locks_dir
+from .objects import KINDS, journal_leftovers
+from .system import HostSystem, System
 from .teardown import teardown_job
 
 LIVE_STATES = {"RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "STOPPED"}
@@ -35,40 +35,13 @@ class Finding:
                 "error": self.error}
 
 
-def _ids_in(directory: str, suffix: str = "") -> list[tuple[int, str]]:
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return []
-    out = []
-    for name in names:
-        stem = name[: -len(suffix)] if suffix and name.endswith(suffix) else (name if not suffix else "")
-        if stem.isdigit():
-            out.append((int(stem), os.path.join(directory, name)))
-    return out
-
-
-def _segment_holders(locks: str) -> list[tuple[int, int]]:
-    from ..networks.links import segment_jobs
-    try:
-        names = os.listdir(locks)
-    except FileNotFoundError:
-        return []
-    vnis = [int(n[6:-5]) for n in names if n.startswith("vxlan-") and n.endswith(".json") and n[6:-5].isdigit()]
-    return [(vni, job) for vni in vnis for job in segment_jobs(locks, vni)]
-
-
-def find_leftovers(state_dir: str, live_job_ids: set[int]) -> list[Finding]:
-    from ..disks.volumes import VolumeReservations
-    from ..networks.links import list_owned_links
-    locks = locks_dir(state_dir)
-    found = [Finding("job dir", path, jid) for jid, path in _ids_in(jobs_dir(state_dir))]
-    found += [Finding("error note", path, jid) for jid, path in _ids_in(jobs_dir(state_dir), ".error")]
-    found += [Finding("journal", path, jid) for jid, path in _ids_in(journal_dir(state_dir), ".jsonl")]
-    found += [Finding("link", name, jid) for name, jid, _ in list_owned_links()]
-    found += [Finding("volume reservation", name, jid) for name, jid in VolumeReservations(locks).holders()]
-    found += [Finding("VXLAN segment reference", f"vni {vni}", jid) for vni, jid in _segment_holders(locks)]
-    return sorted((f for f in found if f.job_id not in live_job_ids), key=lambda f: (f.job_id, f.kind, f.name))
+def find_leftovers(state_dir: str, live_job_ids: set[int], system: System | None = None) -> list[Finding]:
+    system = system or HostSystem()
+    found = journal_leftovers(system, state_dir)
+    for kind in KINDS.values():
+        found += kind.leftovers(system, state_dir)
+    return sorted((Finding(f.kind, f.name, f.job_id) for f in found if f.job_id not in live_job_ids),
+                  key=lambda f: (f.job_id, f.kind, f.name))
 
 
 def live_jobs_on_node(backend: SlurmBackend, node: str) -> set[int]:

@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import signal
-
 from ..errors import SlurmVmError
-from .log import hook_context, log_event
 from .layout import ensure_state_dirs
+from .log import hook_context, log_event
 from .teardown import teardown_job
-
-EPILOG_TIMEOUT_SECONDS = 60
-
-
-class _Timeout(Exception):
-    pass
-
-
-def _on_alarm(signum, frame):
-    raise _Timeout()
+from .timelimit import EPILOG_TIMEOUT_SECONDS, time_limit
 
 
 def run_epilog(env: dict[str, str]) -> int:
@@ -25,21 +14,14 @@ def run_epilog(env: dict[str, str]) -> int:
     if loaded is None:
         return 1
     ctx, config = loaded
-    signal.signal(signal.SIGALRM, _on_alarm)
-    signal.alarm(EPILOG_TIMEOUT_SECONDS)
     try:
-        state_dir = config.node_state_dir(ctx.node)
-        ensure_state_dirs(state_dir)
-        report = teardown_job(state_dir, ctx.job_id, ctx.uid)
-    except _Timeout:
-        log_event("epilog", ctx.job_id, f"teardown took longer than {EPILOG_TIMEOUT_SECONDS}s", config.log_file,
-                  error=True)
-        return 1
+        with time_limit(EPILOG_TIMEOUT_SECONDS, "the teardown"):
+            state_dir = config.node_state_dir(ctx.node)
+            ensure_state_dirs(state_dir)
+            report = teardown_job(state_dir, ctx.job_id, ctx.uid)
     except (SlurmVmError, OSError) as exc:
         log_event("epilog", ctx.job_id, f"teardown failed: {exc}", config.log_file, error=True)
         return 1
-    finally:
-        signal.alarm(0)
     if report.errors:
         log_event("epilog", ctx.job_id, "could not undo: " + "; ".join(report.errors), config.log_file, error=True)
         return 1

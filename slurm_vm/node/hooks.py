@@ -11,7 +11,6 @@ import os
 import sys
 
 COMMENT_PREFIX = "slurm-vm:"   # transport.COMMENT_PREFIX's family; checked here without importing it
-HOOK_TIMEOUT_SECONDS = 120
 
 
 def prolog_main() -> None:

@@ -16,8 +16,8 @@ from .layout import journal_path
 
 @dataclass(frozen=True)
 class Entry:
-    action: str
-    args: dict
+    kind: str      # a key of objects.KINDS (or one of its aliases)
+    data: dict     # the object's record()
 
 
 class Journal:
@@ -25,8 +25,8 @@ class Journal:
         self.path = journal_path(state_dir, job_id)
         self.job_id = job_id
 
-    def record(self, action: str, **args: object) -> None:
-        line = json.dumps({"action": action, "args": args}, sort_keys=True) + "\n"
+    def record(self, kind: str, data: dict) -> None:
+        line = json.dumps({"kind": kind, "data": data}, sort_keys=True) + "\n"
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, line.encode("utf-8"))
@@ -45,7 +45,9 @@ class Journal:
         for line in lines:
             try:
                 data = json.loads(line)
-                out.append(Entry(str(data["action"]), dict(data["args"])))
+                if "action" in data:   # written by slurm-vm 0.1
+                    data = {"kind": data["action"], "data": data["args"]}
+                out.append(Entry(str(data["kind"]), dict(data["data"])))
             except (ValueError, KeyError, TypeError):
                 continue  # a torn last line after a crash: the sweep covers what it named
         return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -19,7 +20,7 @@ def _say(message: str) -> None:
     print(f"slurm-vm launch: {message}", file=sys.stderr, flush=True)
 
 
-def launch_job(definition_path: str | None, config_path: str | None) -> int:
+def launch_job(definition_path: str | None, config_path: str | None, grace_seconds: int | None = None) -> int:
     from ..hypervisor.definition import VMDefinition
     from ..hypervisor.launcher import run
     try:
@@ -40,6 +41,8 @@ def launch_job(definition_path: str | None, config_path: str | None) -> int:
                  "(is Prolog= set to slurm-vm-prolog in slurm.conf?)")
             return EXIT_REFUSED
         definition = VMDefinition.from_json(text)
+        if grace_seconds is not None:   # the job's own grace, the one its --signal lead was computed from
+            definition = dataclasses.replace(definition, grace_seconds=grace_seconds)
         try:
             return run(definition)
         finally:

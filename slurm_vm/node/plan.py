@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass
 
 from ..config import Config
+from ..hypervisor.definition import Boot, Disk, Nic, VMDefinition
+from ..networks.names import derive_mac, job_vni, nic_name, vxlan_bridge_name
 from ..spec import VMSpec
 from .addresses import hosts_entries, plan_addresses
 from .cloudinit import hosts_vendor_data, render_meta_data, render_network_config, render_user_data
@@ -52,7 +54,6 @@ class NodePlan:
     user: str
     state_dir: str
     job_dir: str
-    image_name: str
     base_image: str
     base_format: str
     overlay: str
@@ -60,7 +61,7 @@ class NodePlan:
     seed: SeedPlan
     volumes: tuple[tuple[str, bool], ...]
     nics: tuple[NicPlan, ...]
-    definition: dict
+    definition: VMDefinition
     qemu_img: str = "qemu-img"
 
 
@@ -69,7 +70,6 @@ def instance_id(ctx: JobContext) -> str:
 
 
 def plan_nics(spec: VMSpec, config: Config, ctx: JobContext, jdir: str) -> tuple[NicPlan, ...]:
-    from ..networks.names import derive_mac, job_vni, nic_name
     nics = []
     for i, ref in enumerate(spec.networks):
         net = config.networks[ref.network]
@@ -78,7 +78,8 @@ def plan_nics(spec: VMSpec, config: Config, ctx: JobContext, jdir: str) -> tuple
         vni = net.vni
         if net.kind == "vxlan" and vni is None:
             vni = job_vni(ctx.job_id, tuple(net.vni_range))
-        nics.append(NicPlan(index=i, ifname=ifname, kind=net.kind, mac=mac, network=ref.network, bridge=net.bridge,
+        bridge = vxlan_bridge_name(vni) if net.kind == "vxlan" else net.bridge
+        nics.append(NicPlan(index=i, ifname=ifname, kind=net.kind, mac=mac, network=ref.network, bridge=bridge,
                             parent=net.parent, mode=net.mode, vni=vni, port=net.port, mtu=net.mtu,
                             device_path=os.path.join(jdir, f"macvtap{i}") if net.kind == "macvtap" else None,
                             private=net.kind == "vxlan" and net.vni is None))
@@ -96,30 +97,27 @@ def plan_seed(spec: VMSpec, config: Config, ctx: JobContext, nics: tuple[NicPlan
 
 
 def plan_definition(spec: VMSpec, config: Config, ctx: JobContext, jdir: str, overlay: str, seed: str,
-                    nics: tuple[NicPlan, ...]) -> dict:
+                    nics: tuple[NicPlan, ...]) -> VMDefinition:
+    """The launcher's contract (vm.json). Volume formats stay `auto` until the prolog has probed them."""
     image = config.images[spec.image]
-    disks = [{"path": overlay, "format": "qcow2", "readonly": False, "role": "root", "backing": True},
-             {"path": seed, "format": "raw", "readonly": True, "role": "seed", "backing": False}]
-    disks += [{"path": v.path, "format": "auto", "readonly": v.readonly, "role": "volume", "backing": False}
-              for v in spec.volumes]
-    hypervisor = spec.hypervisor if spec.hypervisor != "auto" else config.hypervisor.default
-    return {
-        "job_id": ctx.job_id,
-        "name": spec.hostname(ctx.vm_index),
-        "cpus": spec.cpus,
-        "memory_bytes": spec.memory,
-        "hypervisor": hypervisor,
-        "accelerator": config.hypervisor.accelerator,
-        "boot": {"kernel": image.kernel, "initrd": image.initrd, "cmdline": image.cmdline,
-                 "firmware": image.firmware},
-        "disks": disks,
-        "nics": [{"mac": n.mac, "tap": None if n.kind == "macvtap" else n.ifname, "device": n.device_path}
-                 for n in nics],
-        "run_dir": jdir,
-        "grace_seconds": config.grace_seconds,
-        "qemu_binary": config.hypervisor.qemu_binary,
-        "cloud_hypervisor_binary": config.hypervisor.cloud_hypervisor_binary,
-    }
+    disks = (Disk(overlay, "qcow2", readonly=False, role="root", backing=True),
+             Disk(seed, "raw", readonly=True, role="seed"),
+             *(Disk(v.path, "auto", readonly=v.readonly, role="volume") for v in spec.volumes))
+    return VMDefinition(
+        job_id=ctx.job_id,
+        name=spec.hostname(ctx.vm_index),
+        cpus=spec.cpus,
+        memory_bytes=spec.memory,
+        hypervisor=spec.hypervisor if spec.hypervisor != "auto" else config.hypervisor.default,
+        accelerator=config.hypervisor.accelerator,
+        boot=Boot(kernel=image.kernel, initrd=image.initrd, cmdline=image.cmdline, firmware=image.firmware),
+        disks=disks,
+        nics=tuple(Nic(n.mac, tap=None if n.kind == "macvtap" else n.ifname, device=n.device_path) for n in nics),
+        run_dir=jdir,
+        grace_seconds=config.grace_seconds,
+        qemu_binary=config.hypervisor.qemu_binary,
+        cloud_hypervisor_binary=config.hypervisor.cloud_hypervisor_binary,
+    )
 
 
 def make_plan(spec: VMSpec, config: Config, ctx: JobContext) -> NodePlan:
@@ -130,7 +128,7 @@ def make_plan(spec: VMSpec, config: Config, ctx: JobContext) -> NodePlan:
     nics = plan_nics(spec, config, ctx, jdir)
     seed = plan_seed(spec, config, ctx, nics, jdir)
     return NodePlan(job_id=ctx.job_id, uid=ctx.uid, gid=ctx.gid, user=ctx.user, state_dir=state_dir,
-                    job_dir=jdir, image_name=spec.image, base_image=image.path, base_format=image.format,
+                    job_dir=jdir, base_image=image.path, base_format=image.format,
                     overlay=overlay, disk_size=spec.disk, seed=seed,
                     volumes=tuple((v.path, v.readonly) for v in spec.volumes), nics=nics,
                     definition=plan_definition(spec, config, ctx, jdir, overlay, seed.path, nics),

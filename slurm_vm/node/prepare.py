@@ -1,33 +1,46 @@
-"""The imperative shell of the prolog: carry out a NodePlan, journaling each object before making it.
+"""The imperative shell of the prolog: carry out a NodePlan as host objects, journaling each before making it.
 
-Each step is a small function. A failure anywhere rolls back what was recorded, in reverse order
-(teardown.undo_journal), so a failed prolog leaves nothing behind.
+Each step turns part of the plan into host objects (objects.py). A failure anywhere rolls back what was
+recorded, in reverse order (teardown.undo_journal), so a failed prolog leaves nothing behind.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
-from dataclasses import dataclass
 from typing import Callable
 
+from ..disks.seed import build_seed_iso
+from ..disks.volumes import VolumeInfo
 from ..errors import NodeError, SlurmVmError
-from .journal import Journal
+from ..hypervisor.definition import VMDefinition
 from ..limits import DEFINITION_FILE
-from .layout import locks_dir
+from .journal import Journal
+from .objects import HostObject, JobDir, JobFile, Macvtap, Overlay, Scope, Tap, VolumeReservation, VxlanSegmentRef
 from .plan import NodePlan
+from .system import HostSystem, System
+from .teardown import undo_journal
 
 # Root-only test hook: <state_dir>/fault-inject holds lines `STEP` (every job) or `STEP:JOBID`.
 FAULT_FILE = "fault-inject"
 
 
-class UserFault(SlurmVmError):
-    """The job's own input is at fault (e.g. a volume its user cannot read): fail the job, not the node."""
+@dataclasses.dataclass
+class Preparation:
+    """One prolog run: the plan, where it records, and what earlier steps found out."""
 
+    plan: NodePlan
+    journal: Journal
+    system: System
+    volumes: tuple[VolumeInfo, ...] = ()
 
-@dataclass
-class Prepared:
-    volume_formats: dict[str, str]
+    @property
+    def scope(self) -> Scope:
+        return Scope(self.plan.state_dir, self.plan.job_id)
+
+    def make(self, obj: HostObject) -> None:
+        self.journal.record(obj.kind, obj.record())
+        obj.create(self.system, self.scope)
 
 
 def _injected_fault(state_dir: str, job_id: int) -> str | None:
@@ -43,100 +56,67 @@ def _injected_fault(state_dir: str, job_id: int) -> str | None:
     return None
 
 
-def step_job_dir(plan: NodePlan, journal: Journal, out: Prepared) -> None:
-    from ..disks.safefs import make_private_dir
-    journal.record("job_dir", path=plan.job_dir)
-    # Root-owned until handover: root never writes into a directory the user can already change.
-    make_private_dir(plan.job_dir, 0, 0, 0o700)
-
-
-def step_volumes(plan: NodePlan, journal: Journal, out: Prepared) -> None:
-    from ..disks.volumes import VolumeReservations, check_volume_as_user
+def step_volumes(prep: Preparation) -> None:
+    """First: the user's own files are checked, as the user, before root makes anything."""
+    plan = prep.plan
     if not plan.volumes:
         return
-    groups = os.getgrouplist(plan.user, plan.gid)
-    infos = []
-    for path, readonly in plan.volumes:
-        try:
-            infos.append(check_volume_as_user(path, plan.uid, plan.gid, groups, readonly))
-        except SlurmVmError as exc:
-            raise UserFault(str(exc)) from None
-    reservations = VolumeReservations(locks_dir(plan.state_dir))
-    journal.record("volume_reservations", job_id=plan.job_id)
-    for info in infos:
-        try:
-            reservations.reserve(info, plan.job_id)
-        except SlurmVmError as exc:
-            raise UserFault(str(exc)) from None
-        out.volume_formats[info.path] = info.format
+    prep.volumes = tuple(prep.system.check_volume(path, plan.user, plan.uid, plan.gid, readonly)
+                         for path, readonly in plan.volumes)
+    prep.make(VolumeReservation(prep.volumes))
 
 
-def step_overlay(plan: NodePlan, journal: Journal, out: Prepared) -> None:
-    from ..disks.overlay import DiskSizeError, create_overlay
-    journal.record("file", path=plan.overlay)
-    try:
-        create_overlay(plan.base_image, plan.base_format, plan.overlay, plan.disk_size, 0, 0, plan.qemu_img)
-    except DiskSizeError as exc:
-        raise UserFault(str(exc)) from None
+def step_job_dir(prep: Preparation) -> None:
+    prep.make(JobDir(prep.plan.job_dir))
 
 
-def step_seed(plan: NodePlan, journal: Journal, out: Prepared) -> None:
-    from ..disks.seed import build_seed_iso
-    image = build_seed_iso(plan.seed.meta_data, plan.seed.user_data, plan.seed.network_config, plan.seed.vendor_data)
-    journal.record("file", path=plan.seed.path)
-    _write_private_file(plan.seed.path, image)
+def step_overlay(prep: Preparation) -> None:
+    plan = prep.plan
+    prep.make(Overlay(plan.overlay, base=plan.base_image, base_format=plan.base_format, size=plan.disk_size,
+                      qemu_img=plan.qemu_img))
 
 
-def step_nics(plan: NodePlan, journal: Journal, out: Prepared) -> None:
-    from ..networks import links
+def step_seed(prep: Preparation) -> None:
+    seed = prep.plan.seed
+    prep.make(JobFile(seed.path, build_seed_iso(seed.meta_data, seed.user_data, seed.network_config,
+                                                seed.vendor_data)))
+
+
+def step_nics(prep: Preparation) -> None:
+    plan = prep.plan
     for nic in plan.nics:
         if nic.kind == "vxlan":
-            journal.record("vxlan_segment", vni=nic.vni, job_id=plan.job_id)
-            bridge = links.ensure_vxlan_segment(nic.vni, plan.job_id, nic.parent, locks_dir(plan.state_dir),
-                                                port=nic.port, mtu=nic.mtu, private=nic.private)
-            journal.record("link", name=nic.ifname)
-            links.create_tap(nic.ifname, plan.uid, plan.gid, bridge=bridge, mtu=nic.mtu)
+            segment = VxlanSegmentRef(nic.vni, nic.parent, port=nic.port, mtu=nic.mtu, private=nic.private)
+            prep.make(segment)
+            prep.make(Tap(nic.ifname, plan.uid, plan.gid, bridge=nic.bridge, mtu=nic.mtu))
         elif nic.kind == "macvtap":
-            journal.record("link", name=nic.ifname)
-            journal.record("file", path=nic.device_path)
-            links.create_macvtap(nic.ifname, nic.parent, nic.mac, nic.mode, plan.uid, plan.gid,
-                                 device_path=nic.device_path)
+            prep.make(Macvtap(nic.ifname, nic.parent, nic.mac, nic.mode, plan.uid, plan.gid, nic.device_path))
         else:
-            journal.record("link", name=nic.ifname)
-            links.create_tap(nic.ifname, plan.uid, plan.gid, bridge=nic.bridge, mtu=nic.mtu)
+            prep.make(Tap(nic.ifname, plan.uid, plan.gid, bridge=nic.bridge, mtu=nic.mtu))
 
 
-def step_definition(plan: NodePlan, journal: Journal, out: Prepared) -> None:
-    definition = dict(plan.definition)
-    definition["disks"] = [dict(d, format=out.volume_formats.get(d["path"], d["format"])) if d["role"] == "volume"
-                           else d for d in definition["disks"]]
-    path = os.path.join(plan.job_dir, DEFINITION_FILE)
-    journal.record("file", path=path)
-    _write_private_file(path, (json.dumps(definition, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+def resolved_definition(definition: VMDefinition, volumes: tuple[VolumeInfo, ...]) -> VMDefinition:
+    """The plan leaves volume formats as `auto`; the as-user check found each one."""
+    formats = {info.path: info.format for info in volumes}
+    disks = tuple(dataclasses.replace(d, format=formats[d.path]) if d.role == "volume" else d
+                  for d in definition.disks)
+    return dataclasses.replace(definition, disks=disks)
 
 
-def step_handover(plan: NodePlan, journal: Journal, out: Prepared) -> None:
+def step_definition(prep: Preparation) -> None:
+    definition = resolved_definition(prep.plan.definition, prep.volumes)
+    text = definition.to_json()
+    VMDefinition.from_json(text)   # the launcher's own check, before root hands anything over
+    prep.make(JobFile(definition.path(DEFINITION_FILE), text.encode("utf-8")))
+
+
+def step_handover(prep: Preparation) -> None:
     """Give the job dir and what root made in it to the job's user (the launcher runs as that user)."""
-    dir_fd = os.open(plan.job_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        for name in os.listdir(dir_fd):
-            os.chown(name, plan.uid, plan.gid, dir_fd=dir_fd, follow_symlinks=False)
-        os.fchown(dir_fd, plan.uid, plan.gid)
-    finally:
-        os.close(dir_fd)
+    prep.system.give_dir_to_user(prep.plan.job_dir, prep.plan.uid, prep.plan.gid)
 
 
-def _write_private_file(path: str, data: bytes) -> None:
-    from ..disks.safefs import write_file_atomic
-    dir_fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        write_file_atomic(dir_fd, os.path.basename(path), data, 0, 0, 0o600)
-    finally:
-        os.close(dir_fd)
-
-
-STEPS: tuple[tuple[str, Callable[[NodePlan, Journal, Prepared], None]], ...] = (
-    ("volumes", step_volumes),      # first: the user's own files are checked before root makes anything
+STEPS: tuple[tuple[str, Callable[[Preparation], None]], ...] = (
+    ("volumes", step_volumes),
     ("job_dir", step_job_dir),
     ("overlay", step_overlay),
     ("seed", step_seed),
@@ -146,19 +126,19 @@ STEPS: tuple[tuple[str, Callable[[NodePlan, Journal, Prepared], None]], ...] = (
 )
 
 
-def prepare_node(plan: NodePlan, journal: Journal) -> None:
+def prepare_node(plan: NodePlan, journal: Journal, system: System | None = None) -> None:
     """Run every step; on any failure undo the journal and re-raise (the caller reports it)."""
-    from .teardown import undo_journal
+    system = system or HostSystem()
     fault = _injected_fault(plan.state_dir, plan.job_id)
-    out = Prepared(volume_formats={})
+    prep = Preparation(plan, journal, system)
     current = ""
     try:
         for current, step in STEPS:
             if fault == current:
                 raise NodeError(f"fault injected at step {current} (remove {plan.state_dir}/{FAULT_FILE})")
-            step(plan, journal, out)
+            step(prep)
     except BaseException as exc:
-        rollback = undo_journal(plan.state_dir, journal)
+        rollback = undo_journal(plan.state_dir, journal, system)
         if not rollback.errors:
             journal.remove()
         if isinstance(exc, SlurmVmError):

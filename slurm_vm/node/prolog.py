@@ -6,14 +6,17 @@ import os
 
 from .. import transport
 from ..config import Config
-from ..errors import SlurmVmError, ValidationError
+from ..errors import SlurmVmError, is_users_fault
+from ..slurm import get_backend
+from ..spec import VMSpec, check_user_access, parse_spec
 from .context import JobContext
 from .journal import Journal
-from .log import hook_context, log_event
 from .layout import ensure_state_dirs, error_note_path
+from .log import hook_context, log_event
 from .plan import make_plan
-from .prepare import UserFault, prepare_node
+from .prepare import prepare_node
 from .teardown import teardown_job
+from .timelimit import PROLOG_TIMEOUT_SECONDS, time_limit
 
 EXIT_OK = 0
 EXIT_NODE_FAULT = 1
@@ -24,21 +27,14 @@ def read_spec_text(ctx: JobContext, config: Config) -> str:
     if text is not None:
         return text
     digest = transport.comment_digest(ctx.comment)   # a damaged comment is refused before any RPC
-    from ..slurm import get_backend
     backend = get_backend("cli", config.slurm.command_timeout, config.slurm.bin_dir)
     return transport.spec_from_script(backend.batch_script(ctx.job_id), digest)
 
 
-def load_job_spec(ctx: JobContext, config: Config):
-    from ..spec import check_user_access, parse_spec
+def load_job_spec(ctx: JobContext, config: Config) -> VMSpec:
     source = f"job {ctx.job_id} spec"
-    try:
-        spec = parse_spec(read_spec_text(ctx, config), source, config)
-        check_user_access(spec, config, ctx.user, source)
-    except transport.TransportError as exc:
-        raise UserFault(str(exc)) from None
-    except ValidationError as exc:
-        raise UserFault("; ".join(str(p) for p in exc.problems)) from None
+    spec = parse_spec(read_spec_text(ctx, config), source, config)
+    check_user_access(spec, config, ctx.user, source)
     return spec
 
 
@@ -63,17 +59,17 @@ def run_prolog(env: dict[str, str]) -> int:
         return EXIT_NODE_FAULT
     ctx, config = loaded
     try:
-        state_dir = config.node_state_dir(ctx.node)
-        ensure_state_dirs(state_dir)
-        journal = Journal(state_dir, ctx.job_id)
-        if journal.exists():   # a requeued job, or a prolog retried after a crash
-            teardown_job(state_dir, ctx.job_id, ctx.uid)
-        spec = load_job_spec(ctx, config)
-        plan = make_plan(spec, config, ctx)
-        prepare_node(plan, journal)
-    except UserFault as exc:
-        return _refuse(config, ctx, str(exc))
+        with time_limit(PROLOG_TIMEOUT_SECONDS, "the prolog"):
+            state_dir = config.node_state_dir(ctx.node)
+            ensure_state_dirs(state_dir)
+            journal = Journal(state_dir, ctx.job_id)
+            if journal.exists():   # a requeued job, or a prolog retried after a crash
+                teardown_job(state_dir, ctx.job_id, ctx.uid)
+            spec = load_job_spec(ctx, config)
+            prepare_node(make_plan(spec, config, ctx), journal)
     except SlurmVmError as exc:
+        if is_users_fault(exc):
+            return _refuse(config, ctx, "; ".join(str(exc).splitlines()))
         log_event("prolog", ctx.job_id, str(exc), config.log_file, error=True)
         return EXIT_NODE_FAULT
     except OSError as exc:

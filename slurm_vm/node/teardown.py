@@ -11,10 +11,12 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-from ..errors import SlurmVmError
+from ..errors import NodeError, SlurmVmError
 from ..limits import VMM_PID
-from .journal import Entry, Journal
-from .layout import error_note_path, job_dir, locks_dir
+from .journal import Journal
+from .layout import job_dir
+from .objects import KINDS, Scope, kind_of
+from .system import HostSystem, System
 
 KILL_WAIT_SECONDS = 5.0
 
@@ -25,51 +27,18 @@ class TeardownReport:
     errors: list[str] = field(default_factory=list)
 
 
-def _inside(path: str, directory: str) -> bool:
-    return os.path.commonpath([os.path.abspath(path), directory]) == directory and path != directory
-
-
-def undo_entry(state_dir: str, entry: Entry, job_id: int) -> str:
-    from ..disks.safefs import remove_tree_safely
-    from ..networks import links
-    args = entry.args
-    jdir = job_dir(state_dir, job_id)
-    if entry.action == "job_dir":
-        if args.get("path") != jdir:
-            raise SlurmVmError(f"journal names job dir {args.get('path')!r}, expected {jdir}: not removed")
-        remove_tree_safely(jdir)
-        return f"removed {jdir}"
-    if entry.action == "file":
-        path = str(args.get("path", ""))
-        if not _inside(path, jdir):
-            raise SlurmVmError(f"journal names a file outside the job dir ({path!r}): not removed")
-        remove_tree_safely(path)
-        return f"removed {path}"
-    if entry.action == "link":
-        name = str(args.get("name", ""))
-        from ..networks.names import parse_owned_name
-        owned = parse_owned_name(name)
-        if owned is None or owned[0] != job_id:
-            raise SlurmVmError(f"journal names link {name!r}, which is not this job's: not removed")
-        links.delete_link(name)
-        return f"deleted link {name}"
-    if entry.action == "vxlan_segment":
-        links.release_vxlan_segment(int(args["vni"]), job_id, locks_dir(state_dir))
-        return f"released VXLAN segment {args['vni']}"
-    if entry.action == "volume_reservations":
-        from ..disks.volumes import VolumeReservations
-        VolumeReservations(locks_dir(state_dir)).release_job(job_id)
-        return "released volume reservations"
-    raise SlurmVmError(f"unknown journal action {entry.action!r}")
-
-
-def undo_journal(state_dir: str, journal: Journal) -> TeardownReport:
+def undo_journal(state_dir: str, journal: Journal, system: System) -> TeardownReport:
+    """Undo each recorded object, newest first; an entry that fails is reported and the rest go on."""
     report = TeardownReport()
+    scope = Scope(state_dir, journal.job_id)
     for entry in reversed(journal.entries()):
+        kind = kind_of(entry.kind)
         try:
-            report.undone.append(undo_entry(state_dir, entry, journal.job_id))
+            if kind is None:
+                raise NodeError(f"unknown kind of host object {entry.kind!r}")
+            report.undone.append(kind.undo(system, scope, entry.data))
         except (SlurmVmError, OSError) as exc:
-            report.errors.append(f"{entry.action}: {exc}")
+            report.errors.append(f"{entry.kind}: {exc}")
     return report
 
 
@@ -110,38 +79,26 @@ def _is_job_vmm(pid: int, job_id: int, state_dir: str, uid: int | None) -> bool:
     return job_dir(state_dir, job_id) + "/" in cmdline
 
 
-def sweep_job(state_dir: str, job_id: int) -> TeardownReport:
-    """Remove what a journal may have missed: links named after the job, its dir, notes, reservations."""
-    from ..disks.safefs import remove_tree_safely
-    from ..disks.volumes import VolumeReservations
-    from ..networks import links
+def sweep_job(state_dir: str, job_id: int, system: System) -> TeardownReport:
+    """Remove what a journal may have missed, kind by kind, found by the job's id in names."""
     report = TeardownReport()
-    locks = locks_dir(state_dir)
-    actions = [
-        *[(f"link {name}", lambda name=name: links.delete_link(name))
-          for name, owner, _ in links.list_owned_links() if owner == job_id],
-        *[(f"VXLAN segment {vni}", lambda vni=vni: links.release_vxlan_segment(vni, job_id, locks))
-          for vni in links.segments_of_job(locks, job_id)],
-        (f"job dir {job_id}", lambda: remove_tree_safely(job_dir(state_dir, job_id))),
-        ("error note", lambda: remove_tree_safely(error_note_path(state_dir, job_id))),
-        ("volume reservations", lambda: VolumeReservations(locks_dir(state_dir)).release_job(job_id)),
-    ]
-    for label, action in actions:
+    scope = Scope(state_dir, job_id)
+    for kind in KINDS.values():
         try:
-            action()
-            report.undone.append(label)
+            report.undone.extend(kind.sweep(system, scope))
         except (SlurmVmError, OSError) as exc:
-            report.errors.append(f"{label}: {exc}")
+            report.errors.append(f"{kind.kind}: {exc}")
     return report
 
 
-def teardown_job(state_dir: str, job_id: int, uid: int | None) -> TeardownReport:
+def teardown_job(state_dir: str, job_id: int, uid: int | None, system: System | None = None) -> TeardownReport:
+    system = system or HostSystem()
     journal = Journal(state_dir, job_id)
     report = TeardownReport()
     killed = kill_hypervisor(state_dir, job_id, uid)
     if killed:
         report.undone.append(killed)
-    for part in (undo_journal(state_dir, journal), sweep_job(state_dir, job_id)):
+    for part in (undo_journal(state_dir, journal, system), sweep_job(state_dir, job_id, system)):
         report.undone.extend(part.undone)
         report.errors.extend(part.errors)
     if not report.errors:

@@ -14,12 +14,13 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slurm_vm.disks.overlay import DiskSizeError, create_overlay, qemu_img_info
+from slurm_vm.disks.overlay import create_overlay, qemu_img_info
+from slurm_vm.errors import DiskSizeError
 from slurm_vm.disks.safefs import make_private_dir, remove_tree_safely, run_as_user, write_file_atomic
 from slurm_vm.disks.seed import build_seed_iso
 from slurm_vm.node.cloudinit import render_meta_data, render_user_data
 from slurm_vm.disks.volumes import VolumeReservations, check_volume_as_user
-from slurm_vm.errors import NodeError
+from slurm_vm.errors import NodeError, VolumeError
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHqZrH0kXH3kq7mJ8CwLrDkYbI6RmDsZ4bq2m3M8kN7c a@b"
 
@@ -214,7 +215,7 @@ def test_volume_checks_run_with_the_users_rights(workdir):
     for path, readonly, message in ((theirs, True, "may not read"), (readable, False, "may not read and write"),
                                     (shadow_link, True, "may not read"), (workdir, True, "not a regular file"),
                                     (fifo, True, "not a regular file"), ("/nonexistent/x", True, "does not exist")):
-        with pytest.raises(NodeError, match=message):
+        with pytest.raises(VolumeError, match=message):
             check_volume_as_user(path, me.pw_uid, me.pw_gid, [me.pw_gid], readonly)
 
 
@@ -235,7 +236,7 @@ def test_reservations_keep_a_volume_to_one_running_job(workdir):
     res = VolumeReservations(os.path.join(workdir, "locks"))
     res.reserve(info, 10)
     res.reserve(info, 10)
-    with pytest.raises(NodeError, match="attached to job 10"):
+    with pytest.raises(VolumeError, match="attached to job 10"):
         res.reserve(info, 11)
     res.reserve(info, 12, is_alive=lambda job: job != 10)   # job 10 died without its epilog
     assert res.holders() == [(f"{info.st_dev}-{info.st_ino}", 12)]

@@ -6,10 +6,12 @@ import json
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from slurm_vm.errors import HypervisorError
 from slurm_vm.hypervisor.cores import cgroup_cpuset, parse_cpu_list, vcpu_map
-from slurm_vm.hypervisor.definition import VMDefinition
+from slurm_vm.hypervisor.definition import ACCELERATORS, HYPERVISORS, Boot, Disk, Nic, VMDefinition
 from slurm_vm.hypervisor.kvm import kvm_usability
 from slurm_vm.hypervisor.qemu import qemu_argv
 from tests.hypervisor.shapes import SHAPES, definition
@@ -18,6 +20,28 @@ from tests.hypervisor.shapes import SHAPES, definition
 @pytest.mark.parametrize("name", SHAPES)
 def test_definition_round_trips(name):
     defn = SHAPES[name]
+    assert VMDefinition.from_json(defn.to_json()) == defn
+
+
+TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+PATH = TEXT.map(lambda t: "/" + t)
+BOOTS = st.one_of(st.builds(Boot, kernel=PATH, initrd=st.none() | PATH, cmdline=st.none() | TEXT),
+                  st.builds(Boot, firmware=PATH))
+DISKS = st.builds(Disk, path=PATH, format=st.sampled_from(["qcow2", "raw"]), readonly=st.booleans(),
+                  role=st.sampled_from(["root", "seed", "volume"]), backing=st.booleans())
+NICS = st.one_of(st.builds(Nic, mac=TEXT, tap=TEXT), st.builds(Nic, mac=TEXT, device=PATH))
+DEFINITIONS = st.builds(
+    VMDefinition, job_id=st.integers(1, 2**32 - 1), name=TEXT, cpus=st.integers(1, 512),
+    memory_bytes=st.integers(16 << 20, 1 << 50), hypervisor=st.sampled_from(HYPERVISORS),
+    accelerator=st.sampled_from(ACCELERATORS), boot=BOOTS, disks=st.lists(DISKS, max_size=4).map(tuple),
+    nics=st.lists(NICS, max_size=8).map(tuple), run_dir=PATH, grace_seconds=st.integers(0, 3600),
+    qemu_binary=PATH, cloud_hypervisor_binary=PATH)
+
+
+@settings(max_examples=300)
+@given(DEFINITIONS)
+def test_every_valid_definition_round_trips(defn):
+    """The prolog's to_json and the launcher's from_json are one contract: whatever the plan can hold survives."""
     assert VMDefinition.from_json(defn.to_json()) == defn
 
 

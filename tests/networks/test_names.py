@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from slurm_vm.errors import NodeError
 from slurm_vm.networks.names import (derive_mac, job_vni, multicast_group, nic_name, parse_owned_name,
-                                     validate_user_mac, vxlan_bridge_name, vxlan_device_name)
+                                     vxlan_bridge_name, vxlan_device_name)
 
 JOB = st.integers(1, 4294967295)
 
@@ -24,8 +24,7 @@ def test_nic_names_fit_ifnamsiz_and_parse_back(job, index):
 def test_macs_are_locally_administered_unicast(job, vm, nic):
     mac = derive_mac(job, vm, nic)
     first = int(mac.split(":")[0], 16)
-    assert first & 0b11 == 0b10
-    assert validate_user_mac(mac) == mac
+    assert first & 0b11 == 0b10 and mac == mac.lower()
 
 
 @settings(max_examples=300)
@@ -43,13 +42,6 @@ def test_mac_layout_is_stable():
                                  "svmbr5", "svm1n0x"])
 def test_foreign_names_are_not_ours(bad):
     assert parse_owned_name(bad) is None
-
-
-@pytest.mark.parametrize("mac", ["01:00:5e:00:00:01", "ff:ff:ff:ff:ff:ff", "00:00:00:00:00:00", "52:54:00:12:34",
-                                 "zz:54:00:12:34:56"])
-def test_bad_user_macs(mac):
-    with pytest.raises(NodeError, match="networks"):
-        validate_user_mac(mac, "networks[0].mac")
 
 
 def test_limits_are_enforced():

@@ -57,12 +57,14 @@ def test_context_refuses_unknown_uid():
 def test_journal_records_in_order_and_survives_torn_lines(tmp_path):
     os.mkdir(tmp_path / "journal")
     journal = Journal(str(tmp_path), 7)
-    journal.record("job_dir", path="/x/jobs/7")
-    journal.record("link", name="svm7n0")
+    journal.record("job_dir", {"path": "/x/jobs/7"})
+    journal.record("tap", {"name": "svm7n0"})
     with open(journal.path, "a") as fh:
-        fh.write('{"action": "file", "ar')   # a crash mid-write
-    assert [(e.action, e.args) for e in journal.entries()] == [("job_dir", {"path": "/x/jobs/7"}),
-                                                               ("link", {"name": "svm7n0"})]
+        fh.write('{"action": "link", "args": {"name": "svm7n1"}}\n')   # written by slurm-vm 0.1
+        fh.write('{"kind": "file", "da')   # a crash mid-write
+    assert [(e.kind, e.data) for e in journal.entries()] == [("job_dir", {"path": "/x/jobs/7"}),
+                                                             ("tap", {"name": "svm7n0"}),
+                                                             ("link", {"name": "svm7n1"})]
     assert oct(os.stat(journal.path).st_mode & 0o777) == "0o600"
     journal.remove()
     journal.remove()
@@ -75,5 +77,5 @@ def test_journal_does_not_follow_symlinks(tmp_path):
     target.write_text("keep")
     os.symlink(target, tmp_path / "journal" / "8.jsonl")
     with pytest.raises(OSError):
-        Journal(str(tmp_path), 8).record("link", name="svm8n0")
+        Journal(str(tmp_path), 8).record("tap", {"name": "svm8n0"})
     assert target.read_text() == "keep"

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import yaml
 
 from slurm_vm.config import parse_config
+from slurm_vm.disks.volumes import VolumeInfo
+from slurm_vm.hypervisor.definition import Boot, Nic, VMDefinition
 from slurm_vm.node.context import JobContext
 from slurm_vm.node.plan import make_plan
+from slurm_vm.node.prepare import resolved_definition
 from slurm_vm.spec import parse_spec
 
 CONFIG = """
@@ -62,13 +63,15 @@ volumes: [{path: /data/v.img, readonly: true}]
     meta = yaml.safe_load(plan.seed.meta_data)
     assert meta["local-hostname"] == "web" and "77" in meta["instance-id"]
     d = plan.definition
-    json.dumps(d)
-    assert (d["cpus"], d["memory_bytes"], d["grace_seconds"]) == (2, 1 << 30, 7)
-    assert [disk["role"] for disk in d["disks"]] == ["root", "seed", "volume"]
-    assert d["disks"][2]["readonly"] is True
-    assert d["nics"][0] == {"mac": plan.nics[0].mac, "tap": "svm77n0", "device": None}
-    assert d["nics"][1]["tap"] is None and d["nics"][1]["device"].endswith("macvtap1")
-    assert d["boot"]["kernel"] == "/img/vmlinux"
+    assert (d.cpus, d.memory_bytes, d.grace_seconds) == (2, 1 << 30, 7)
+    assert [disk.role for disk in d.disks] == ["root", "seed", "volume"]
+    assert d.disks[2].readonly is True and d.disks[2].format == "auto"
+    assert d.nics[0] == Nic(mac=plan.nics[0].mac, tap="svm77n0", device=None)
+    assert d.nics[1].tap is None and d.nics[1].device.endswith("macvtap1")
+    assert d.boot.kernel == "/img/vmlinux"
+    resolved = resolved_definition(d, (VolumeInfo(d.disks[2].path, 1, 2, 4096, "qcow2"),))
+    assert resolved.disks[2].format == "qcow2" and resolved.disks[:2] == d.disks[:2]
+    assert VMDefinition.from_json(resolved.to_json()) == resolved
 
 
 def test_plans_are_deterministic_and_job_specific():
@@ -93,7 +96,7 @@ def test_multi_vm_plan_gives_each_node_its_vm():
 
 def test_firmware_image_boots_without_kernel():
     d = plan_for("name: f\nimage: fw\n").definition
-    assert d["boot"] == {"kernel": None, "initrd": None, "cmdline": None, "firmware": "/img/CLOUDHV.fd"}
+    assert d.boot == Boot(kernel=None, initrd=None, cmdline=None, firmware="/img/CLOUDHV.fd")
 
 
 @pytest.mark.parametrize("user_data", [None, "#cloud-config\npackages: [htop]\n", "#!/bin/sh\necho hi\n"])

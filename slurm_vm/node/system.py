@@ -1,0 +1,114 @@
+"""The system calls behind a node's host objects, behind one small interface.
+
+HostSystem is the real thing (files through fd-based helpers, netlink through pyroute2, qemu-img).
+Host objects (objects.py) only talk to a System, so prepare and teardown can be unit-tested against
+a fake one without root; the root tests run HostSystem.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+from ..disks.overlay import create_overlay
+from ..disks.safefs import make_private_dir, remove_tree_safely, write_file_atomic
+from ..disks.volumes import VolumeInfo, VolumeReservations, check_volume_as_user
+from ..networks import links
+
+
+class System(Protocol):
+    # files
+    def make_private_dir(self, path: str) -> None: ...
+    def write_private_file(self, path: str, data: bytes) -> None: ...
+    def create_overlay(self, base: str, base_format: str, overlay: str, size: int | None, qemu_img: str) -> None: ...
+    def remove_tree(self, path: str) -> None: ...
+    def give_dir_to_user(self, path: str, uid: int, gid: int) -> None: ...
+    def list_dir(self, path: str) -> list[str]: ...
+    # network devices
+    def create_tap(self, name: str, uid: int, gid: int, bridge: str | None, mtu: int | None) -> None: ...
+    def create_macvtap(self, name: str, parent: str, mac: str, mode: str, uid: int, gid: int,
+                       device_path: str) -> None: ...
+    def delete_link(self, name: str) -> None: ...
+    def owned_links(self) -> list[tuple[str, int, int]]: ...
+    # VXLAN segment references (root-only files under the locks dir)
+    def join_segment(self, vni: int, job_id: int, parent: str, locks: str, port: int, mtu: int | None,
+                     private: bool) -> str: ...
+    def leave_segment(self, vni: int, job_id: int, locks: str) -> None: ...
+    def segment_holders(self, locks: str) -> list[tuple[int, int]]: ...
+    # persistent volumes: probed with the job user's own rights, then reserved on the node
+    def check_volume(self, path: str, user: str, uid: int, gid: int, readonly: bool) -> VolumeInfo: ...
+    def reserve_volume(self, locks: str, info: VolumeInfo, job_id: int) -> None: ...
+    def release_volumes(self, locks: str, job_id: int) -> None: ...
+    def volume_holders(self, locks: str) -> list[tuple[str, int]]: ...
+
+
+class HostSystem:
+    """The real node (pyroute2 itself is imported by networks.links on first use: it is heavy)."""
+
+    def make_private_dir(self, path: str) -> None:
+        # Root-owned until handover: root never writes into a directory the user can already change.
+        make_private_dir(path, 0, 0, 0o700)
+
+    def write_private_file(self, path: str, data: bytes) -> None:
+        dir_fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            write_file_atomic(dir_fd, os.path.basename(path), data, 0, 0, 0o600)
+        finally:
+            os.close(dir_fd)
+
+    def create_overlay(self, base: str, base_format: str, overlay: str, size: int | None, qemu_img: str) -> None:
+        create_overlay(base, base_format, overlay, size, 0, 0, qemu_img)
+
+    def remove_tree(self, path: str) -> None:
+        remove_tree_safely(path)
+
+    def give_dir_to_user(self, path: str, uid: int, gid: int) -> None:
+        """chown a directory and its entries (not deeper) without following links."""
+        dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            for name in os.listdir(dir_fd):
+                os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+            os.fchown(dir_fd, uid, gid)
+        finally:
+            os.close(dir_fd)
+
+    def list_dir(self, path: str) -> list[str]:
+        try:
+            return os.listdir(path)
+        except FileNotFoundError:
+            return []
+
+    def create_tap(self, name: str, uid: int, gid: int, bridge: str | None, mtu: int | None) -> None:
+        links.create_tap(name, uid, gid, bridge=bridge, mtu=mtu)
+
+    def create_macvtap(self, name: str, parent: str, mac: str, mode: str, uid: int, gid: int,
+                       device_path: str) -> None:
+        links.create_macvtap(name, parent, mac, mode, uid, gid, device_path=device_path)
+
+    def delete_link(self, name: str) -> None:
+        links.delete_link(name)
+
+    def owned_links(self) -> list[tuple[str, int, int]]:
+        return links.list_owned_links()
+
+    def join_segment(self, vni: int, job_id: int, parent: str, locks: str, port: int, mtu: int | None,
+                     private: bool) -> str:
+        return links.ensure_vxlan_segment(vni, job_id, parent, locks, port=port, mtu=mtu, private=private)
+
+    def leave_segment(self, vni: int, job_id: int, locks: str) -> None:
+        links.release_vxlan_segment(vni, job_id, locks)
+
+    def segment_holders(self, locks: str) -> list[tuple[int, int]]:
+        return links.segment_holders(locks)
+
+    def check_volume(self, path: str, user: str, uid: int, gid: int, readonly: bool) -> VolumeInfo:
+        return check_volume_as_user(path, uid, gid, os.getgrouplist(user, gid), readonly)
+
+    def reserve_volume(self, locks: str, info: VolumeInfo, job_id: int) -> None:
+        VolumeReservations(locks).reserve(info, job_id)
+
+    def release_volumes(self, locks: str, job_id: int) -> None:
+        VolumeReservations(locks).release_job(job_id)
+
+    def volume_holders(self, locks: str) -> list[tuple[str, int]]:
+        return VolumeReservations(locks).holders()
