@@ -99,8 +99,9 @@ _TAG_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 def mount_tag(target: str) -> str:
     """A deterministic tag for a guest target, at most 31 characters (fits 9p and virtio-fs).
 
-    `svm` + a readable tail of the target + 8 hex digits of its SHA-256, so two targets never share a tag.
+    `svm:` + a readable tail of the target + 8 hex digits of its SHA-256, so two targets never share a tag.
+    The ':' makes cloud-init keep the tag as a device name (it treats `x:y` as a network source).
     """
     digest = hashlib.sha256(target.encode("utf-8")).hexdigest()[:8]
     tail = _TAG_SAFE.sub("-", target.strip("/"))[-(TAG_MAX - 4 - 9):].strip("-") or "root"
-    return f"svm-{tail}-{digest}"
+    return f"svm:{tail}-{digest}"

@@ -6,6 +6,7 @@ Each step is a small function. A failure anywhere rolls back what was recorded, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ class UserFault(SlurmVmError):
 @dataclass
 class Prepared:
     volume_formats: dict[str, str]
+    share_paths: dict[int, str] = dataclasses.field(default_factory=dict)
 
 
 def _injected_fault(state_dir: str, job_id: int) -> str | None:
@@ -41,6 +43,20 @@ def _injected_fault(state_dir: str, job_id: int) -> str | None:
         if not job or job == str(job_id):
             return step
     return None
+
+
+def step_shares(plan: NodePlan, journal: Journal, out: Prepared) -> None:
+    """Resolve each share's directory as the job user; nothing is made, so nothing is journaled."""
+    from ..disks.shares import check_share_as_user
+    if not plan.shares:
+        return
+    groups = os.getgrouplist(plan.user, plan.gid)
+    for share in plan.shares:
+        try:
+            out.share_paths[share.index] = check_share_as_user(share.source, plan.share_allowed, plan.home, plan.uid,
+                                                               plan.gid, groups, share.readonly)
+        except SlurmVmError as exc:
+            raise UserFault(f"mounts[{share.index}].source: {share.source} {exc}") from None
 
 
 def step_job_dir(plan: NodePlan, journal: Journal, out: Prepared) -> None:
@@ -137,6 +153,7 @@ def _write_private_file(path: str, data: bytes) -> None:
 
 STEPS: tuple[tuple[str, Callable[[NodePlan, Journal, Prepared], None]], ...] = (
     ("volumes", step_volumes),      # first: the user's own files are checked before root makes anything
+    ("shares", step_shares),
     ("job_dir", step_job_dir),
     ("overlay", step_overlay),
     ("seed", step_seed),
