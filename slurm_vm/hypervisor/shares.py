@@ -83,18 +83,20 @@ def ch_fs_config(defn: VMDefinition) -> list[dict]:
 def virtiofsd_argv(defn: VMDefinition, index: int) -> list[str]:
     """virtiofsd as the job user in a new user namespace (uid 0 inside = the user outside, nothing else mapped).
 
-    A read-only share is bind-mounted read-only inside the namespace first (Debian 12's C virtiofsd has no
-    read-only option); the source path is passed as an argument, never interpolated into the script.
+    In the namespace's own mount table a small tmpfs covers /run (Debian 12's C virtiofsd insists on a
+    lock file in /run/virtiofsd) and a read-only share is bind-mounted read-only (that virtiofsd has no
+    read-only option). The path is passed as an argument, never interpolated into the script.
     """
     share = defn.shares[index]
     daemon = [defn.virtiofsd_binary, f"--socket-path={socket_path(defn, index)}", "-o", f"source={share.path}",
               "-o", "cache=auto", "-o", "sandbox=namespace", "-o", "no_posix_lock", "-o", "no_xattr",
               "--rlimit-nofile=0"]
-    wrapper = [UNSHARE, "--user", "--map-root-user", "--mount", "--propagation", "private", "--"]
-    if share.readonly:
-        return wrapper + ["/bin/sh", "-c", 'mount -o bind,ro -- "$1" "$1" && shift && exec "$@"', "virtiofsd-ro",
-                          share.path, *daemon]
-    return wrapper + daemon
+    return [UNSHARE, "--user", "--map-root-user", "--mount", "--propagation", "private", "--",
+            "/bin/sh", "-c", WRAPPER, "virtiofsd", share.path, "ro" if share.readonly else "rw", *daemon]
+
+
+WRAPPER = ('mount -t tmpfs -o size=1m,mode=0700 svm-virtiofsd /run || exit 1; '
+           'if [ "$2" = ro ]; then mount -o bind,ro -- "$1" "$1" || exit 1; fi; shift 2; exec "$@"')
 
 
 def _die_with_parent() -> None:
