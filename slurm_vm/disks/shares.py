@@ -18,8 +18,8 @@ from ..mounts import allowed_prefix, is_under, path_problem
 from .safefs import run_as_user
 
 
-def _resolve(source: str, readonly: bool) -> tuple[str, int]:
-    """Runs as the user: (resolved path, owner uid)."""
+def _resolve(source: str, readonly: bool) -> tuple[str, str | None]:
+    """Runs as the user: (resolved path, what is wrong with it or None)."""
     try:
         resolved = os.path.realpath(source, strict=True)
         st = os.stat(resolved)
@@ -30,12 +30,12 @@ def _resolve(source: str, readonly: bool) -> tuple[str, int]:
             raise NodeError("you may not reach it") from None
         raise NodeError(exc.strerror or str(exc)) from None
     if not stat.S_ISDIR(st.st_mode):
-        raise NodeError("is not a directory")
+        return resolved, "is not a directory"
     mode = os.R_OK | os.X_OK | (0 if readonly else os.W_OK)
     if not os.access(resolved, mode, effective_ids=True):
-        raise NodeError("you may not read it" if readonly else "you may not read and write it "
-                        "(set `readonly: true` to share it read-only)")
-    return resolved, st.st_uid
+        return resolved, ("you may not read it" if readonly else "you may not read and write it "
+                          "(set `readonly: true` to share it read-only)")
+    return resolved, None
 
 
 def _other_users_home(path: str, stop: str, uid: int) -> str | None:
@@ -56,7 +56,7 @@ def _other_users_home(path: str, stop: str, uid: int) -> str | None:
 def check_share_as_user(source: str, allowed: tuple[str, ...], home: str, uid: int, gid: int,
                         groups: list[int], readonly: bool) -> str:
     """The resolved directory to share. Raises NodeError saying what is wrong (the caller names the field)."""
-    resolved, _ = run_as_user(uid, gid, groups, _resolve, source, readonly)
+    resolved, problem = run_as_user(uid, gid, groups, _resolve, source, readonly)
     if path_problem(resolved, False) is not None:
         raise NodeError(f"resolves to {resolved!r}, a path that cannot be shared (space, comma or control "
                         "character)")
@@ -66,4 +66,6 @@ def check_share_as_user(source: str, allowed: tuple[str, ...], home: str, uid: i
     other = _other_users_home(resolved, prefix, uid)
     if other is not None:
         raise NodeError(f"resolves to {resolved}, inside the home of user {other}")
+    if problem is not None:
+        raise NodeError(problem)
     return resolved
