@@ -14,11 +14,12 @@ import sys
 import yaml
 
 from slurm_vm import transport
+from slurm_vm.node.prepare import STEPS as PREPARE_STEPS
 
 VENV_BIN = os.path.dirname(sys.executable)
 USER = "svmtest"
 OTHER = "svmother"
-STEPS = ("volumes", "job_dir", "overlay", "seed", "nics", "definition", "handover")
+STEPS = tuple(name for name, _ in PREPARE_STEPS)
 
 
 def ensure_user(name: str, uid: int) -> pwd.struct_passwd:

@@ -77,6 +77,7 @@ def test_config(directory: str, state_root: str, underlay: str, guests: dict) ->
         "slurm": {"kill_wait": KILL_WAIT},
         "slurm_vm_command": os.path.join(venv_dir(), "bin", "slurm-vm"),
         "log_file": os.path.join(directory, "hooks.log"),
+        "mounts": {"allowed": ["$HOME", os.path.join(directory, "shares")]},
     }
 
 
@@ -170,7 +171,7 @@ class VMCluster:
                                         "PREEMPTED", "BOOT_FAIL", "DEADLINE"}, timeout)
 
     def leaks(self, job_id: int | None = None) -> list[str]:
-        """slurm-vm objects left on any node: job dirs, journals, notes, svm links, VMM processes."""
+        """slurm-vm objects left on any node: job dirs, journals, notes, svm links, VMM and virtiofsd processes."""
         found = []
         for node in self.cluster.nodes:
             state = self.node_state(node)
@@ -186,7 +187,8 @@ class VMCluster:
                     found.append(f"{node}:link {name}")
         procs = subprocess.run(["pgrep", "-a", "-f", f"{self.state_root}/"], capture_output=True, text=True,
                                timeout=10).stdout
-        found += [f"process {line}" for line in procs.splitlines() if "qemu" in line or "cloud-hyp" in line]
+        found += [f"process {line}" for line in procs.splitlines()
+                  if "qemu" in line or "cloud-hyp" in line or "virtiofsd" in line]
         return found
 
     def wait_no_leaks(self, job_id: int | None = None, timeout: float = 30) -> None:

@@ -8,7 +8,7 @@ import pwd
 from dataclasses import dataclass
 
 from .errors import Problem, ValidationError
-from .schema import AbsPath, Context, Int, ListOf, MapOf, Obj, Size, Str, field, parse_object
+from .schema import AbsPath, Context, Int, ListOf, MapOf, Obj, SharePath, Size, Str, field, parse_object
 from .yamldoc import load_document
 
 DEFAULT_CONFIG_PATH = "/etc/slurm-vm/config.yaml"
@@ -86,6 +86,16 @@ class SlurmConfig:
 
 
 @dataclass(frozen=True)
+class MountsConfig:
+    allowed: tuple = field(ListOf(SharePath(allow_home=True)), "directories (prefixes) users may share into VMs; "
+                           "`$HOME` is the job user's own home. Empty: no `mounts:` allowed", [])
+    transport: str = field(Str(choices=("9p", "virtiofs")), "QEMU's share device: `9p` (built in, no daemon) or "
+                           "`virtiofs` (a virtiofsd per share); cloud-hypervisor always uses virtiofs", "9p")
+    virtiofsd: str = field(AbsPath(), "virtiofsd binary (run as the job user in a user namespace)",
+                           "/usr/lib/qemu/virtiofsd")
+
+
+@dataclass(frozen=True)
 class Config:
     images: dict = field(MapOf(Obj(Image)), "the image store: names users may put in `image`")
     networks: dict = field(MapOf(Obj(Network)), "networks users may put in `networks[].network`", {})
@@ -103,6 +113,8 @@ class Config:
                              "(Slurm drains the node and requeues the job held)", "fail-job")
     log_file: str | None = field(AbsPath(), "file the node hooks append one line per event to (besides syslog)",
                                  None)
+    mounts: MountsConfig = field(Obj(MountsConfig), "host directories users may share into their VMs",
+                                 MountsConfig())
 
     def node_state_dir(self, node: str) -> str:
         return self.state_dir.replace("%n", node)
@@ -122,6 +134,11 @@ def _check_config(cfg: Config, ctx: Context) -> None:
             ctx.problem(path + ("cmdline",), "`cmdline` needs `kernel`")
     for name, net in cfg.networks.items():
         _check_network(name, net, ctx)
+    for i, entry in enumerate(cfg.mounts.allowed):
+        if entry == "/" or any(entry == t or entry.startswith(t + "/") for t in ("/proc", "/sys", "/dev", "/etc",
+                                                                             "/boot", "/run")):
+            ctx.problem(("mounts", "allowed", i), f"{entry} would let users share system files; list data "
+                        "directories such as /home, /scratch or $HOME")
     if cfg.grace_seconds + 5 > cfg.slurm.kill_wait:
         ctx.problem(("grace_seconds",), f"{cfg.grace_seconds}s does not leave 5s before slurm.kill_wait "
                     f"({cfg.slurm.kill_wait}s): lower it or raise KillWait in slurm.conf and slurm.kill_wait here")

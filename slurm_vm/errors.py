@@ -64,6 +64,10 @@ class VolumeError(UserFault):
     """A persistent volume the spec names cannot be used by the job's user, or is attached elsewhere."""
 
 
+class ShareError(UserFault):
+    """A directory the spec mounts cannot be shared with the job user's rights."""
+
+
 class NotEnoughCores(HypervisorError):
     """The job step may use fewer cores than the VM has vCPUs."""
 

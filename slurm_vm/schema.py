@@ -186,6 +186,23 @@ class AbsPath(Kind):
 
 
 @dataclass
+class SharePath(Kind):
+    """A normalised absolute path; with `allow_home`, `$HOME` or `$HOME/...` too (slurm_vm.mounts)."""
+
+    allow_home: bool = False
+
+    def check(self, value: Any, ctx: "Context", path: Path) -> str:
+        from .mounts import path_problem
+        problem = path_problem(value, self.allow_home)
+        if problem is not None:
+            raise Invalid(problem if isinstance(value, str) else f"expected a path, got {_type_name(value)}")
+        return value
+
+    def describe(self) -> str:
+        return "absolute path, or `$HOME`/`$HOME/...`" if self.allow_home else "absolute path"
+
+
+@dataclass
 class ListOf(Kind):
     item: Kind
     max_items: int = 64

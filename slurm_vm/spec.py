@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import pwd
 from dataclasses import dataclass
 
 from .config import Config, groups_of_user, user_may_use_network
 from .errors import Problem, ValidationError
 from .limits import MAX_NICS
-from .schema import (NAME_HELP, NAME_PATTERN, AbsPath, Bool, Context, Int, ListOf, Obj, RawMapping, Size, SlurmTime,
-                     Str, Text, field, parse_object)
+from .mounts import HOME, allowed_prefix, expand_home, home_is_usable, is_under, target_problem
+from .schema import (NAME_HELP, NAME_PATTERN, AbsPath, Bool, Context, Int, ListOf, Obj, RawMapping, SharePath, Size,
+                     SlurmTime, Str, Text, field, parse_object)
 from .yamldoc import load_document
 
 MAX_SPEC_BYTES = 1 << 20
@@ -22,6 +24,7 @@ SSH_KEY_PATTERN = r"(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh
 IPV4_CIDR = r"((25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(25[0-5]|2[0-4]\d|1?\d?\d)/([0-9]|[12][0-9]|3[0-2])"
 IPV4 = r"((25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(25[0-5]|2[0-4]\d|1?\d?\d)"
 MAX_VOLUMES = 8
+MAX_MOUNTS = 8
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,14 @@ class Volume:
 
 
 @dataclass(frozen=True)
+class Mount:
+    source: str = field(SharePath(allow_home=True), "host directory, shared with your rights; `$HOME` is your "
+                        "home; must lie under the admin's `mounts.allowed`")
+    target: str = field(SharePath(), "directory in the guest where it appears (not a system directory)")
+    readonly: bool = field(Bool(), "share read-only", False)
+
+
+@dataclass(frozen=True)
 class VMSpec:
     name: str = field(Str(pattern=VM_NAME_PATTERN, pattern_help=VM_NAME_HELP), "VM name; the job name is `vm-NAME`")
     image: str = field(Str(pattern=NAME_PATTERN, pattern_help=NAME_HELP), "name of an image in the admin's store")
@@ -66,6 +77,7 @@ class VMSpec:
     hypervisor: str = field(Str(choices=("auto", "qemu", "cloud-hypervisor")), "hypervisor", "auto")
     time: str | None = field(SlurmTime(), "Slurm time limit (default: the partition's)", None)
     count: int = field(Int(1, 4096), "VMs in the job, one per node, on a job-private network", 1)
+    mounts: tuple = field(ListOf(Obj(Mount), MAX_MOUNTS), "host directories shared into the VM", [])
 
     def hostname(self, vm_index: int = 0) -> str:
         base = self.cloud_init.hostname or self.name
@@ -115,6 +127,8 @@ def _check_spec_shape(spec: VMSpec, ctx: Context) -> None:
         if spec.count > 1 and not vol.readonly:
             ctx.problem(("volumes", i, "readonly"), "with `count` > 1 every VM would write the same volume: "
                         "set `readonly: true`")
+    for i, target, message in mount_target_problems([m.target for m in spec.mounts]):
+        ctx.problem(("mounts", i, "target"), message)
 
 
 def _check_against_config(spec: VMSpec, config: Config, ctx: Context) -> None:
@@ -130,6 +144,9 @@ def _check_against_config(spec: VMSpec, config: Config, ctx: Context) -> None:
     if spec.image not in config.images:
         known = ", ".join(sorted(config.images)) or "none configured"
         ctx.problem(("image",), f"no image {spec.image!r} in the image store; available: {known}")
+    if spec.mounts and not config.mounts.allowed:
+        ctx.problem(("mounts",), "this site shares no host directories (the admins' `mounts.allowed` is empty); "
+                    "remove `mounts:` and copy data in over ssh")
     for i, nic in enumerate(spec.networks):
         if nic.network not in config.networks:
             known = ", ".join(sorted(config.networks)) or "none configured"
@@ -137,9 +154,10 @@ def _check_against_config(spec: VMSpec, config: Config, ctx: Context) -> None:
 
 
 def check_user_access(spec: VMSpec, config: Config, user: str, source: str) -> None:
-    """Networks restricted to users or groups. Raises ValidationError naming the NIC."""
+    """Networks restricted to users or groups, mounts outside the allowlist. Raises ValidationError naming the field."""
     groups = groups_of_user(user)
-    problems = []
+    problems = [Problem(f"mounts[{i}].source", message, None, source)
+                for i, message in mount_source_problems(spec, config, user)]
     for i, nic in enumerate(spec.networks):
         net = config.networks.get(nic.network)
         if net is not None and not user_may_use_network(net, user, groups):
@@ -147,6 +165,40 @@ def check_user_access(spec: VMSpec, config: Config, user: str, source: str) -> N
                                     "ask the admins or pick another network", None, source))
     if problems:
         raise ValidationError(problems)
+
+
+def mount_target_problems(targets: list[str]) -> list[tuple[int, str, str]]:
+    out = []
+    for i, target in enumerate(targets):
+        problem = target_problem(target)
+        if problem is None:
+            other = next((j for j in range(i) if is_under(target, targets[j]) or is_under(targets[j], target)), None)
+            if other is not None:
+                problem = f"same as or nested with mounts[{other}].target; give each share its own directory"
+        if problem is not None:
+            out.append((i, target, problem))
+    return out
+
+
+def mount_source_problems(spec: VMSpec, config: Config, user: str) -> list[tuple[int, str]]:
+    """Sources outside the allowlist, with `$HOME` expanded to `user`'s home (lexical: the node re-checks)."""
+    if not spec.mounts or not config.mounts.allowed:
+        return []
+    try:
+        home = pwd.getpwnam(user).pw_dir
+    except KeyError:
+        home = ""
+    out = []
+    for i, mount in enumerate(spec.mounts):
+        uses_home = mount.source.startswith(HOME) or any(a.startswith(HOME) for a in config.mounts.allowed)
+        if uses_home and not home_is_usable(home):
+            out.append((i, f"user {user!r} has no usable home directory here to stand for $HOME"))
+            continue
+        path = expand_home(mount.source, home)
+        if allowed_prefix(path, config.mounts.allowed, home) is None:
+            allowed = ", ".join(config.mounts.allowed)
+            out.append((i, f"{path} is not under a directory the admins allow ({allowed}); pick a directory there"))
+    return out
 
 
 def load_spec_file(path: str, config: Config | None = None) -> tuple[VMSpec, str]:

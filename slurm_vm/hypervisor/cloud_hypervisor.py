@@ -12,6 +12,7 @@ from ..limits import CH_EVENT_LOG as EVENT_LOG
 from ..limits import SERIAL_LOG
 from .definition import VMDefinition, boot_argv
 from .runtime import Runtime, say
+from .shares import ch_fs_argv, ch_fs_config
 
 API_TIMEOUT = 10.0
 
@@ -25,7 +26,7 @@ def ch_argv(defn: VMDefinition, cores: list[int], nic_fds: list[int]) -> list[st
             "--api-socket", f"path={defn.path(API_SOCKET)}",
             "--event-monitor", f"path={defn.path(EVENT_LOG)}",
             "--cpus", f"boot={defn.cpus},affinity={_affinity(cores)}",
-            "--memory", f"size={defn.memory_bytes >> 20}M",
+            "--memory", f"size={defn.memory_bytes >> 20}M" + (",shared=on" if defn.shares else ""),
             "--serial", f"file={defn.path(SERIAL_LOG)}", "--console", "off"]
     argv += boot_argv(defn.boot, ("--kernel", "--initramfs", "--cmdline", "--firmware"))
     if defn.disks:
@@ -36,7 +37,7 @@ def ch_argv(defn: VMDefinition, cores: list[int], nic_fds: list[int]) -> list[st
             raise HypervisorError("one open file descriptor per NIC is needed")
         argv.append("--net")
         argv += [f"fd=[{fd}],mac={nic.mac},id=net{i}" for i, (nic, fd) in enumerate(zip(defn.nics, nic_fds))]
-    return argv
+    return argv + ch_fs_argv(defn)
 
 
 def _disk_option(path: str, fmt: str, readonly: bool, backing: bool, index: int) -> str:
@@ -66,7 +67,7 @@ def ch_vm_config(defn: VMDefinition, cores: list[int]) -> dict:
     config: dict = {
         "cpus": {"boot_vcpus": defn.cpus, "max_vcpus": defn.cpus,
                  "affinity": [{"vcpu": i, "host_cpus": [core]} for i, core in enumerate(cores)]},
-        "memory": {"size": defn.memory_bytes},
+        "memory": {"size": defn.memory_bytes, **({"shared": True} if defn.shares else {})},
         "payload": payload,
         "serial": {"mode": "File", "file": defn.path(SERIAL_LOG)},
         "console": {"mode": "Off"},
@@ -80,6 +81,8 @@ def ch_vm_config(defn: VMDefinition, cores: list[int]) -> dict:
         if any(nic.tap is None for nic in defn.nics):
             raise HypervisorError("macvtap NICs cannot be described in a REST VmConfig; use the command line")
         config["net"] = [{"tap": nic.tap, "mac": nic.mac, "id": f"net{i}"} for i, nic in enumerate(defn.nics)]
+    if defn.shares:
+        config["fs"] = ch_fs_config(defn)
     return config
 
 

@@ -49,6 +49,16 @@ class Nic:
 
 
 @dataclass(frozen=True)
+class Share:
+    tag: str             # the guest's mount tag (slurm_vm.mounts.mount_tag)
+    path: str            # host directory, resolved by the prolog as the job user
+    readonly: bool
+
+
+SHARE_TRANSPORTS = ("9p", "virtiofs")
+
+
+@dataclass(frozen=True)
 class VMDefinition:
     job_id: int
     name: str
@@ -63,6 +73,9 @@ class VMDefinition:
     grace_seconds: int
     qemu_binary: str
     cloud_hypervisor_binary: str
+    shares: tuple[Share, ...] = ()
+    share_transport: str = "9p"                       # QEMU's; cloud-hypervisor always uses virtiofs
+    virtiofsd_binary: str = "/usr/lib/qemu/virtiofsd"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -106,6 +119,16 @@ def from_dict(data: object) -> VMDefinition:
         raise HypervisorError("vm.json: boot needs exactly one of kernel or firmware")
     disks = tuple(Disk(**_strict(Disk, x, f"disks[{i}]")) for i, x in enumerate(_typed(d["disks"], list, "disks")))
     nics = tuple(Nic(**_strict(Nic, x, f"nics[{i}]")) for i, x in enumerate(_typed(d["nics"], list, "nics")))
+    shares = tuple(Share(**_strict(Share, x, f"shares[{i}]"))
+                   for i, x in enumerate(_typed(d.get("shares", []), list, "shares")))
+    for i, share in enumerate(shares):
+        _typed(share.tag, str, f"shares[{i}].tag")
+        _typed(share.path, str, f"shares[{i}].path")
+        if not share.path.startswith("/") or "," in share.path or not 0 < len(share.tag) <= 31 \
+                or "," in share.tag:
+            raise HypervisorError(f"vm.json: shares[{i}] has a bad tag or path")
+    if d.get("share_transport", "9p") not in SHARE_TRANSPORTS:
+        raise HypervisorError("vm.json: share_transport must be 9p or virtiofs")
     for i, disk in enumerate(disks):
         if disk.format not in ("qcow2", "raw"):
             raise HypervisorError(f"vm.json: disks[{i}].format must be qcow2 or raw")
@@ -118,4 +141,4 @@ def from_dict(data: object) -> VMDefinition:
         _typed(d[key], int, key)
     if d["cpus"] < 1 or d["memory_bytes"] < (16 << 20) or d["grace_seconds"] < 0:
         raise HypervisorError("vm.json: cpus, memory_bytes or grace_seconds out of range")
-    return VMDefinition(**{**d, "boot": boot, "disks": disks, "nics": nics})
+    return VMDefinition(**{**d, "boot": boot, "disks": disks, "nics": nics, "shares": shares})

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import time
+from dataclasses import replace
 
 from ..errors import HypervisorError
 from ..limits import LAUNCHER_LOCK, LAUNCHER_PID, VMM_LOG, VMM_PID
@@ -23,6 +24,7 @@ from .definition import VMDefinition
 from .kvm import choose_backend
 from .qemu import QemuRuntime
 from .runtime import START_TIMEOUT, Runtime, open_nics, say
+from .shares import ShareDaemons, effective_transport
 
 HARD_STOP_WAIT = 5.0
 POLL = 0.1
@@ -107,7 +109,15 @@ class Launcher:
             say(str(exc))
             return ExitCode.FAILED_TO_START
         log_path = self.defn.path(VMM_LOG)
+        daemons = share_daemons(self.defn, runtime, log_path)
         try:
+            return self._run_with_shares(runtime, fds, log_path, daemons)
+        finally:
+            daemons.stop()
+
+    def _run_with_shares(self, runtime: Runtime, fds: list[int], log_path: str, daemons: ShareDaemons) -> int:
+        try:
+            daemons.start(time.monotonic() + START_TIMEOUT)
             runtime.start(fds, log_path)
             self._write_pid(VMM_PID, runtime.proc.pid)  # type: ignore[union-attr]
             runtime.after_start(time.monotonic() + START_TIMEOUT)
@@ -180,6 +190,13 @@ class Launcher:
             return
         for line in lines:
             say(f"hypervisor: {line}")
+
+
+def share_daemons(defn: VMDefinition, runtime: Runtime, log_path: str) -> ShareDaemons:
+    """The virtiofsd daemons this VM needs (none for QEMU with 9p)."""
+    hypervisor = "cloud-hypervisor" if isinstance(runtime, CloudHypervisorRuntime) else "qemu"
+    wanted = defn if effective_transport(defn, hypervisor) == "virtiofs" else replace(defn, shares=())
+    return ShareDaemons(wanted, log_path)
 
 
 def run(defn: VMDefinition) -> int:

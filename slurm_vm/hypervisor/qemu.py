@@ -10,6 +10,7 @@ from ..errors import HypervisorError
 from ..limits import QMP_SOCKET, SERIAL_LOG
 from .definition import VMDefinition, boot_argv
 from .runtime import Runtime, say
+from .shares import qemu_share_argv
 
 QMP_TIMEOUT = 10.0
 
@@ -33,7 +34,7 @@ def qemu_argv(defn: VMDefinition, accelerator: str, nic_fds: list[int]) -> list[
         raise HypervisorError("one open file descriptor per NIC is needed")
     for i, (nic, fd) in enumerate(zip(defn.nics, nic_fds)):
         argv += ["-netdev", f"tap,id=n{i},fd={fd}", "-device", f"virtio-net-pci,netdev=n{i},mac={nic.mac}"]
-    return argv
+    return argv + qemu_share_argv(defn, defn.share_transport)
 
 
 def _escape(path: str) -> str:

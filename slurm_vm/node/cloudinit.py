@@ -7,10 +7,12 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from ..hypervisor.shares import guest_fstype, guest_mount_options
 from ..spec import VMSpec
 
 if TYPE_CHECKING:
     from .plan import NicPlan
+    from .shares import SharePlan
 
 CLOUD_CONFIG_HEADER = "#cloud-config"
 
@@ -44,14 +46,17 @@ def render_user_data(user_data: str | None, ssh_authorized_keys: list[str], host
     return user_data, _cloud_config({"ssh_authorized_keys": keys})
 
 
+def _vendor_mapping(vendor_data: str | None) -> dict:
+    """The cloud-config mapping of vendor-data built so far (slurm-vm's own, so always a mapping or nothing)."""
+    loaded = yaml.safe_load(vendor_data) if vendor_data else None
+    return loaded if isinstance(loaded, dict) else {}
+
+
 def hosts_vendor_data(entries: list[tuple[str, str]], vendor_data: str | None) -> str | None:
     """Merge an /etc/hosts for the job's VMs into the vendor-data cloud-config."""
     if not entries:
         return vendor_data
-    base: dict = {}
-    if vendor_data:
-        loaded = yaml.safe_load(vendor_data)
-        base = loaded if isinstance(loaded, dict) else {}
+    base = _vendor_mapping(vendor_data)
     files = base.pop("write_files", [])
     base["manage_etc_hosts"] = False
     # Written by hand so that /etc/hosts is a literal block (`content: |`), the most portable YAML form.
@@ -79,3 +84,19 @@ def render_network_config(spec: VMSpec, nics: tuple[NicPlan, ...], addresses: tu
             entry["dhcp4"] = True
         ethernets[f"eth{nic.index}"] = entry
     return yaml.safe_dump({"version": 2, "ethernets": ethernets}, sort_keys=False)
+
+
+def mounts_vendor_data(shares: tuple[SharePlan, ...], transport: str, vendor_data: str | None) -> str | None:
+    """Add cloud-init `mounts:` (one flow list per share, the form the tiny test guest reads too).
+
+    The tags contain ':' so that cloud-init (22.4, Debian 12) keeps them as they are instead of
+    looking for a block device of that name.
+    """
+    if not shares:
+        return vendor_data
+    base = _vendor_mapping(vendor_data)
+    base.pop("mounts", None)
+    head = "#cloud-config\n" + (yaml.safe_dump(base, sort_keys=False, width=4096) if base else "")
+    lines = [f"- ['{s.tag}', '{s.target}', '{guest_fstype(transport)}', "
+             f"'{guest_mount_options(transport, s.readonly)}', '0', '0']" for s in shares]
+    return head + "mounts:\n" + "".join(line + "\n" for line in lines)

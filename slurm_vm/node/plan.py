@@ -13,10 +13,13 @@ from ..hypervisor.definition import Boot, Disk, Nic, VMDefinition
 from ..networks.names import derive_mac, job_vni, nic_name, vxlan_bridge_name
 from ..spec import VMSpec
 from .addresses import hosts_entries, plan_addresses
-from .cloudinit import hosts_vendor_data, render_meta_data, render_network_config, render_user_data
+from .cloudinit import (hosts_vendor_data, mounts_vendor_data, render_meta_data, render_network_config,
+                        render_user_data)
 from .context import JobContext
 from ..limits import OVERLAY_FILE, SEED_FILE
 from .layout import job_dir
+from .shares import (SharePlan, definition_fields, plan_shares, share_transport,
+                     user_home)
 
 
 
@@ -63,6 +66,9 @@ class NodePlan:
     nics: tuple[NicPlan, ...]
     definition: VMDefinition
     qemu_img: str = "qemu-img"
+    shares: tuple[SharePlan, ...] = ()
+    share_allowed: tuple[str, ...] = ()
+    home: str = ""
 
 
 def instance_id(ctx: JobContext) -> str:
@@ -93,7 +99,8 @@ def plan_seed(spec: VMSpec, config: Config, ctx: JobContext, nics: tuple[NicPlan
     network_config = render_network_config(spec, nics, plan_addresses(spec, config, ctx.vm_index))
     return SeedPlan(path=os.path.join(jdir, SEED_FILE), meta_data=render_meta_data(instance_id(ctx), hostname),
                     user_data=user_data, network_config=network_config,
-                    vendor_data=hosts_vendor_data(hosts_entries(spec, config), vendor_data))
+                    vendor_data=mounts_vendor_data(plan_shares(spec, user_home(ctx.user)), share_transport(spec, config),
+                                                   hosts_vendor_data(hosts_entries(spec, config), vendor_data)))
 
 
 def plan_definition(spec: VMSpec, config: Config, ctx: JobContext, jdir: str, overlay: str, seed: str,
@@ -117,6 +124,7 @@ def plan_definition(spec: VMSpec, config: Config, ctx: JobContext, jdir: str, ov
         grace_seconds=config.grace_seconds,
         qemu_binary=config.hypervisor.qemu_binary,
         cloud_hypervisor_binary=config.hypervisor.cloud_hypervisor_binary,
+        **definition_fields(plan_shares(spec, user_home(ctx.user)), config),
     )
 
 
@@ -132,4 +140,5 @@ def make_plan(spec: VMSpec, config: Config, ctx: JobContext) -> NodePlan:
                     overlay=overlay, disk_size=spec.disk, seed=seed,
                     volumes=tuple((v.path, v.readonly) for v in spec.volumes), nics=nics,
                     definition=plan_definition(spec, config, ctx, jdir, overlay, seed.path, nics),
-                    qemu_img=config.hypervisor.qemu_img)
+                    qemu_img=config.hypervisor.qemu_img, shares=plan_shares(spec, user_home(ctx.user)),
+                    share_allowed=tuple(config.mounts.allowed), home=user_home(ctx.user))

@@ -34,6 +34,8 @@ class Preparation:
     system: System
     volumes: tuple[VolumeInfo, ...] = ()
 
+    share_paths: dict[int, str] = dataclasses.field(default_factory=dict)
+
     @property
     def scope(self) -> Scope:
         return Scope(self.plan.state_dir, self.plan.job_id)
@@ -56,8 +58,17 @@ def _injected_fault(state_dir: str, job_id: int) -> str | None:
     return None
 
 
+def step_shares(prep: Preparation) -> None:
+    """Resolve each share's directory as the job user; nothing is made, so nothing is journaled."""
+    plan = prep.plan
+    for share in plan.shares:
+        prep.share_paths[share.index] = prep.system.check_share(share.source, plan.share_allowed, plan.home,
+                                                                plan.user, plan.uid, plan.gid, share.readonly,
+                                                                f"mounts[{share.index}].source")
+
+
 def step_volumes(prep: Preparation) -> None:
-    """First: the user's own files are checked, as the user, before root makes anything."""
+    """The user's volumes, checked as the user, then reserved on the node."""
     plan = prep.plan
     if not plan.volumes:
         return
@@ -95,16 +106,20 @@ def step_nics(prep: Preparation) -> None:
             prep.make(Tap(nic.ifname, plan.uid, plan.gid, bridge=nic.bridge, mtu=nic.mtu))
 
 
-def resolved_definition(definition: VMDefinition, volumes: tuple[VolumeInfo, ...]) -> VMDefinition:
-    """The plan leaves volume formats as `auto`; the as-user check found each one."""
+def resolved_definition(definition: VMDefinition, volumes: tuple[VolumeInfo, ...],
+                        share_paths: dict[int, str] | None = None) -> VMDefinition:
+    """The plan leaves volume formats as `auto` and share paths as the user wrote them; the as-user checks
+    found each volume's format and each share's real directory (what the VMM, as the user, opens)."""
     formats = {info.path: info.format for info in volumes}
     disks = tuple(dataclasses.replace(d, format=formats[d.path]) if d.role == "volume" else d
                   for d in definition.disks)
-    return dataclasses.replace(definition, disks=disks)
+    paths = share_paths or {}
+    shares = tuple(dataclasses.replace(s, path=paths.get(i, s.path)) for i, s in enumerate(definition.shares))
+    return dataclasses.replace(definition, disks=disks, shares=shares)
 
 
 def step_definition(prep: Preparation) -> None:
-    definition = resolved_definition(prep.plan.definition, prep.volumes)
+    definition = resolved_definition(prep.plan.definition, prep.volumes, prep.share_paths)
     text = definition.to_json()
     VMDefinition.from_json(text)   # the launcher's own check, before root hands anything over
     prep.make(JobFile(definition.path(DEFINITION_FILE), text.encode("utf-8")))
@@ -116,7 +131,8 @@ def step_handover(prep: Preparation) -> None:
 
 
 STEPS: tuple[tuple[str, Callable[[Preparation], None]], ...] = (
-    ("volumes", step_volumes),
+    ("shares", step_shares),      # the user's own directories and files are checked, as the user, first:
+    ("volumes", step_volumes),    # root makes nothing for a job whose input is at fault
     ("job_dir", step_job_dir),
     ("overlay", step_overlay),
     ("seed", step_seed),

@@ -11,8 +11,10 @@ import os
 from typing import Protocol
 
 from ..disks.overlay import create_overlay
+from ..disks.shares import check_share_as_user
 from ..disks.safefs import make_private_dir, remove_tree_safely, write_file_atomic
 from ..disks.volumes import VolumeInfo, VolumeReservations, check_volume_as_user
+from ..errors import NodeError, ShareError
 from ..networks import links
 
 
@@ -38,6 +40,9 @@ class System(Protocol):
     # persistent volumes: probed with the job user's own rights, then reserved on the node
     def check_volume(self, path: str, user: str, uid: int, gid: int, readonly: bool) -> VolumeInfo: ...
     def reserve_volume(self, locks: str, info: VolumeInfo, job_id: int) -> None: ...
+    # shared host directories: resolved with the job user's own rights
+    def check_share(self, source: str, allowed: tuple[str, ...], home: str, user: str, uid: int, gid: int,
+                    readonly: bool, field: str) -> str: ...
     def release_volumes(self, locks: str, job_id: int) -> None: ...
     def volume_holders(self, locks: str) -> list[tuple[str, int]]: ...
 
@@ -103,6 +108,13 @@ class HostSystem:
 
     def check_volume(self, path: str, user: str, uid: int, gid: int, readonly: bool) -> VolumeInfo:
         return check_volume_as_user(path, uid, gid, os.getgrouplist(user, gid), readonly)
+
+    def check_share(self, source: str, allowed: tuple[str, ...], home: str, user: str, uid: int, gid: int,
+                    readonly: bool, field: str) -> str:
+        try:
+            return check_share_as_user(source, allowed, home, uid, gid, os.getgrouplist(user, gid), readonly)
+        except NodeError as exc:
+            raise ShareError(f"{field}: {source} {exc}") from None
 
     def reserve_volume(self, locks: str, info: VolumeInfo, job_id: int) -> None:
         VolumeReservations(locks).reserve(info, job_id)

@@ -66,6 +66,22 @@ def kill_hypervisor(state_dir: str, job_id: int, uid: int | None) -> str | None:
     return f"killed leftover hypervisor pid {pid}"
 
 
+def kill_job_processes(state_dir: str, job_id: int, uid: int | None) -> list[str]:
+    """Kill leftover helpers of the job (virtiofsd and its namespace wrapper): processes of the job's
+    user whose command line names the job dir. Needs a known uid: never kills another user's process."""
+    if uid is None:
+        return []
+    killed = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != os.getpid() and _is_job_vmm(int(name), job_id, state_dir, uid):
+            try:
+                os.kill(int(name), signal.SIGKILL)
+                killed.append(f"killed leftover job process {name}")
+            except ProcessLookupError:
+                continue
+    return killed
+
+
 def _is_job_vmm(pid: int, job_id: int, state_dir: str, uid: int | None) -> bool:
     """Only a process of the job's user whose command line names the job dir counts (pids get reused)."""
     try:
@@ -98,6 +114,7 @@ def teardown_job(state_dir: str, job_id: int, uid: int | None, system: System | 
     killed = kill_hypervisor(state_dir, job_id, uid)
     if killed:
         report.undone.append(killed)
+    report.undone.extend(kill_job_processes(state_dir, job_id, uid))
     for part in (undo_journal(state_dir, journal, system), sweep_job(state_dir, job_id, system)):
         report.undone.extend(part.undone)
         report.errors.extend(part.errors)

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 
 from slurm_vm.disks.volumes import VolumeInfo
-from slurm_vm.errors import NodeError, VolumeError
+from slurm_vm.errors import NodeError, ShareError, VolumeError
 from slurm_vm.networks.names import parse_owned_name, vxlan_bridge_name
 
 
@@ -117,6 +117,12 @@ class FakeSystem:
         if path in self.unreadable:
             raise VolumeError(f"volume {path}: you may not read it")
         return VolumeInfo(path, 1, hash(path) & 0xFFFF, 1 << 20, "raw")
+
+    def check_share(self, source: str, allowed: tuple[str, ...], home: str, user: str, uid: int, gid: int,
+                    readonly: bool, field: str) -> str:
+        if source in self.unreadable:
+            raise ShareError(f"{field}: {source} you may not read it")
+        return "/resolved" + source
 
     def reserve_volume(self, locks: str, info: VolumeInfo, job_id: int) -> None:
         name = f"{info.st_dev}-{info.st_ino}"

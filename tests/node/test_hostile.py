@@ -168,3 +168,56 @@ def test_digest_comment_without_reachable_slurm_fails_the_node_step_cleanly(hook
     assert proc.returncode == 1
     assert "scontrol" in proc.stderr
     assert_nothing_made(hook_node, 700)
+
+
+def test_hostile_mounts_are_refused_as_the_user(hook_node):
+    """Sources are resolved on the node as the job user: links out of the allowlist, other users'
+    private directories and root's are refused with the field named, and nothing is made."""
+    node = hook_node
+    shares = os.path.join(node.tmp, "shares")
+    os.makedirs(shares)
+    os.chmod(shares, 0o755)
+    node.write_config({"mounts": {"allowed": [shares]}})
+    os.symlink("/etc", os.path.join(shares, "to-etc"))
+    os.symlink("../..", os.path.join(shares, "up"))
+    for name, owner, mode in (("other", "svmother", 0o700), ("rootonly", "root", 0o700),
+                              ("readable", "svmother", 0o755)):
+        path = os.path.join(shares, name)
+        os.mkdir(path)
+        os.chown(path, pwd.getpwnam(owner).pw_uid, pwd.getpwnam(owner).pw_gid)
+        os.chmod(path, mode)
+    with open(os.path.join(shares, "a-file"), "w") as fh:
+        fh.write("x")
+    cases = [
+        ("link-to-etc", f"{shares}/to-etc", "", "outside"),
+        ("link-up", f"{shares}/up", "", "outside"),
+        ("other-users-private-dir", f"{shares}/other", "", "may not"),
+        ("root-only-dir", f"{shares}/rootonly", "", "may not"),
+        ("readable-but-not-writable", f"{shares}/readable", "", "readonly: true"),
+        ("a-file", f"{shares}/a-file", "", "not a directory"),
+        ("missing", f"{shares}/missing", "", "does not exist"),
+        ("outside-allowlist", "/etc", "", "mounts[0].source"),
+        ("target-etc", f"{shares}/readable", ", target: /etc", "mounts[0].target"),
+    ]
+    for i, (case, source, target, expected) in enumerate(cases):
+        job = 800 + i
+        mount = f"{{source: {source}{target or ', target: /mnt/x'}, readonly: {str('readonly' in case).lower()}}}"
+        if case == "target-etc":
+            mount = f"{{source: {source}, target: /etc, readonly: true}}"
+        spec = BASE + f"mounts:\n  - {mount}\n"
+        proc = node.prolog(job, spec)
+        assert proc.returncode == 0, (case, proc.stderr)
+        note = open(os.path.join(node.state, "jobs", f"{job}.error")).read()
+        assert "mounts[0]" in note and expected in note, (case, note)
+        assert_nothing_made(node, job)
+        assert node.epilog(job, spec).returncode == 0
+    # the same readable directory shared read-only is accepted: the job is prepared
+    accepted = BASE + f"mounts:\n  - {{source: {shares}/readable, target: /mnt/x, readonly: true}}\n"
+    proc = node.prolog(899, accepted)
+    assert proc.returncode == 0 and not os.path.exists(os.path.join(node.state, "jobs", "899.error")), proc.stderr
+    import json
+    definition = json.load(open(os.path.join(node.state, "jobs", "899", "vm.json")))
+    assert definition["shares"] == [{"tag": definition["shares"][0]["tag"], "path": f"{shares}/readable",
+                                     "readonly": True}]
+    assert node.epilog(899, accepted).returncode == 0
+    assert node.leftovers(899) == []

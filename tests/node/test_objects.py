@@ -11,7 +11,7 @@ import os
 import pytest
 
 from slurm_vm.config import parse_config
-from slurm_vm.errors import NodeError, VolumeError, is_users_fault
+from slurm_vm.errors import NodeError, ShareError, VolumeError, is_users_fault
 from slurm_vm.hypervisor.definition import VMDefinition
 from slurm_vm.node.context import JobContext
 from slurm_vm.node.doctor import find_leftovers
@@ -31,6 +31,7 @@ image: deb
 disk: 2G
 volumes: [{path: /data/v.img}]
 networks: [{network: lan}, {network: private}, {network: direct}]
+mounts: [{source: /scratch/alice/data, target: /data}]
 """
 
 
@@ -43,6 +44,7 @@ networks:
   lan: {{kind: bridge, bridge: br-admin0}}
   private: {{kind: vxlan, parent: eth0, vni_range: [1000, 1999]}}
   direct: {{kind: macvtap, parent: eth0}}
+mounts: {{allowed: [/scratch]}}
 """
 
 
@@ -75,6 +77,7 @@ def test_prepare_makes_every_kind_and_teardown_removes_all(node):
     assert system.owners[plan.job_dir] == (5000, 5000)          # handed over to the user last
     definition = VMDefinition.from_json(system.files[plan.definition.path("vm.json")].decode())
     assert [d.format for d in definition.disks] == ["qcow2", "raw", "raw"]   # the volume's probed format
+    assert [s.path for s in definition.shares] == ["/resolved/scratch/alice/data"]   # resolved as the user
     report = teardown_job(state, plan.job_id, 5000, system)
     assert report.errors == [] and system.empty() and not journal.exists()
     assert teardown_job(state, plan.job_id, 5000, system).errors == []   # idempotent
@@ -93,12 +96,14 @@ def test_a_failure_at_any_create_rolls_back_everything(node, failing):
     assert not journal.exists()
 
 
-def test_a_users_volume_fault_makes_nothing_and_is_the_users(node):
+@pytest.mark.parametrize("unreadable,error,step", [("/data/v.img", VolumeError, "step volumes"),
+                                                   ("/scratch/alice/data", ShareError, "step shares")])
+def test_a_users_own_fault_makes_nothing_and_is_the_users(node, unreadable, error, step):
     state, plan = node
-    system = FakeSystem(unreadable={"/data/v.img"})
-    with pytest.raises(VolumeError) as caught:
+    system = FakeSystem(unreadable={unreadable})
+    with pytest.raises(error) as caught:
         prepare_node(plan, Journal(state, plan.job_id), system)
-    assert is_users_fault(caught.value) and "step volumes" in str(caught.value)
+    assert is_users_fault(caught.value) and step in str(caught.value)
     assert system.creates == 0 and system.empty()
 
 

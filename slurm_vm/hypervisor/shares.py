@@ -1,0 +1,148 @@
+"""Host directories in the guest: virtio-9p (QEMU built in) or virtio-fs (one virtiofsd per share).
+
+Both run with the job user's rights and nothing more: QEMU already runs as the user, and virtiofsd
+runs as the user inside a user namespace that maps only the user's own uid (to 0, which the daemon
+needs for its sandbox). Whatever the guest's root asks for, the host kernel checks it against the
+job user's credentials, and every file the guest creates belongs to the job user.
+
+The daemons are the launcher's children: in the job's cgroup, on the cores the step was given (the
+same as the VMM's emulator threads), killed by the launcher when the VMM ends and by PR_SET_PDEATHSIG
+if the launcher dies; the epilog kills a leftover one (its command line names the job dir).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import time
+
+from ..errors import HypervisorError
+from .definition import VMDefinition
+
+VIRTIOFS_SOCKET = "virtiofs{index}.sock"
+NINEP_MSIZE = 512000        # the largest msize a 6.1 guest's virtio transport takes
+VIRTIOFS_QUEUE = 1024
+SOCKET_TIMEOUT = 15.0
+PR_SET_PDEATHSIG = 1
+UNSHARE = "/usr/bin/unshare"
+
+
+def guest_fstype(transport: str) -> str:
+    return "9p" if transport == "9p" else "virtiofs"
+
+
+def guest_mount_options(transport: str, readonly: bool) -> str:
+    """Options for the guest's fstab / mount(8); `nofail` so a missing share never blocks the boot."""
+    options = [f"trans=virtio,version=9p2000.L,msize={NINEP_MSIZE},cache=mmap"] if transport == "9p" else []
+    options += ["ro" if readonly else "rw", "nofail"]
+    return ",".join(options)
+
+
+def effective_transport(defn: VMDefinition, hypervisor: str) -> str:
+    """cloud-hypervisor has no 9p: it always uses virtio-fs."""
+    return "virtiofs" if hypervisor == "cloud-hypervisor" else defn.share_transport
+
+
+def socket_path(defn: VMDefinition, index: int) -> str:
+    return defn.path(VIRTIOFS_SOCKET.format(index=index))
+
+
+def qemu_share_argv(defn: VMDefinition, transport: str) -> list[str]:
+    """QEMU options for every share; virtio-fs also needs guest RAM in a shared memfd."""
+    argv: list[str] = []
+    if not defn.shares:
+        return argv
+    if transport == "virtiofs":
+        argv += ["-object", f"memory-backend-memfd,id=mem,size={defn.memory_bytes >> 20}M,share=on",
+                 "-numa", "node,memdev=mem"]
+    for i, share in enumerate(defn.shares):
+        if transport == "9p":
+            readonly = ",readonly=on" if share.readonly else ""
+            argv += ["-fsdev", f"local,id=fs{i},path={share.path},security_model=none{readonly}",
+                     "-device", f"virtio-9p-pci,fsdev=fs{i},mount_tag={share.tag}"]
+        else:
+            argv += ["-chardev", f"socket,id=vfs{i},path={socket_path(defn, i)}",
+                     "-device", f"vhost-user-fs-pci,chardev=vfs{i},tag={share.tag},queue-size={VIRTIOFS_QUEUE}"]
+    return argv
+
+
+def ch_fs_argv(defn: VMDefinition) -> list[str]:
+    if not defn.shares:
+        return []
+    return ["--fs", *[f"tag={share.tag},socket={socket_path(defn, i)},num_queues=1,queue_size={VIRTIOFS_QUEUE},"
+                      f"id=fs{i}" for i, share in enumerate(defn.shares)]]
+
+
+def ch_fs_config(defn: VMDefinition) -> list[dict]:
+    return [{"tag": share.tag, "socket": socket_path(defn, i), "num_queues": 1, "queue_size": VIRTIOFS_QUEUE,
+             "id": f"fs{i}"} for i, share in enumerate(defn.shares)]
+
+
+def virtiofsd_argv(defn: VMDefinition, index: int) -> list[str]:
+    """virtiofsd as the job user in a new user namespace (uid 0 inside = the user outside, nothing else mapped).
+
+    In the namespace's own mount table a small tmpfs covers /run (Debian 12's C virtiofsd insists on a
+    lock file in /run/virtiofsd) and a read-only share is bind-mounted read-only (that virtiofsd has no
+    read-only option). The path is passed as an argument, never interpolated into the script.
+    """
+    share = defn.shares[index]
+    daemon = [defn.virtiofsd_binary, f"--socket-path={socket_path(defn, index)}", "-o", f"source={share.path}",
+              "-o", "cache=auto", "-o", "sandbox=namespace", "-o", "no_posix_lock", "-o", "no_xattr",
+              "--rlimit-nofile=0"]
+    return [UNSHARE, "--user", "--map-root-user", "--mount", "--propagation", "private", "--",
+            "/bin/sh", "-c", WRAPPER, "virtiofsd", share.path, "ro" if share.readonly else "rw", *daemon]
+
+
+WRAPPER = ('mount -t tmpfs -o size=1m,mode=0700 svm-virtiofsd /run || exit 1; '
+           'if [ "$2" = ro ]; then mount -o bind,ro -- "$1" "$1" || exit 1; fi; shift 2; exec "$@"')
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class ShareDaemons:
+    """The virtiofsd processes of one VM."""
+
+    def __init__(self, defn: VMDefinition, log_path: str):
+        self.defn, self.log_path = defn, log_path
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, deadline: float) -> None:
+        log = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            for i in range(len(self.defn.shares)):
+                try:
+                    os.unlink(socket_path(self.defn, i))
+                except FileNotFoundError:
+                    pass
+                try:
+                    self.procs.append(subprocess.Popen(virtiofsd_argv(self.defn, i), stdin=subprocess.DEVNULL,
+                                                       stdout=log, stderr=log, close_fds=True,
+                                                       preexec_fn=_die_with_parent))
+                except OSError as exc:
+                    raise HypervisorError(f"cannot run virtiofsd: {exc.strerror}") from None
+        finally:
+            os.close(log)
+        for i, proc in enumerate(self.procs):
+            while not os.path.exists(socket_path(self.defn, i)):
+                if proc.poll() is not None:
+                    raise HypervisorError(f"virtiofsd for {self.defn.shares[i].path} exited (status "
+                                          f"{proc.returncode}); see vmm.log")
+                if time.monotonic() > deadline:
+                    raise HypervisorError("virtiofsd did not open its socket in time")
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
