@@ -10,12 +10,10 @@ import sys
 
 import click
 
-EXIT_USAGE = 2
-EXIT_ERROR = 1
-
 
 class _Group(click.Group):
-    """Turns slurm-vm's own errors into one line each (no traceback) and a non-zero exit."""
+    """Turns slurm-vm's own errors into one line each (no traceback) and the error's exit code
+    (the table is in slurm_vm/errors.py and docs/user-guide.md)."""
 
     def invoke(self, ctx: click.Context):
         from .errors import SlurmVmError, ValidationError
@@ -24,10 +22,10 @@ class _Group(click.Group):
         except ValidationError as exc:
             for problem in exc.problems:
                 click.echo(f"slurm-vm: {problem}", err=True)
-            ctx.exit(EXIT_USAGE)
+            ctx.exit(exc.exit_code)
         except SlurmVmError as exc:
             click.echo(f"slurm-vm: {exc}", err=True)
-            ctx.exit(EXIT_ERROR)
+            ctx.exit(exc.exit_code)
 
 
 def _config(path: str | None):
@@ -129,8 +127,8 @@ def list_cmd(all_users: bool, ended: bool, as_json: bool, config_path: str | Non
     from .lifecycle import current_user, list_vms
     from .output import print_records
     config = _config(config_path)
-    records = list_vms(_backend(config), None if all_users else current_user(), ended)
-    print_records(records, as_json)
+    user = None if all_users else current_user()
+    print_records(list_vms(_backend(config), user, ended), as_json, user, ended)
 
 
 @main.command()
@@ -159,12 +157,10 @@ def status(ref: str, lines: int, as_json: bool, config_path: str | None) -> None
 @config_option
 def console(ref: str, follow: bool, lines: int, config_path: str | None) -> None:
     """Print a VM's serial console log (read through the job on its node)."""
-    from .errors import NotFound
-    from .lifecycle import current_user, find_vm, node_command, serial_log_path
+    from .lifecycle import current_user, find_vm, node_command, require_running, serial_log_path
     config = _config(config_path)
     job = find_vm(_backend(config), ref, current_user())
-    if job.state != "RUNNING" or not job.nodes:
-        raise NotFound(f"VM {job.vm_name} (job {job.job_id}) is {job.state}: the console exists while it runs")
+    require_running(job, "the console exists")
     argv = ["tail", "-n", str(lines), *(["-F"] if follow else []), serial_log_path(config, job, job.nodes[0])]
     proc = node_command(job, job.nodes[0], argv, None if follow else config.slurm.command_timeout)
     if not follow:

@@ -19,9 +19,24 @@ def _row(r: VMRecord) -> tuple[str, ...]:
             ",".join(r.addresses) or "-")
 
 
-def print_records(records: list[VMRecord], as_json: bool) -> None:
+def column_widths(rows: list[tuple[str, ...]]) -> list[int]:
+    return [max([len(c), *(len(row[i]) for row in rows)]) for i, c in enumerate(COLUMNS)]
+
+
+def empty_listing(whose: str | None, ended: bool) -> str:
+    """The line `slurm-vm list` prints when there is nothing to list."""
+    who = f" of user {whose}" if whose else ""
+    if ended:
+        return f"no VM jobs{who} known to Slurm (ended jobs are forgotten after a while)"
+    return f"no running or pending VMs{who}; `slurm-vm list --ended` adds the ones that ended recently"
+
+
+def print_records(records: list[VMRecord], as_json: bool, whose: str | None = None, ended: bool = False) -> None:
     if as_json:
         click.echo(json.dumps([r.as_json() for r in records], indent=2))
+        return
+    if not records:
+        click.echo(empty_listing(whose, ended))
         return
     rows = [_row(r) for r in records]
     if sys.stdout.isatty():
@@ -32,7 +47,7 @@ def print_records(records: list[VMRecord], as_json: bool) -> None:
             table.add_row(*row)
         Console().print(table)
         return
-    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(COLUMNS)]
+    widths = column_widths(rows)
     for row in (COLUMNS, *rows):
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
 
