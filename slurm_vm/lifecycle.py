@@ -113,7 +113,7 @@ def require_running(job: JobInfo, needs: str) -> None:
 
 def stop_vm(backend: SlurmBackend, job: JobInfo, force: bool) -> str:
     if job.state not in ACTIVE_STATES:
-        raise NotRunning(f"VM {job.vm_name} (job {job.job_id}) has already ended ({job.state})")
+        raise NotRunning(f"VM {job.vm_name} (job {job.job_id}) has ended ({job.state})")
     if force or job.state == "PENDING":
         backend.cancel(job.job_id)
         return f"cancelled job {job.job_id}"
