@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 
 import pytest
 from hypothesis import given, settings
@@ -83,17 +87,42 @@ def test_cgroup_cpuset_reads_v1_and_v2(tmp_path):
     assert cgroup_cpuset(str(tmp_path / "cg2"), str(v2)) == {1}
 
 
-def test_kvm_detection_refuses_nested_pvm(tmp_path):
+def test_kvm_detection_names_the_cause(tmp_path):
     dev = tmp_path / "kvm"
     dev.write_text("")
     mods = tmp_path / "module"
     (mods / "kvm").mkdir(parents=True)
-    (mods / "kvm_pvm").mkdir()
     usable, reason = kvm_usability(str(dev), str(mods))
-    assert not usable and "PVM" in reason
+    assert not usable and "neither kvm_intel nor kvm_amd" in reason
+    (mods / "kvm_pvm").mkdir()
+    os.chmod(dev, 0)  # a PVM host's /dev/kvm is often root-only: the PVM cause still comes first
+    usable, reason = kvm_usability(str(dev), str(mods))
+    assert not usable and "nested PVM host" in reason
     (mods / "kvm_intel").mkdir()
-    assert kvm_usability(str(dev), str(mods))[0]
     assert not kvm_usability(str(tmp_path / "missing"), str(mods))[0]
+    assert "does not exist" in kvm_usability(str(tmp_path / "missing"), str(mods))[1]
+    os.chmod(dev, 0o600)
+    assert kvm_usability(str(dev), str(mods))[0]
+
+
+def test_kvm_detection_names_permissions_for_a_user_without_access():
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the check as another user")
+    top = tempfile.mkdtemp(prefix="svm-kvm-")
+    try:
+        os.chmod(top, 0o755)
+        dev = os.path.join(top, "kvm")
+        with open(dev, "w"):
+            pass
+        os.chmod(dev, 0o600)
+        os.makedirs(os.path.join(top, "module", "kvm_amd"))
+        script = f"from slurm_vm.hypervisor.kvm import kvm_usability as k; print(k({dev!r}, {top + '/module'!r}))"
+        proc = subprocess.run(["runuser", "-u", "nobody", "--", sys.executable, "-c", script], capture_output=True,
+                              text=True, timeout=60, check=False, cwd="/")
+        assert "(False, '" in proc.stdout and "not readable and writable by this user" in proc.stdout, \
+            proc.stdout + proc.stderr
+    finally:
+        shutil.rmtree(top)
 
 
 def test_kvm_detection_on_this_machine_never_says_usable_for_pvm():
