@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import shutil
+import subprocess
+import tempfile
 import time
 
 import pytest
+
+from devtools.demo import try_commands
+from devtools.vmcluster import REPO, venv_dir
 
 from slurm_vm.errors import EXIT_AMBIGUOUS, EXIT_NOT_FOUND, EXIT_NOT_RUNNING, EXIT_NOT_YOURS
 
@@ -108,3 +115,48 @@ def test_read_commands_on_every_edge_case(vm_cluster):
         assert proc.returncode == EXIT_NOT_FOUND and "no job 999999 known to Slurm" in proc.stderr, proc
     finally:
         vc.cluster.client(["scancel", str(wrap_id)])
+
+
+def _testcluster(vc, cwd: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([os.path.join(REPO, "scripts", "testcluster"), "client", "--name", vc.cluster.name,
+                           "--user", "svmtest", "--", *args], cwd=cwd, capture_output=True, text=True, timeout=120,
+                          check=False, env={**os.environ, "SLURM_VM_VENV": venv_dir()})
+
+
+def _wrap_output(vc, cwd: str) -> str:
+    proc = _testcluster(vc, cwd, "sbatch", "--parsable", "--wrap", "pwd")
+    assert proc.returncode == 0, proc.stderr
+    job = int(proc.stdout.strip().split(";")[0])
+    assert vc.wait_gone_or_ended(job, timeout=60) == "COMPLETED"
+    return job
+
+
+def test_testcluster_client_runs_in_the_callers_dir_or_the_users_home(vm_cluster, tmp_path):
+    vc = vm_cluster
+    here = tempfile.mkdtemp(prefix="svm-client-")
+    try:
+        os.chown(here, pwd.getpwnam("svmtest").pw_uid, -1)
+        job = _wrap_output(vc, here)
+        with open(os.path.join(here, f"slurm-{job}.out")) as fh:
+            assert fh.read().strip() == here
+        # Not writable by svmtest (root's 0755 dir): the user's home.
+        os.chown(here, 0, -1)
+        job = _wrap_output(vc, here)
+        home = pwd.getpwnam("svmtest").pw_dir
+        out = os.path.join(home, f"slurm-{job}.out")
+        with open(out) as fh:
+            assert fh.read().strip() == home
+        os.unlink(out)
+    finally:
+        shutil.rmtree(here)
+
+
+def test_the_demos_try_commands_work_pasted(vm_cluster):
+    """The lines `scripts/demo --keep` prints, for this cluster: `slurm-vm` and its config need no setup."""
+    vc = vm_cluster
+    lines = try_commands(vc.cluster.name)
+    assert lines[0].split()[0] == os.path.join(REPO, "scripts", "testcluster") or "SLURM_VM_VENV=" in lines[0]
+    assert all(f"--name {vc.cluster.name}" in line for line in lines)
+    proc = subprocess.run(["sh", "-c", lines[0]], cwd="/", capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout.startswith("NAME") or "running or pending VMs" in proc.stdout, proc.stdout
