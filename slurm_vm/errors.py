@@ -82,6 +82,10 @@ class NotEnoughCores(HypervisorError):
     """The job step may use fewer cores than the VM has vCPUs."""
 
 
+class NotEnoughMemory(HypervisorError):
+    """The job's memory limit is below the VM's memory plus the VMM overhead."""
+
+
 class NotFound(SlurmVmError):
     """No VM job matches what the user named (no such name or job id, or the job is not a slurm-vm job)."""
 

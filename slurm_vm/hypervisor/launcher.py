@@ -14,14 +14,14 @@ import signal
 import subprocess
 import time
 
-from ..errors import HypervisorError
+from ..errors import HypervisorError, NotEnoughCores, NotEnoughMemory
 from ..limits import LAUNCHER_LOCK, LAUNCHER_PID, VMM_LOG, VMM_PID
 from .cloud_hypervisor import CloudHypervisorRuntime
-from ..errors import NotEnoughCores
 from .cores import allowed_cores, vcpu_map
 from .definition import VMDefinition
 from .kvm import choose_backend
 from .qemu import QemuRuntime
+from .memlimit import cgroup_memory_limit, check_memory
 from .runtime import START_TIMEOUT, Runtime, open_nics, say
 
 HARD_STOP_WAIT = 5.0
@@ -35,7 +35,7 @@ class ExitCode(enum.IntEnum):
     HARD_STOPPED = 4           # the guest ignored the power button for grace_seconds
     CRASHED = 5                # the hypervisor exited on its own with an error or was killed
     FAILED_TO_START = 6        # the hypervisor could not be started or configured
-    REFUSED = 7                # another launcher runs for this job, a bad definition, not enough cores
+    REFUSED = 7                # another launcher runs for this job, a bad definition, too few cores or memory
 
 
 SIGNAL_RESULTS = {signal.SIGTERM: ExitCode.STOPPED_ON_SIGNAL, signal.SIGINT: ExitCode.STOPPED_ON_SIGNAL,
@@ -89,6 +89,7 @@ class Launcher:
 
     def _prepare(self) -> tuple[Runtime, list[int]]:
         cores = vcpu_map(self.defn.cpus, allowed_cores())
+        check_memory(self.defn.memory_bytes, self.defn.memory_overhead_bytes, cgroup_memory_limit())
         hypervisor, accelerator, warnings = choose_backend(self.defn)
         for warning in warnings:
             say(f"warning: {warning}")
@@ -100,7 +101,7 @@ class Launcher:
     def _run_locked(self) -> int:
         try:
             runtime, fds = self._prepare()
-        except NotEnoughCores as exc:
+        except (NotEnoughCores, NotEnoughMemory) as exc:
             say(str(exc))
             return ExitCode.REFUSED
         except HypervisorError as exc:
