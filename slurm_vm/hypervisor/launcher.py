@@ -20,10 +20,14 @@ from .cloud_hypervisor import CloudHypervisorRuntime
 from .cores import allowed_cores, vcpu_map
 from .definition import VMDefinition
 from .kvm import choose_backend
-from .qemu import QemuRuntime
 from .memlimit import cgroup_memory_limit, check_memory
+from .qemu import QemuRuntime
 from .runtime import START_TIMEOUT, Runtime, open_nics, say
 
+# After the time-limit warning (SIGUSR1) has shut the guest down, the launcher waits for Slurm to end the job
+# at its limit, so that the job's state is TIMEOUT. Slurm sends the warning up to 60 s early and enforces
+# limits on a periodic sweep; past grace + this many seconds without SIGTERM the launcher gives up waiting.
+TIME_LIMIT_WAIT_SLACK = 180
 HARD_STOP_WAIT = 5.0
 POLL = 0.1
 LOG_TAIL_LINES = 15
@@ -48,8 +52,11 @@ class Launcher:
         self.started = time.monotonic()
         self.requested: ExitCode | None = None
         self.request_signal = ""
+        self.terminated = False
 
     def _on_signal(self, signum: int, frame) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self.terminated = True
         if self.requested is None:
             self.requested = SIGNAL_RESULTS[signal.Signals(signum)]
             self.request_signal = signal.Signals(signum).name
@@ -62,7 +69,10 @@ class Launcher:
         for sig in SIGNAL_RESULTS:
             signal.signal(sig, self._on_signal)
         try:
-            return self._run_locked()
+            result = self._run_locked()
+            if self.request_signal == "SIGUSR1":
+                self._wait_for_time_limit()
+            return result
         finally:
             for name in (VMM_PID, LAUNCHER_PID):
                 try:
@@ -142,6 +152,17 @@ class Launcher:
                 return self._hard_stop(runtime)
             time.sleep(POLL)
         return self._exit_result(proc.returncode, log_path)
+
+    def _wait_for_time_limit(self) -> None:
+        """Keep the job alive, the VM already off, until Slurm ends it at its time limit (state TIMEOUT,
+        not FAILED). Bounded, for a SIGUSR1 sent by hand to a job without a near limit."""
+        limit = self.defn.grace_seconds + TIME_LIMIT_WAIT_SLACK
+        say("the VM is off; waiting for Slurm to end the job at its time limit (job state TIMEOUT)")
+        deadline = time.monotonic() + limit
+        while not self.terminated and time.monotonic() < deadline:
+            time.sleep(POLL * 5)
+        if not self.terminated:
+            say(f"no time limit came within {limit}s of the warning; ending the job now")
 
     def _exit_result(self, returncode: int, log_path: str) -> int:
         if self.requested is not None:
