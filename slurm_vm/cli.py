@@ -196,6 +196,40 @@ def ssh(ref: str, login: str | None, ssh_args: tuple[str, ...], config_path: str
     os.execvp(argv[0], argv)
 
 
+@main.command()
+@json_option
+@config_option
+def images(as_json: bool, config_path: str | None) -> None:
+    """List the images you may put in a spec's `image`."""
+    from .catalog import list_images
+    from .output import print_images
+    print_images(list_images(_config(config_path)), as_json)
+
+
+@main.command()
+@json_option
+@config_option
+def networks(as_json: bool, config_path: str | None) -> None:
+    """List the networks you may put in a spec's `networks`."""
+    from .catalog import list_networks
+    from .lifecycle import current_user
+    from .output import print_networks
+    print_networks(list_networks(_config(config_path), current_user()), as_json)
+
+
+@main.command("doctor")
+@json_option
+@config_option
+def user_doctor(as_json: bool, config_path: str | None) -> None:
+    """Check that slurm-vm works from here: config, Slurm, your images, networks and VMs."""
+    from .lifecycle import current_user
+    from .output import print_doctor
+    from .userdoctor import run_user_doctor
+    report = run_user_doctor(config_path, current_user())
+    print_doctor(report, as_json)
+    sys.exit(0 if report.ok else 1)
+
+
 @main.command(hidden=True)
 @click.argument("which", type=click.Choice(["spec", "config"]))
 def reference(which: str) -> None:

@@ -129,11 +129,13 @@ def _check_against_config(spec: VMSpec, config: Config, ctx: Context) -> None:
         ctx.problem(("count",), f"{spec.count} is more than the site limit of {limits.max_count}")
     if spec.image not in config.images:
         known = ", ".join(sorted(config.images)) or "none configured"
-        ctx.problem(("image",), f"no image {spec.image!r} in the image store; available: {known}")
+        ctx.problem(("image",), f"no image {spec.image!r} in the image store; available: {known} "
+                    "(`slurm-vm images` describes them)")
     for i, nic in enumerate(spec.networks):
         if nic.network not in config.networks:
             known = ", ".join(sorted(config.networks)) or "none configured"
-            ctx.problem(("networks", i, "network"), f"no network {nic.network!r}; available: {known}")
+            ctx.problem(("networks", i, "network"), f"no network {nic.network!r}; available: {known} "
+                        "(`slurm-vm networks` lists the ones you may use)")
 
 
 def check_user_access(spec: VMSpec, config: Config, user: str, source: str) -> None:
@@ -144,7 +146,7 @@ def check_user_access(spec: VMSpec, config: Config, user: str, source: str) -> N
         net = config.networks.get(nic.network)
         if net is not None and not user_may_use_network(net, user, groups):
             problems.append(Problem(f"networks[{i}].network", f"user {user!r} may not use network {nic.network!r}; "
-                                    "ask the admins or pick another network", None, source))
+                                    "ask the admins or pick another network (`slurm-vm networks` lists yours)", None, source))
     if problems:
         raise ValidationError(problems)
 

@@ -160,3 +160,21 @@ def test_the_demos_try_commands_work_pasted(vm_cluster):
     proc = subprocess.run(["sh", "-c", lines[0]], cwd="/", capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stdout.startswith("NAME") or "running or pending VMs" in proc.stdout, proc.stdout
+
+
+def test_user_doctor_images_and_networks_on_the_cluster(vm_cluster):
+    vc = vm_cluster
+    job = submit_held(vc, "doc", user="svmtest")
+    try:
+        proc = run(vc, "doctor", "--json", user="svmtest")
+        report = json.loads(proc.stdout)
+        assert proc.returncode == 0 and report["ok"], proc.stdout
+        assert job in [v["job_id"] for v in report["vms"]]
+        assert {i["name"] for i in report["images"]} >= {"tiny", "tiny-noacpi"}
+        assert [n["name"] for n in report["networks"]] == ["lan", "private"]
+        text = run(vc, "doctor", user="svmtest").stdout
+        assert "ok    slurmctld: answers" in text and "Your VMs:" in text, text
+        images = json.loads(run(vc, "images", "--json", user="svmtest").stdout)
+        assert next(i for i in images if i["name"] == "tiny")["size_bytes"] == 64 << 20
+    finally:
+        vc.cluster.client(["scancel", str(job)])
