@@ -51,21 +51,22 @@ def main() -> None:
 
 @main.command()
 @click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@json_option
 @config_option
-def validate(specs: tuple[str, ...], config_path: str | None) -> None:
+def validate(specs: tuple[str, ...], as_json: bool, config_path: str | None) -> None:
     """Check VM specs against the admin config; one line per problem."""
     from .errors import ValidationError
-    from .spec import check_user_access, load_spec_file
     from .lifecycle import current_user
-    config = _config(config_path)
-    problems = []
-    for path in specs:
-        try:
-            spec, _ = load_spec_file(path, config)
-            check_user_access(spec, config, current_user(), path)
+    from .spec import validate_files
+    results = validate_files(specs, _config(config_path), current_user())
+    if as_json:
+        click.echo(json.dumps([{"spec": path, "ok": not problems, "problems": [str(p) for p in problems]}
+                               for path, problems in results], indent=2))
+        sys.exit(2 if any(problems for _, problems in results) else 0)
+    for path, problems in results:
+        if not problems:
             click.echo(f"{path}: ok")
-        except ValidationError as exc:
-            problems.extend(exc.problems)
+    problems = [p for _, found in results for p in found]
     if problems:
         raise ValidationError(problems)
 

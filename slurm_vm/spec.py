@@ -151,6 +151,19 @@ def check_user_access(spec: VMSpec, config: Config, user: str, source: str) -> N
         raise ValidationError(problems)
 
 
+def validate_files(paths: tuple[str, ...], config: Config, user: str) -> list[tuple[str, list[Problem]]]:
+    """Each spec file with its problems (an empty list: it would be accepted)."""
+    results = []
+    for path in paths:
+        try:
+            spec, _ = load_spec_file(path, config)
+            check_user_access(spec, config, user, path)
+            results.append((path, []))
+        except ValidationError as exc:
+            results.append((path, list(exc.problems)))
+    return results
+
+
 def load_spec_file(path: str, config: Config | None = None) -> tuple[VMSpec, str]:
     """Read a spec file; returns the spec and its text (what travels with the job)."""
     try:

@@ -100,3 +100,15 @@ def test_doctor_without_a_config_says_so_in_one_line(tmp_path):
     proc = slurm_vm({**os.environ, "SLURM_VM_CONFIG": str(tmp_path / "none.yaml")}, "doctor")
     assert proc.returncode == 1 and proc.stderr == ""
     assert proc.stdout.startswith("FAIL  config: ") and "cannot read the slurm-vm config" in proc.stdout
+
+
+def test_validate_json_gives_each_spec_its_problems(env, tmp_path):
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text("name: web\nimage: tiny\n")
+    bad.write_text("name: web\nimage: nope\n")
+    proc = slurm_vm(env, "validate", "--json", str(good), str(bad))
+    assert proc.returncode == 2 and proc.stderr == ""
+    results = json.loads(proc.stdout)
+    assert [(r["spec"], r["ok"]) for r in results] == [(str(good), True), (str(bad), False)]
+    assert "no image 'nope'" in results[1]["problems"][0]
+    assert slurm_vm(env, "validate", "--json", str(good)).returncode == 0
