@@ -30,6 +30,17 @@ def show(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     return proc
 
 
+def try_commands(cluster_name: str = CLUSTER_NAME, user: str = USER) -> list[str]:
+    """Commands to paste after `scripts/demo --keep`: absolute paths, the cluster's name, the venv if not the
+    default one (scripts/testcluster re-executes itself with $SLURM_VM_VENV)."""
+    tool = os.path.join(REPO, "scripts", "testcluster")
+    venv = venv_dir()
+    prefix = "" if venv == "/opt/slurm-vm/venv" else f"SLURM_VM_VENV={venv} "
+    client = f"{prefix}{tool} client --name {cluster_name} --user {user} --"
+    return [f"{client} slurm-vm list", f"{client} slurm-vm status tiny", f"{client} slurm-vm console tiny",
+            f"{client} slurm-vm stop tiny", f"{prefix}{tool} down --name {cluster_name}"]
+
+
 def prepare_dirs() -> tuple[str, str]:
     shutil.rmtree(DEMO_DIR, ignore_errors=True)
     state = os.path.join(DEMO_DIR, "state")
@@ -77,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         say(f"ping the guest from its node {node}")
         show(cluster.node_exec(node, ["ping", "-c", "2", "10.77.0.10"], timeout=30))
         if args.keep:
-            say(f"left running. Try: {sys.argv[0].replace('demo.py', 'testcluster')} client --user {USER} -- "
-                f"env SLURM_VM_CONFIG={config} {slurm_vm} list")
+            say("left running. Try:")
+            for line in try_commands():
+                print(f"  {line}")
             return 0
         say("slurm-vm stop tiny   (ACPI power button; the job ends COMPLETED)")
         show(cluster.client([slurm_vm, "stop", "tiny"], user=USER, env=env))

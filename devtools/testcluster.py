@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
 import shutil
 import signal
 import stat
@@ -61,6 +62,10 @@ def ensure_test_users() -> None:
     for name, uid in TEST_USERS:
         if _run(["id", "-u", name], check=False).returncode != 0:
             _run(["useradd", "-M", "-s", "/bin/sh", "-u", str(uid), name])
+        home = pwd.getpwnam(name).pw_dir
+        if not os.path.isdir(home):   # `testcluster client` falls back to the user's home
+            os.makedirs(home, mode=0o755)
+            os.chown(home, uid, uid)
 
 
 def _digest(text: str) -> int:
@@ -126,16 +131,23 @@ class Cluster:
             return argv
         return ["runuser", "-u", user, "--", *argv]
 
+    @property
+    def client_env(self) -> dict[str, str]:
+        """Clients find `slurm-vm` (the venv's bin is last on PATH) and its config without being told."""
+        path = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin" + (f":{self.venv}/bin" if self.venv else "")
+        extra = {"SLURM_VM_CONFIG": self.slurm_vm_config} if self.slurm_vm_config else {}
+        return {"PATH": path, "LANG": "C.UTF-8", **self.env, **extra}
+
     def client(self, argv: list[str], user: str | None = None, env: dict[str, str] | None = None,
-               timeout: float = 60) -> subprocess.CompletedProcess:
+               timeout: float = 60, cwd: str = "/") -> subprocess.CompletedProcess:
         """A Slurm client command (or slurm-vm) as `user`, against this cluster, from the root namespace."""
-        full_env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "LANG": "C.UTF-8", **self.env,
-                    **(env or {})}
+        full_env = {**self.client_env, **(env or {})}
         command = ["env", *[f"{k}={v}" for k, v in full_env.items()], *argv]
         if self.rootfs:
-            return self._in_rootfs_ns(None, self._as_user(command, user), timeout)
+            inside = cwd if os.path.isdir(self.rootfs + cwd) else "/"
+            return self._in_rootfs_ns(None, self._as_user(command, user), timeout, inside)
         return subprocess.run(self._as_user(command, user), capture_output=True, text=True, timeout=timeout,
-                              check=False, cwd="/")
+                              check=False, cwd=cwd)
 
     def node_exec(self, node: str, argv: list[str], user: str | None = None,
                   timeout: float = 60) -> subprocess.CompletedProcess:
@@ -148,11 +160,12 @@ class Cluster:
         return subprocess.run(["nsenter", f"--net=/run/netns/{self.netns(node)}", *command], capture_output=True,
                               text=True, timeout=timeout, check=False, cwd="/")
 
-    def _in_rootfs_ns(self, node: str | None, argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+    def _in_rootfs_ns(self, node: str | None, argv: list[str], timeout: float,
+                      cwd: str = "/") -> subprocess.CompletedProcess:
         pid = self._read_pid(f"{node}.mntpid" if node else "ctl.mntpid")
         if pid is None:
             raise ClusterError(f"cluster {self.name} is not up")
-        ns = ["nsenter", f"--target={pid}", "--mount", "--uts", "--net", "--root", "--wdns=/"]
+        ns = ["nsenter", f"--target={pid}", "--mount", "--uts", "--net", "--root", f"--wdns={cwd}"]
         return subprocess.run([*ns, *argv], capture_output=True, text=True, timeout=timeout, check=False)
 
     # --- lifecycle -----------------------------------------------------------------------------------

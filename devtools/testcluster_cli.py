@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from .clientdir import client_workdir
 from .testcluster import Cluster, ClusterError
 
 
@@ -61,8 +62,10 @@ def main(argv: list[str]) -> int:
             print(cluster.status())
             return 0
         cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-        proc = cluster.node_exec(args.node, cmd, timeout=3600) if args.command == "exec" else \
-            cluster.client(cmd, user=args.user, timeout=3600)
+        if args.command == "exec":
+            proc = cluster.node_exec(args.node, cmd, timeout=3600)
+        else:
+            proc = cluster.client(cmd, user=args.user, timeout=3600, cwd=client_workdir(args.user, os.getcwd()))
         sys.stdout.write(proc.stdout)
         sys.stderr.write(proc.stderr)
         return proc.returncode

@@ -10,12 +10,10 @@ import sys
 
 import click
 
-EXIT_USAGE = 2
-EXIT_ERROR = 1
-
 
 class _Group(click.Group):
-    """Turns slurm-vm's own errors into one line each (no traceback) and a non-zero exit."""
+    """Turns slurm-vm's own errors into one line each (no traceback) and the error's exit code
+    (the table is in slurm_vm/errors.py and docs/user-guide.md)."""
 
     def invoke(self, ctx: click.Context):
         from .errors import SlurmVmError, ValidationError
@@ -24,10 +22,10 @@ class _Group(click.Group):
         except ValidationError as exc:
             for problem in exc.problems:
                 click.echo(f"slurm-vm: {problem}", err=True)
-            ctx.exit(EXIT_USAGE)
+            ctx.exit(exc.exit_code)
         except SlurmVmError as exc:
             click.echo(f"slurm-vm: {exc}", err=True)
-            ctx.exit(EXIT_ERROR)
+            ctx.exit(exc.exit_code)
 
 
 def _config(path: str | None):
@@ -53,21 +51,22 @@ def main() -> None:
 
 @main.command()
 @click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@json_option
 @config_option
-def validate(specs: tuple[str, ...], config_path: str | None) -> None:
+def validate(specs: tuple[str, ...], as_json: bool, config_path: str | None) -> None:
     """Check VM specs against the admin config; one line per problem."""
     from .errors import ValidationError
-    from .spec import check_user_access, load_spec_file
     from .lifecycle import current_user
-    config = _config(config_path)
-    problems = []
-    for path in specs:
-        try:
-            spec, _ = load_spec_file(path, config)
-            check_user_access(spec, config, current_user(), path)
+    from .spec import validate_files
+    results = validate_files(specs, _config(config_path), current_user())
+    if as_json:
+        click.echo(json.dumps([{"spec": path, "ok": not problems, "problems": [str(p) for p in problems]}
+                               for path, problems in results], indent=2))
+        sys.exit(2 if any(problems for _, problems in results) else 0)
+    for path, problems in results:
+        if not problems:
             click.echo(f"{path}: ok")
-        except ValidationError as exc:
-            problems.extend(exc.problems)
+    problems = [p for _, found in results for p in found]
     if problems:
         raise ValidationError(problems)
 
@@ -129,8 +128,8 @@ def list_cmd(all_users: bool, ended: bool, as_json: bool, config_path: str | Non
     from .lifecycle import current_user, list_vms
     from .output import print_records
     config = _config(config_path)
-    records = list_vms(_backend(config), None if all_users else current_user(), ended)
-    print_records(records, as_json)
+    user = None if all_users else current_user()
+    print_records(list_vms(_backend(config), user, ended), as_json, user, ended)
 
 
 @main.command()
@@ -159,12 +158,10 @@ def status(ref: str, lines: int, as_json: bool, config_path: str | None) -> None
 @config_option
 def console(ref: str, follow: bool, lines: int, config_path: str | None) -> None:
     """Print a VM's serial console log (read through the job on its node)."""
-    from .errors import NotFound
-    from .lifecycle import current_user, find_vm, node_command, serial_log_path
+    from .lifecycle import current_user, find_vm, node_command, require_running, serial_log_path
     config = _config(config_path)
     job = find_vm(_backend(config), ref, current_user())
-    if job.state != "RUNNING" or not job.nodes:
-        raise NotFound(f"VM {job.vm_name} (job {job.job_id}) is {job.state}: the console exists while it runs")
+    require_running(job, "the console exists")
     argv = ["tail", "-n", str(lines), *(["-F"] if follow else []), serial_log_path(config, job, job.nodes[0])]
     proc = node_command(job, job.nodes[0], argv, None if follow else config.slurm.command_timeout)
     if not follow:
@@ -198,6 +195,40 @@ def ssh(ref: str, login: str | None, ssh_args: tuple[str, ...], config_path: str
     config = _config(config_path)
     argv = ssh_argv(find_vm(_backend(config), ref, current_user()), login, ssh_args)
     os.execvp(argv[0], argv)
+
+
+@main.command()
+@json_option
+@config_option
+def images(as_json: bool, config_path: str | None) -> None:
+    """List the images you may put in a spec's `image`."""
+    from .catalog import list_images
+    from .output import print_images
+    print_images(list_images(_config(config_path)), as_json)
+
+
+@main.command()
+@json_option
+@config_option
+def networks(as_json: bool, config_path: str | None) -> None:
+    """List the networks you may put in a spec's `networks`."""
+    from .catalog import list_networks
+    from .lifecycle import current_user
+    from .output import print_networks
+    print_networks(list_networks(_config(config_path), current_user()), as_json)
+
+
+@main.command("doctor")
+@json_option
+@config_option
+def user_doctor(as_json: bool, config_path: str | None) -> None:
+    """Check that slurm-vm works from here: config, Slurm, your images, networks and VMs."""
+    from .lifecycle import current_user
+    from .output import print_doctor
+    from .userdoctor import run_user_doctor
+    report = run_user_doctor(config_path, current_user())
+    print_doctor(report, as_json)
+    sys.exit(0 if report.ok else 1)
 
 
 @main.command(hidden=True)

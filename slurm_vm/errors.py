@@ -5,8 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+# The exit codes of the `slurm-vm` commands (docs/user-guide.md lists them).
+EXIT_OK = 0
+EXIT_ERROR = 1          # Slurm not reachable, a node command failed, anything else
+EXIT_USAGE = 2          # bad options, a spec or config with problems
+EXIT_NOT_FOUND = 3      # no VM of that name, no such job, or the job is not a slurm-vm job
+EXIT_NOT_YOURS = 4      # the job belongs to another user
+EXIT_NOT_RUNNING = 5    # the VM is pending or has ended, and the command needs it running
+EXIT_AMBIGUOUS = 6      # a VM name matches more than one of your active jobs: give the job id
+
+
 class SlurmVmError(Exception):
     """Base of every error slurm-vm reports to a user or admin as one line."""
+
+    exit_code = EXIT_ERROR
 
 
 @dataclass(frozen=True)
@@ -27,6 +39,8 @@ class Problem:
 
 class ValidationError(SlurmVmError):
     """A spec or config is wrong; carries one Problem per mistake."""
+
+    exit_code = EXIT_USAGE
 
     def __init__(self, problems: list[Problem]):
         self.problems = list(problems)
@@ -72,8 +86,32 @@ class NotEnoughCores(HypervisorError):
     """The job step may use fewer cores than the VM has vCPUs."""
 
 
+class NotEnoughMemory(HypervisorError):
+    """The job's memory limit is below the VM's memory plus the VMM overhead."""
+
+
 class NotFound(SlurmVmError):
-    """No VM job matches what the user named."""
+    """No VM job matches what the user named (no such name or job id, or the job is not a slurm-vm job)."""
+
+    exit_code = EXIT_NOT_FOUND
+
+
+class NotYours(SlurmVmError):
+    """The job id names another user's job."""
+
+    exit_code = EXIT_NOT_YOURS
+
+
+class NotRunning(SlurmVmError):
+    """The VM is pending or has ended, and the command needs it running."""
+
+    exit_code = EXIT_NOT_RUNNING
+
+
+class Ambiguous(SlurmVmError):
+    """A VM name matches more than one active job."""
+
+    exit_code = EXIT_AMBIGUOUS
 
 
 def is_users_fault(exc: BaseException) -> bool:

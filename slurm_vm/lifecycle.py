@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 from . import transport
 from .config import Config
-from .errors import NotFound, SlurmError, ValidationError
+from .errors import Ambiguous, NotFound, NotRunning, NotYours, SlurmError, ValidationError
 from .limits import JOB_NAME_PREFIX, SERIAL_LOG
 from .slurm import JobInfo, SlurmBackend
 from .spec import VMSpec, parse_spec
@@ -66,23 +66,54 @@ def list_vms(backend: SlurmBackend, user: str | None, include_ended: bool = Fals
 
 
 def find_vm(backend: SlurmBackend, ref: str, user: str | None) -> JobInfo:
-    """A VM job by job id, or by name (the newest active job of that name)."""
+    """A VM job by job id, or by name (the one active job of that name, else the newest ended one).
+
+    Raises NotFound (no such VM, or not a slurm-vm job), NotYours (another user's job id; root may name any)
+    and Ambiguous (the name matches several active jobs)."""
     if ref.isdigit():
-        jobs = [j for j in backend.jobs(job_ids=(int(ref),)) if j.is_vm]
-        if not jobs:
-            raise NotFound(f"job {ref} is not a slurm-vm job (or no longer known to Slurm)")
-        return jobs[0]
-    jobs = [j for j in backend.jobs(user=user) if j.is_vm and j.name == JOB_NAME_PREFIX + ref]
-    active = [j for j in jobs if j.state in ACTIVE_STATES]
-    candidates = active or jobs
+        return check_job_id(backend.jobs(job_ids=(int(ref),)), int(ref), user)
+    return choose_by_name(backend.jobs(user=user), ref, user)
+
+
+def choose_by_name(jobs: list[JobInfo], name: str, user: str | None) -> JobInfo:
+    named = [j for j in jobs if j.is_vm and j.name == JOB_NAME_PREFIX + name and (user is None or j.user == user)]
+    active = sorted((j for j in named if j.state in ACTIVE_STATES), key=lambda j: j.job_id)
+    if len(active) > 1:
+        listed = ", ".join(f"{j.job_id} ({j.state})" for j in active)
+        raise Ambiguous(f"VM name {name!r} matches jobs {listed}; give the job id instead of the name")
+    candidates = active or named
     if not candidates:
-        raise NotFound(f"no VM named {ref!r}" + (f" for user {user}" if user else "") + "; see `slurm-vm list`")
+        raise NotFound(f"no VM named {name!r}" + (f" for user {user}" if user else "") + "; see `slurm-vm list`")
     return max(candidates, key=lambda j: j.job_id)
+
+
+def check_job_id(jobs: list[JobInfo], job_id: int, user: str | None) -> JobInfo:
+    """The job `job_id` from Slurm's answer, if it is a VM job `user` may manage (root may manage any)."""
+    job = next((j for j in jobs if j.job_id == job_id), None)
+    if job is None:
+        raise NotFound(f"no job {job_id} known to Slurm (ended jobs are forgotten after a while); "
+                       "see `slurm-vm list --ended`")
+    if not job.is_vm:
+        raise NotFound(f"job {job_id} ({job.name}) is not a slurm-vm job; use squeue/scancel for it")
+    if user is not None and user != "root" and job.user != user:
+        raise NotYours(f"job {job_id} is VM {job.vm_name} of user {job.user}, not yours")
+    return job
+
+
+def require_running(job: JobInfo, needs: str) -> None:
+    """Raise NotRunning with the job's state (and why it waits) unless the VM runs on a node."""
+    if job.state == "RUNNING" and job.nodes:
+        return
+    if job.state in ACTIVE_STATES:
+        why = f" (reason: {job.reason})" if job.reason and job.reason != "None" else ""
+        raise NotRunning(f"VM {job.vm_name} (job {job.job_id}) is {job.state.lower()}{why}: {needs} once it runs")
+    raise NotRunning(f"VM {job.vm_name} (job {job.job_id}) has ended ({job.state}); its output file has the "
+                     "last console lines")
 
 
 def stop_vm(backend: SlurmBackend, job: JobInfo, force: bool) -> str:
     if job.state not in ACTIVE_STATES:
-        raise NotFound(f"VM {job.vm_name} (job {job.job_id}) is not running ({job.state})")
+        raise NotRunning(f"VM {job.vm_name} (job {job.job_id}) has ended ({job.state})")
     if force or job.state == "PENDING":
         backend.cancel(job.job_id)
         return f"cancelled job {job.job_id}"
@@ -122,6 +153,7 @@ def serial_tail(config: Config, job: JobInfo, lines: int = 20, timeout: int = 30
 
 
 def ssh_argv(job: JobInfo, login: str | None, extra: tuple[str, ...]) -> list[str]:
+    require_running(job, "ssh works")
     record = record_of(job)
     if not record.addresses:
         raise NotFound(f"VM {job.vm_name} has no known address: give its NIC a static `address` in the spec, "

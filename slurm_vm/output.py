@@ -5,11 +5,15 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import click
 
 from .lifecycle import VMRecord
+
+if TYPE_CHECKING:
+    from .catalog import ImageInfo, NetworkInfo
+    from .userdoctor import Report
 
 COLUMNS = ("NAME", "JOBID", "STATE", "NODES", "CPUS", "MEMORY", "UPTIME", "ADDRESS")
 
@@ -19,22 +23,83 @@ def _row(r: VMRecord) -> tuple[str, ...]:
             ",".join(r.addresses) or "-")
 
 
-def print_records(records: list[VMRecord], as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps([r.as_json() for r in records], indent=2))
-        return
-    rows = [_row(r) for r in records]
+def column_widths(rows: list[tuple[str, ...]], columns: tuple[str, ...] = COLUMNS) -> list[int]:
+    return [max([len(c), *(len(row[i]) for row in rows)]) for i, c in enumerate(columns)]
+
+
+def print_table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """A rich table on a terminal, aligned plain text when piped."""
     if sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table
-        table = Table(*COLUMNS, box=None)
+        table = Table(*columns, box=None)
         for row in rows:
             table.add_row(*row)
         Console().print(table)
         return
-    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(COLUMNS)]
-    for row in (COLUMNS, *rows):
+    widths = column_widths(rows, columns)
+    for row in (columns, *rows):
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def print_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def empty_listing(whose: str | None, ended: bool) -> str:
+    """The line `slurm-vm list` prints when there is nothing to list."""
+    who = f" of user {whose}" if whose else ""
+    if ended:
+        return f"no VM jobs{who} known to Slurm (ended jobs are forgotten after a while)"
+    return f"no running or pending VMs{who}; `slurm-vm list --ended` adds the ones that ended recently"
+
+
+def print_records(records: list[VMRecord], as_json: bool, whose: str | None = None, ended: bool = False) -> None:
+    if as_json:
+        click.echo(json.dumps([r.as_json() for r in records], indent=2))
+        return
+    if not records:
+        click.echo(empty_listing(whose, ended))
+        return
+    print_table(COLUMNS, [_row(r) for r in records])
+
+
+def _size(n: int | None) -> str:
+    from .units import format_size
+    return format_size(n) if n is not None else "-"
+
+
+def print_images(images: list[ImageInfo], as_json: bool) -> None:
+    if as_json:
+        print_json([i.as_json() for i in images])
+        return
+    if not images:
+        click.echo("no images in the image store: ask the admins")
+        return
+    print_table(("NAME", "BOOT", "FORMAT", "SIZE", "DESCRIPTION"),
+                [(i.name, i.boot, i.format, _size(i.size_bytes), i.description) for i in images])
+
+
+def print_networks(networks: list[NetworkInfo], as_json: bool) -> None:
+    if as_json:
+        print_json([n.as_json() for n in networks])
+        return
+    if not networks:
+        click.echo("no networks you may use (a VM without `networks` still runs)")
+        return
+    print_table(("NAME", "KIND", "SUBNET", "PRIVATE"),
+                [(n.name, n.kind, n.subnet or "-", "yes" if n.private else "no") for n in networks])
+
+
+def print_doctor(report: Report, as_json: bool) -> None:
+    if as_json:
+        print_json(report.as_json())
+        return
+    for check in report.checks:
+        click.echo(str(check))
+    if report.vms:
+        click.echo("Your VMs:")
+        print_table(COLUMNS, [_row(r) for r in report.vms])
 
 
 def print_status(record: VMRecord, serial: str, as_json: bool) -> None:

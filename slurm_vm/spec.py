@@ -143,14 +143,16 @@ def _check_against_config(spec: VMSpec, config: Config, ctx: Context) -> None:
         ctx.problem(("count",), f"{spec.count} is more than the site limit of {limits.max_count}")
     if spec.image not in config.images:
         known = ", ".join(sorted(config.images)) or "none configured"
-        ctx.problem(("image",), f"no image {spec.image!r} in the image store; available: {known}")
+        ctx.problem(("image",), f"no image {spec.image!r} in the image store; available: {known} "
+                    "(`slurm-vm images` describes them)")
     if spec.mounts and not config.mounts.allowed:
         ctx.problem(("mounts",), "this site shares no host directories (the admins' `mounts.allowed` is empty); "
                     "remove `mounts:` and copy data in over ssh")
     for i, nic in enumerate(spec.networks):
         if nic.network not in config.networks:
             known = ", ".join(sorted(config.networks)) or "none configured"
-            ctx.problem(("networks", i, "network"), f"no network {nic.network!r}; available: {known}")
+            ctx.problem(("networks", i, "network"), f"no network {nic.network!r}; available: {known} "
+                        "(`slurm-vm networks` lists the ones you may use)")
 
 
 def check_user_access(spec: VMSpec, config: Config, user: str, source: str) -> None:
@@ -162,7 +164,7 @@ def check_user_access(spec: VMSpec, config: Config, user: str, source: str) -> N
         net = config.networks.get(nic.network)
         if net is not None and not user_may_use_network(net, user, groups):
             problems.append(Problem(f"networks[{i}].network", f"user {user!r} may not use network {nic.network!r}; "
-                                    "ask the admins or pick another network", None, source))
+                                    "ask the admins or pick another network (`slurm-vm networks` lists yours)", None, source))
     if problems:
         raise ValidationError(problems)
 
@@ -199,6 +201,19 @@ def mount_source_problems(spec: VMSpec, config: Config, user: str) -> list[tuple
             allowed = ", ".join(config.mounts.allowed)
             out.append((i, f"{path} is not under a directory the admins allow ({allowed}); pick a directory there"))
     return out
+
+
+def validate_files(paths: tuple[str, ...], config: Config, user: str) -> list[tuple[str, list[Problem]]]:
+    """Each spec file with its problems (an empty list: it would be accepted)."""
+    results = []
+    for path in paths:
+        try:
+            spec, _ = load_spec_file(path, config)
+            check_user_access(spec, config, user, path)
+            results.append((path, []))
+        except ValidationError as exc:
+            results.append((path, list(exc.problems)))
+    return results
 
 
 def load_spec_file(path: str, config: Config | None = None) -> tuple[VMSpec, str]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from . import transport, units
 from .config import Config
 from .limits import JOB_NAME_PREFIX
+from .errors import Problem, ValidationError
 from .spec import VMSpec
 
 # Slurm sends the --signal warning up to 60 s earlier than asked; the guest needs the grace time after it.
@@ -52,7 +53,49 @@ def batch_script(spec_text: str, spec: VMSpec, config: Config) -> str:
     ])
 
 
+def passthrough_memory_mib(passthrough: tuple[str, ...], cpus: int) -> int | None:
+    """MiB of job memory the sbatch options given by the user ask for (the last --mem/--mem-per-cpu wins),
+    or None when they set none, give 0 (all of the node's memory) or something sbatch itself will judge."""
+    found: int | None = None
+    args = list(passthrough)
+    for i, arg in enumerate(args):
+        for option, factor in (("--mem", 1), ("--mem-per-cpu", cpus)):
+            if arg == option and i + 1 < len(args):
+                value = args[i + 1]
+            elif arg.startswith(option + "="):
+                value = arg[len(option) + 1:]
+            else:
+                continue
+            mib = slurm_size_mib(value)
+            found = None if mib is None or mib == 0 else mib * factor
+    return found
+
+
+def slurm_size_mib(value: str) -> int | None:
+    """sbatch's memory sizes: a number with an optional K, M, G or T suffix; no suffix means MiB."""
+    text = value.strip().upper()
+    scale = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+    if text[-1:] in scale:
+        number, factor = text[:-1], scale[text[-1]]
+    else:
+        number, factor = text, 1
+    if not number.isdigit():
+        return None
+    return int(int(number) * factor)
+
+
+def check_passthrough_memory(spec: VMSpec, config: Config, passthrough: tuple[str, ...]) -> None:
+    asked = passthrough_memory_mib(passthrough, spec.cpus)
+    needed = job_memory_mib(spec, config)
+    if asked is not None and asked < needed:
+        raise ValidationError([Problem("--mem", f"the job would get {asked}M but the VM needs {needed}M "
+                                       f"(memory {spec.memory >> 20}M + the site's VMM overhead "
+                                       f"{config.hypervisor.memory_overhead >> 20}M); leave --mem out or give "
+                                       f"--mem={needed}M or more", None, "sbatch options")])
+
+
 def plan_submission(spec_text: str, spec: VMSpec, config: Config, passthrough: tuple[str, ...] = ()) -> SubmitPlan:
+    check_passthrough_memory(spec, config, passthrough)
     comment = transport.encode_comment(spec_text)
     args = [
         "--parsable",

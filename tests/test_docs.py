@@ -41,3 +41,19 @@ def test_validate_cli_accepts_the_examples():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count(": ok") == len(glob.glob(os.path.join(REPO, "etc", "examples", "*.yaml")))
+
+
+def test_user_guide_shows_every_user_command_and_every_exit_code():
+    from slurm_vm import errors
+    from slurm_vm.cli import main
+    with open(os.path.join(REPO, "docs", "user-guide.md")) as fh:
+        guide = fh.read()
+    examples = guide[guide.index("## Commands"):guide.index("More forms:")]
+    commands = [name for name, cmd in main.commands.items() if not cmd.hidden and name not in ("launch", "node")]
+    missing = [name for name in commands if f"\nslurm-vm {name} " not in examples]
+    assert missing == [], f"docs/user-guide.md: no example for {missing}"
+    table = guide[guide.index("### Exit codes"):]
+    codes = {v for k, v in vars(errors).items() if k.startswith("EXIT_")}
+    assert all(f"\n| {code} |" in table for code in codes), codes
+    with open(os.path.join(REPO, "docs", "admin-guide.md")) as fh:
+        assert "slurm-vm node doctor" in fh.read()

@@ -76,6 +76,7 @@ class VMDefinition:
     shares: tuple[Share, ...] = ()
     share_transport: str = "9p"                       # QEMU's; cloud-hypervisor always uses virtiofs
     virtiofsd_binary: str = "/usr/lib/qemu/virtiofsd"
+    memory_overhead_bytes: int = 0   # what the VMM needs beyond guest RAM (the site's hypervisor.memory_overhead)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -139,6 +140,8 @@ def from_dict(data: object) -> VMDefinition:
         raise HypervisorError("vm.json: unknown hypervisor or accelerator")
     for key in ("job_id", "cpus", "memory_bytes", "grace_seconds"):
         _typed(d[key], int, key)
+    if _typed(d.get("memory_overhead_bytes", 0), int, "memory_overhead_bytes") < 0:
+        raise HypervisorError("vm.json: memory_overhead_bytes out of range")
     if d["cpus"] < 1 or d["memory_bytes"] < (16 << 20) or d["grace_seconds"] < 0:
         raise HypervisorError("vm.json: cpus, memory_bytes or grace_seconds out of range")
     return VMDefinition(**{**d, "boot": boot, "disks": disks, "nics": nics, "shares": shares})

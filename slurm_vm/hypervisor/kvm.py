@@ -9,13 +9,18 @@ from .definition import VMDefinition
 
 
 def kvm_usability(dev: str = "/dev/kvm", sys_module: str = "/sys/module") -> tuple[bool, str]:
-    if not os.path.exists(dev):
-        return False, f"{dev} does not exist"
-    if not os.access(dev, os.R_OK | os.W_OK):
-        return False, f"{dev} is not readable and writable by this user"
+    """(usable, why): the modules decide first (a PVM or module-less host is unusable whatever the device's
+    permissions), then the device, then this user's access to it."""
     has = {name: os.path.isdir(os.path.join(sys_module, name)) for name in ("kvm_pvm", "kvm_intel", "kvm_amd")}
-    if has["kvm_pvm"] and not (has["kvm_intel"] or has["kvm_amd"]):
-        return False, "only the nested PVM KVM module is loaded (kvm_pvm); it cannot boot ordinary guests"
+    if not (has["kvm_intel"] or has["kvm_amd"]):
+        if has["kvm_pvm"]:
+            return False, "this is a nested PVM host (only the kvm_pvm module is loaded): it cannot boot ordinary guests"
+        return False, "neither kvm_intel nor kvm_amd is loaded (no hardware virtualisation, or the module is missing)"
+    if not os.path.exists(dev):
+        return False, f"{dev} does not exist although a KVM module is loaded"
+    if not os.access(dev, os.R_OK | os.W_OK):
+        return False, f"{dev} is not readable and writable by this user (uid {os.getuid()}); the admins give " \
+                      "access with the kvm group or a udev rule"
     return True, "KVM is usable"
 
 

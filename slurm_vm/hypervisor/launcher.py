@@ -15,17 +15,21 @@ import subprocess
 import time
 from dataclasses import replace
 
-from ..errors import HypervisorError
+from ..errors import HypervisorError, NotEnoughCores, NotEnoughMemory
 from ..limits import LAUNCHER_LOCK, LAUNCHER_PID, VMM_LOG, VMM_PID
 from .cloud_hypervisor import CloudHypervisorRuntime
-from ..errors import NotEnoughCores
 from .cores import allowed_cores, vcpu_map
 from .definition import VMDefinition
 from .kvm import choose_backend
+from .memlimit import cgroup_memory_limit, check_memory
 from .qemu import QemuRuntime
 from .runtime import START_TIMEOUT, Runtime, open_nics, say
 from .shares import ShareDaemons, effective_transport
 
+# After the time-limit warning (SIGUSR1) has shut the guest down, the launcher waits for Slurm to end the job
+# at its limit, so that the job's state is TIMEOUT. Slurm sends the warning up to 60 s early and enforces
+# limits on a periodic sweep; past grace + this many seconds without SIGTERM the launcher gives up waiting.
+TIME_LIMIT_WAIT_SLACK = 180
 HARD_STOP_WAIT = 5.0
 POLL = 0.1
 LOG_TAIL_LINES = 15
@@ -37,7 +41,7 @@ class ExitCode(enum.IntEnum):
     HARD_STOPPED = 4           # the guest ignored the power button for grace_seconds
     CRASHED = 5                # the hypervisor exited on its own with an error or was killed
     FAILED_TO_START = 6        # the hypervisor could not be started or configured
-    REFUSED = 7                # another launcher runs for this job, a bad definition, not enough cores
+    REFUSED = 7                # another launcher runs for this job, a bad definition, too few cores or memory
 
 
 SIGNAL_RESULTS = {signal.SIGTERM: ExitCode.STOPPED_ON_SIGNAL, signal.SIGINT: ExitCode.STOPPED_ON_SIGNAL,
@@ -50,8 +54,11 @@ class Launcher:
         self.started = time.monotonic()
         self.requested: ExitCode | None = None
         self.request_signal = ""
+        self.terminated = False
 
     def _on_signal(self, signum: int, frame) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self.terminated = True
         if self.requested is None:
             self.requested = SIGNAL_RESULTS[signal.Signals(signum)]
             self.request_signal = signal.Signals(signum).name
@@ -64,7 +71,10 @@ class Launcher:
         for sig in SIGNAL_RESULTS:
             signal.signal(sig, self._on_signal)
         try:
-            return self._run_locked()
+            result = self._run_locked()
+            if self.request_signal == "SIGUSR1":
+                self._wait_for_time_limit()
+            return result
         finally:
             for name in (VMM_PID, LAUNCHER_PID):
                 try:
@@ -91,6 +101,7 @@ class Launcher:
 
     def _prepare(self) -> tuple[Runtime, list[int]]:
         cores = vcpu_map(self.defn.cpus, allowed_cores())
+        check_memory(self.defn.memory_bytes, self.defn.memory_overhead_bytes, cgroup_memory_limit())
         hypervisor, accelerator, warnings = choose_backend(self.defn)
         for warning in warnings:
             say(f"warning: {warning}")
@@ -102,7 +113,7 @@ class Launcher:
     def _run_locked(self) -> int:
         try:
             runtime, fds = self._prepare()
-        except NotEnoughCores as exc:
+        except (NotEnoughCores, NotEnoughMemory) as exc:
             say(str(exc))
             return ExitCode.REFUSED
         except HypervisorError as exc:
@@ -151,6 +162,17 @@ class Launcher:
                 return self._hard_stop(runtime)
             time.sleep(POLL)
         return self._exit_result(proc.returncode, log_path)
+
+    def _wait_for_time_limit(self) -> None:
+        """Keep the job alive, the VM already off, until Slurm ends it at its time limit (state TIMEOUT,
+        not FAILED). Bounded, for a SIGUSR1 sent by hand to a job without a near limit."""
+        limit = self.defn.grace_seconds + TIME_LIMIT_WAIT_SLACK
+        say("the VM is off; waiting for Slurm to end the job at its time limit (job state TIMEOUT)")
+        deadline = time.monotonic() + limit
+        while not self.terminated and time.monotonic() < deadline:
+            time.sleep(POLL * 5)
+        if not self.terminated:
+            say(f"no time limit came within {limit}s of the warning; ending the job now")
 
     def _exit_result(self, returncode: int, log_path: str) -> int:
         if self.requested is not None:

@@ -115,6 +115,7 @@ def plan_definition(spec: VMSpec, config: Config, ctx: JobContext, jdir: str, ov
         name=spec.hostname(ctx.vm_index),
         cpus=spec.cpus,
         memory_bytes=spec.memory,
+        memory_overhead_bytes=config.hypervisor.memory_overhead,
         hypervisor=spec.hypervisor if spec.hypervisor != "auto" else config.hypervisor.default,
         accelerator=config.hypervisor.accelerator,
         boot=Boot(kernel=image.kernel, initrd=image.initrd, cmdline=image.cmdline, firmware=image.firmware),

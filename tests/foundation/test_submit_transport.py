@@ -127,3 +127,19 @@ def test_squeue_lines_as_slurm_prints_them():
     assert pending.nodes == () and pending.comment == "" and not pending.is_vm
     assert parse_squeue_line("garbage") is None
     assert parse_squeue_line(line("x", *["a"] * 11)) is None
+
+
+@pytest.mark.parametrize("mem", ["--mem=1000M", "--mem-per-cpu=500M", "--mem=1G"])
+def test_passthrough_memory_below_spec_plus_overhead_is_refused(tmp_path, mem):
+    proc = dry_run(tmp_path, SPEC, mem)
+    assert proc.returncode == 2, proc.stdout
+    assert proc.stderr.strip() == (
+        "slurm-vm: sbatch options: --mem: the job would get "
+        f"{ {'--mem=1000M': 1000, '--mem-per-cpu=500M': 1500, '--mem=1G': 1024}[mem]}M but the VM needs 1800M "
+        "(memory 1500M + the site's VMM overhead 300M); leave --mem out or give --mem=1800M or more")
+
+
+def test_passthrough_memory_at_least_spec_plus_overhead_goes_to_sbatch(tmp_path):
+    proc = dry_run(tmp_path, SPEC, "--mem=2G")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0].endswith("--mem=2G")

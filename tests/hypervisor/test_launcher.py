@@ -128,6 +128,24 @@ def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str]:
     return proc.returncode, out
 
 
+def read_until(proc: subprocess.Popen, text: str, timeout: float = 60) -> list[str]:
+    deadline = time.monotonic() + timeout
+    lines: list[str] = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        if not line:
+            break
+        lines.append(line)
+        if text in line:
+            return lines
+    raise AssertionError(f"{text!r} not printed:\n{''.join(lines)}")
+
+
+def assert_no_vmm_besides_the_launcher(run: Run) -> None:
+    left = subprocess.run(["pgrep", "-a", "-f", run.dir], capture_output=True, text=True).stdout.splitlines()
+    assert [line for line in left if "slurm_vm.hypervisor" not in line] == [], left
+
+
 def assert_no_qemu(run: Run) -> None:
     left = subprocess.run(["pgrep", "-f", run.dir], capture_output=True, text=True).stdout.split()
     assert left == [], left
@@ -170,11 +188,30 @@ def test_guest_ignoring_acpi_is_hard_stopped(make_run):
     run.wait_serial("SLURM-VM-TEST ready")
     started = time.monotonic()
     os.kill(run.launcher_pid(), signal.SIGUSR1)
+    lines = read_until(proc, "waiting for Slurm to end the job at its time limit")
+    assert 3 <= time.monotonic() - started < 15
+    assert any("hard-stopped" in line for line in lines), lines
+    assert_no_vmm_besides_the_launcher(run)
+    os.kill(run.launcher_pid(), signal.SIGTERM)   # Slurm, at the time limit
     code, out = finish(proc)
     assert code == 4, out
-    assert 3 <= time.monotonic() - started < 15
     assert "acpi-shutdown" not in run.serial()
-    assert_no_qemu(run)
+
+
+def test_time_limit_warning_shuts_down_then_waits_for_the_limit(make_run):
+    """SIGUSR1 (sbatch --signal=B:USR1@…) powers the guest off, then the launcher lives on until Slurm's
+    SIGTERM at the time limit, so that the job ends TIMEOUT rather than FAILED."""
+    run, proc = make_run(cpus=1)
+    run.wait_serial("SLURM-VM-TEST ready")
+    os.kill(run.launcher_pid(), signal.SIGUSR1)
+    read_until(proc, "waiting for Slurm to end the job at its time limit")
+    assert "SLURM-VM-TEST acpi-shutdown" in run.serial()
+    assert_no_vmm_besides_the_launcher(run)
+    time.sleep(2)
+    assert proc.poll() is None
+    os.kill(run.launcher_pid(), signal.SIGTERM)
+    code, out = finish(proc, timeout=10)
+    assert code == 3, out
 
 
 def test_guest_powering_off_by_itself(make_run):

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 
 import pytest
 from hypothesis import given, settings
@@ -11,7 +15,8 @@ from hypothesis import strategies as st
 
 from slurm_vm.errors import HypervisorError
 from slurm_vm.hypervisor.cores import cgroup_cpuset, parse_cpu_list, vcpu_map
-from slurm_vm.hypervisor.definition import ACCELERATORS, HYPERVISORS, Boot, Disk, Nic, VMDefinition
+from slurm_vm.hypervisor.definition import (ACCELERATORS, HYPERVISORS, SHARE_TRANSPORTS, Boot, Disk, Nic, Share,
+                                            VMDefinition)
 from slurm_vm.hypervisor.kvm import kvm_usability
 from slurm_vm.hypervisor.qemu import qemu_argv
 from tests.hypervisor.shapes import SHAPES, definition
@@ -35,7 +40,12 @@ DEFINITIONS = st.builds(
     memory_bytes=st.integers(16 << 20, 1 << 50), hypervisor=st.sampled_from(HYPERVISORS),
     accelerator=st.sampled_from(ACCELERATORS), boot=BOOTS, disks=st.lists(DISKS, max_size=4).map(tuple),
     nics=st.lists(NICS, max_size=8).map(tuple), run_dir=PATH, grace_seconds=st.integers(0, 3600),
-    qemu_binary=PATH, cloud_hypervisor_binary=PATH)
+    qemu_binary=PATH, cloud_hypervisor_binary=PATH,
+    shares=st.lists(st.builds(Share, tag=st.text("abcxyz:-0123456789", min_size=1, max_size=31),
+                              path=st.text("abc/_-", max_size=30).map(lambda t: "/" + t), readonly=st.booleans()),
+                    max_size=4).map(tuple),
+    share_transport=st.sampled_from(SHARE_TRANSPORTS), virtiofsd_binary=PATH,
+    memory_overhead_bytes=st.integers(0, 1 << 40))
 
 
 @settings(max_examples=300)
@@ -83,17 +93,42 @@ def test_cgroup_cpuset_reads_v1_and_v2(tmp_path):
     assert cgroup_cpuset(str(tmp_path / "cg2"), str(v2)) == {1}
 
 
-def test_kvm_detection_refuses_nested_pvm(tmp_path):
+def test_kvm_detection_names_the_cause(tmp_path):
     dev = tmp_path / "kvm"
     dev.write_text("")
     mods = tmp_path / "module"
     (mods / "kvm").mkdir(parents=True)
-    (mods / "kvm_pvm").mkdir()
     usable, reason = kvm_usability(str(dev), str(mods))
-    assert not usable and "PVM" in reason
+    assert not usable and "neither kvm_intel nor kvm_amd" in reason
+    (mods / "kvm_pvm").mkdir()
+    os.chmod(dev, 0)  # a PVM host's /dev/kvm is often root-only: the PVM cause still comes first
+    usable, reason = kvm_usability(str(dev), str(mods))
+    assert not usable and "nested PVM host" in reason
     (mods / "kvm_intel").mkdir()
-    assert kvm_usability(str(dev), str(mods))[0]
     assert not kvm_usability(str(tmp_path / "missing"), str(mods))[0]
+    assert "does not exist" in kvm_usability(str(tmp_path / "missing"), str(mods))[1]
+    os.chmod(dev, 0o600)
+    assert kvm_usability(str(dev), str(mods))[0]
+
+
+def test_kvm_detection_names_permissions_for_a_user_without_access():
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the check as another user")
+    top = tempfile.mkdtemp(prefix="svm-kvm-")
+    try:
+        os.chmod(top, 0o755)
+        dev = os.path.join(top, "kvm")
+        with open(dev, "w"):
+            pass
+        os.chmod(dev, 0o600)
+        os.makedirs(os.path.join(top, "module", "kvm_amd"))
+        script = f"from slurm_vm.hypervisor.kvm import kvm_usability as k; print(k({dev!r}, {top + '/module'!r}))"
+        proc = subprocess.run(["runuser", "-u", "nobody", "--", sys.executable, "-c", script], capture_output=True,
+                              text=True, timeout=60, check=False, cwd="/")
+        assert "(False, '" in proc.stdout and "not readable and writable by this user" in proc.stdout, \
+            proc.stdout + proc.stderr
+    finally:
+        shutil.rmtree(top)
 
 
 def test_kvm_detection_on_this_machine_never_says_usable_for_pvm():
