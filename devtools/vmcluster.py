@@ -92,12 +92,17 @@ def write_test_config(directory: str, state_root: str, underlay: str, cache: str
 
 def setup_node_bridges(cluster) -> None:
     """Each node gets the `lan` bridge with the same address: nodes are separate network namespaces."""
-    script = (f"ip link show {NODE_BRIDGE} >/dev/null 2>&1 || ip link add {NODE_BRIDGE} type bridge; "
-              f"ip addr replace {NODE_BRIDGE_ADDR} dev {NODE_BRIDGE}; ip link set {NODE_BRIDGE} up")
     for node in cluster.nodes:
-        proc = cluster.node_exec(node, ["sh", "-c", script], timeout=20)
-        if proc.returncode != 0:
-            raise SetupError(f"cannot set up {NODE_BRIDGE} on {node}: {proc.stderr.strip()}")
+        if cluster.node_exec(node, ["ip", "link", "show", NODE_BRIDGE], timeout=20).returncode != 0:
+            _node_step(cluster, node, ["ip", "link", "add", NODE_BRIDGE, "type", "bridge"])
+        _node_step(cluster, node, ["ip", "addr", "replace", NODE_BRIDGE_ADDR, "dev", NODE_BRIDGE])
+        _node_step(cluster, node, ["ip", "link", "set", NODE_BRIDGE, "up"])
+
+
+def _node_step(cluster, node: str, argv: list[str]) -> None:
+    proc = cluster.node_exec(node, argv, timeout=20)
+    if proc.returncode != 0:
+        raise SetupError(f"cannot set up {NODE_BRIDGE} on {node}: {' '.join(argv)}: {proc.stderr.strip()}")
 
 TEST_ROOT = "/var/lib/slurm-vm-test"
 TEST_USER = "svmtest"

@@ -24,7 +24,6 @@ from .definition import VMDefinition
 VIRTIOFS_SOCKET = "virtiofs{index}.sock"
 NINEP_MSIZE = 512000        # the largest msize a 6.1 guest's virtio transport takes
 VIRTIOFS_QUEUE = 1024
-SOCKET_TIMEOUT = 15.0
 PR_SET_PDEATHSIG = 1
 UNSHARE = "/usr/bin/unshare"
 
