@@ -151,6 +151,11 @@ class VMCluster:
         raise AssertionError(f"{marker!r} not in serial log of job {job_id} after {timeout}s:\n"
                              f"{self.serial_log(node, job_id)[-2000:]}\njob output:\n{self.output(job_id)[-2000:]}")
 
+    def serial_console(self, node: str, job_id: int, timeout: float = 60):
+        """A connection to the job's serial console (devtools.serialconsole): `.run("cmd")` -> its output."""
+        from devtools.serialconsole import SerialConsole, job_serial_socket
+        return SerialConsole(job_serial_socket(self.node_state(node), job_id), timeout)
+
     def job_field(self, job_id: int, fmt: str) -> str:
         proc = self.cluster.client(["squeue", "-h", "-t", "all", "-j", str(job_id), "-o", fmt])
         return proc.stdout.strip()
