@@ -129,13 +129,20 @@ class Cluster:
     def client(self, argv: list[str], user: str | None = None, env: dict[str, str] | None = None,
                timeout: float = 60) -> subprocess.CompletedProcess:
         """A Slurm client command (or slurm-vm) as `user`, against this cluster, from the root namespace."""
+        return subprocess.run(self.client_argv(argv, user, env), capture_output=True, text=True, timeout=timeout,
+                              check=False, cwd="/")
+
+    def client_argv(self, argv: list[str], user: str | None = None, env: dict[str, str] | None = None) -> list[str]:
+        """The full command line `client` runs (for a caller that needs its own terminal, e.g. pexpect)."""
         full_env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "LANG": "C.UTF-8", **self.env,
                     **(env or {})}
-        command = ["env", *[f"{k}={v}" for k, v in full_env.items()], *argv]
+        command = self._as_user(["env", *[f"{k}={v}" for k, v in full_env.items()], *argv], user)
         if self.rootfs:
-            return self._in_rootfs_ns(None, self._as_user(command, user), timeout)
-        return subprocess.run(self._as_user(command, user), capture_output=True, text=True, timeout=timeout,
-                              check=False, cwd="/")
+            pid = self._read_pid("ctl.mntpid")
+            if pid is None:
+                raise ClusterError(f"cluster {self.name} is not up")
+            return ["nsenter", f"--target={pid}", "--mount", "--uts", "--net", "--root", "--wdns=/", *command]
+        return command
 
     def node_exec(self, node: str, argv: list[str], user: str | None = None,
                   timeout: float = 60) -> subprocess.CompletedProcess:

@@ -114,6 +114,11 @@ class VMCluster:
         argv = [os.path.join(venv_dir(), "bin", "slurm-vm"), *args]
         return self.cluster.client(argv, user=user, env={"SLURM_VM_CONFIG": self.config_path}, timeout=timeout)
 
+    def slurm_vm_argv(self, *args: str, user: str = TEST_USER) -> list[str]:
+        """The command line of `slurm-vm ARGS` as `user` on the cluster's login side (for pexpect)."""
+        argv = [os.path.join(venv_dir(), "bin", "slurm-vm"), *args]
+        return self.cluster.client_argv(argv, user=user, env={"SLURM_VM_CONFIG": self.config_path})
+
     def submit(self, spec_text: str, *sbatch: str, name: str = "vm") -> int:
         spec = os.path.join(self.directory, "specs", f"{name}-{time.monotonic_ns()}.yaml")
         with open(spec, "w") as fh:

@@ -154,24 +154,40 @@ def status(ref: str, lines: int, as_json: bool, config_path: str | None) -> None
 
 @main.command()
 @click.argument("ref", metavar="NAME|JOBID")
-@click.option("--follow", "-f", is_flag=True, help="keep printing new output until interrupted")
-@click.option("--lines", default=100, show_default=True, help="lines of history to start with")
+@click.option("--log", "log_only", is_flag=True, help="print the serial log (read-only) instead of attaching")
+@click.option("--follow", "-f", is_flag=True, help="with --log: keep printing new output until interrupted")
+@click.option("--lines", default=100, show_default=True, help="with --log: lines of history to start with")
 @config_option
-def console(ref: str, follow: bool, lines: int, config_path: str | None) -> None:
-    """Print a VM's serial console log (read through the job on its node)."""
-    from .errors import NotFound
-    from .lifecycle import current_user, find_vm, node_command, serial_log_path
+def console(ref: str, log_only: bool, follow: bool, lines: int, config_path: str | None) -> None:
+    """Attach to a VM's serial console (detach with Ctrl-]), or print its log with --log."""
+    from .console import attach
+    from .lifecycle import current_user, node_command, serial_log_path
+    from .vmaccess import owned_vm, require_running
     config = _config(config_path)
-    job = find_vm(_backend(config), ref, current_user())
-    if job.state != "RUNNING" or not job.nodes:
-        raise NotFound(f"VM {job.vm_name} (job {job.job_id}) is {job.state}: the console exists while it runs")
-    argv = ["tail", "-n", str(lines), *(["-F"] if follow else []), serial_log_path(config, job, job.nodes[0])]
-    proc = node_command(job, job.nodes[0], argv, None if follow else config.slurm.command_timeout)
+    backend = _backend(config)
+    job = owned_vm(backend, ref, current_user())
+    node = require_running(backend, job)
+    if not (log_only or follow):
+        sys.exit(attach(job.job_id, job.vm_name, node, config.slurm_vm_command))
+    argv = ["tail", "-n", str(lines), *(["-F"] if follow else []), serial_log_path(config, job, node)]
+    proc = node_command(job, node, argv, None if follow else config.slurm.command_timeout)
     if not follow:
         click.echo(proc.stdout, nl=False)
         if proc.returncode != 0:
             click.echo(proc.stderr, err=True, nl=False)
     sys.exit(proc.returncode)
+
+
+@main.command("console-relay", hidden=True)
+@click.argument("job_id", type=int)
+@config_option
+def console_relay(job_id: int, config_path: str | None) -> None:
+    """The node end of `slurm-vm console` (run by srun inside the job)."""
+    import os
+    from .console import relay
+    from .node.layout import job_dir
+    config = _config(config_path)
+    sys.exit(relay(job_dir(config.node_state_dir(os.environ.get("SLURMD_NODENAME", "")), job_id)))
 
 
 @main.command()

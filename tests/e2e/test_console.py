@@ -1,0 +1,84 @@
+"""`slurm-vm console` in a real pseudo-terminal (pexpect) against the tiny guest through Slurm."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.e2e.test_vm_jobs import start_tiny
+
+pexpect = pytest.importorskip("pexpect")
+pytestmark = [pytest.mark.cluster, pytest.mark.guest]
+
+
+def spawn(vc, *args: str, user: str = "svmtest"):
+    argv = vc.slurm_vm_argv(*args, user=user)
+    return pexpect.spawn(argv[0], argv[1:], timeout=90, encoding="utf-8", codec_errors="replace",
+                         dimensions=(24, 100))
+
+
+def attach_and_type(vc, ref: str, command: str, answer: str) -> None:
+    child = spawn(vc, "console", ref)
+    child.expect("detach with Ctrl-]")
+    time.sleep(1)                      # let srun's pty come up before typing
+    child.send("\r")
+    child.expect("root@india# ")
+    child.send(command + "\r")
+    child.expect(answer)
+    child.expect("root@india# ")
+    child.sendcontrol("]")
+    child.expect("detached from VM india; it keeps running")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+
+
+def test_interactive_console_detach_and_reattach(vm_cluster):
+    vc = vm_cluster
+    job, node = start_tiny(vc, "india")
+    vc.wait_serial(node, job, "SLURM-VM-GUEST-READY", timeout=120)
+
+    attach_and_type(vc, "india", "echo $((6*7))", "\r\n42\r\n")
+    assert vc.job_field(job, "%T") == "RUNNING"
+    attach_and_type(vc, str(job), "echo second-$((40+2))", "second-42")
+
+    serial = vc.serial_log(node, job)
+    assert "echo $((6*7))" in serial and "\n42" in serial.replace("\r", ""), serial[-1500:]
+    assert "second-42" in serial
+    log = vc.slurm_vm("console", "india", "--log", "--lines", "200")
+    assert log.returncode == 0 and "second-42" in log.stdout, log.stderr
+
+    other = vc.slurm_vm("console", str(job), user="svmother")
+    assert other.returncode != 0
+    assert other.stderr.strip().count("\n") == 0 and "not your VM" in other.stderr, other.stderr
+    other_log = vc.slurm_vm("console", str(job), "--log", user="svmother")
+    assert other_log.returncode != 0 and "not your VM" in other_log.stderr, other_log.stderr
+
+    # a second interactive session while one is attached is refused in one line
+    first = spawn(vc, "console", "india")
+    first.expect("detach with Ctrl-]")
+    time.sleep(2)
+    second = vc.slurm_vm("console", "india", timeout=90)
+    assert second.returncode != 0 and "in use by another session" in second.stderr, second.stderr
+    first.sendcontrol("]")
+    first.expect(pexpect.EOF)
+
+    vc.slurm_vm("stop", "india")
+    assert vc.wait_gone_or_ended(job) == "COMPLETED", vc.output(job)
+    ended = vc.slurm_vm("console", str(job))
+    assert ended.returncode != 0 and "ended: COMPLETED" in ended.stderr, ended.stderr
+    assert "acpi-shutdown" in ended.stderr, ended.stderr
+    vc.wait_no_leaks(job)
+
+
+def test_console_of_a_pending_vm_says_why(vm_cluster):
+    vc = vm_cluster
+    job = vc.submit("name: juliet\nimage: tiny\nmemory: 256M\n", "--begin=now+1hour", name="juliet")
+    try:
+        vc.wait_state(job, {"PENDING"}, timeout=30)
+        proc = vc.slurm_vm("console", "juliet")
+        assert proc.returncode != 0
+        assert proc.stderr.strip() == "slurm-vm: VM juliet is pending (reason: BeginTime)", proc.stderr
+    finally:
+        vc.cluster.client(["scancel", str(job)], user="svmtest")
