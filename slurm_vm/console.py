@@ -26,11 +26,11 @@ import tty
 from typing import Iterator
 
 from .errors import SlurmError, SlurmVmError
+from .limits import CONSOLE_LOCK as LOCK_NAME
+from .limits import SERIAL_SOCKET as SOCKET_NAME
 
 DETACH_KEY = b"\x1d"          # Ctrl-]
 DETACH_NAME = "Ctrl-]"
-SOCKET_NAME = "serial.sock"
-LOCK_NAME = "console.lock"
 
 
 class RelayExit:
