@@ -79,8 +79,9 @@ def validate(specs: tuple[str, ...], config_path: str | None) -> None:
 @click.argument("sbatch_args", nargs=-1, type=click.UNPROCESSED)
 @click.option("--dry-run", is_flag=True, help="print the sbatch command and batch script; submit nothing")
 @click.option("--parsable", is_flag=True, help="print only the job id")
-@click.option("--wait", is_flag=True, help="wait until the job runs (and, with --wait-for, the guest is ready)")
-@click.option("--wait-for", metavar="TEXT", help="with --wait: text the guest prints on its console when ready")
+@click.option("--wait", is_flag=True, help="wait until the guest is up (cloud-init finished), then say how to connect")
+@click.option("--wait-for", metavar="TEXT", help="with --wait: text the guest prints on its console when ready "
+                                                  "(for images without cloud-init)")
 @click.option("--timeout", default=600, show_default=True, help="seconds --wait may take")
 @config_option
 def submit(spec_path: str, sbatch_args: tuple[str, ...], dry_run: bool, parsable: bool, wait: bool,
@@ -100,12 +101,33 @@ def submit(spec_path: str, sbatch_args: tuple[str, ...], dry_run: bool, parsable
     job_id = backend.submit(plan.script, plan.sbatch_args)
     click.echo(str(job_id) if parsable else f"Submitted VM {spec.name} as job {job_id}")
     if wait:
-        from .lifecycle import wait_until_ready
-        from .output import progress_reporter
-        with progress_reporter() as progress:
-            job = wait_until_ready(backend, config, job_id, wait_for, timeout, progress)
-        if not parsable:
-            click.echo(f"VM {spec.name} is up on {','.join(job.nodes)}")
+        _wait_and_tell(config, backend, job_id, wait_for, timeout, quiet=parsable)
+
+
+def _wait_and_tell(config, backend, job_id: int, wait_for: str | None, timeout: float, quiet: bool) -> None:
+    from .output import progress_reporter
+    from .readiness import how_to_connect, render, wait_for_ready
+    with progress_reporter(key=lambda p: (p.stage, p.state, p.reason), text=render) as report:
+        progress = wait_for_ready(backend, config, job_id, wait_for, timeout, report)
+    if not quiet:
+        job = backend.jobs(job_ids=(job_id,))
+        click.echo(how_to_connect(job[0], progress) if job else f"VM {progress.vm_name} is ready")
+
+
+@main.command("wait")
+@click.argument("ref", metavar="NAME|JOBID")
+@click.option("--wait-for", metavar="TEXT", help="text the guest prints when ready (default: cloud-init's "
+                                                  "final message that slurm-vm sets)")
+@click.option("--timeout", default=600, show_default=True, help="seconds to wait")
+@config_option
+def wait_cmd(ref: str, wait_for: str | None, timeout: int, config_path: str | None) -> None:
+    """Wait until a VM's guest is up (job running, VMM started, guest ready), then say how to connect."""
+    from .lifecycle import current_user
+    from .vmaccess import owned_vm
+    config = _config(config_path)
+    backend = _backend(config)
+    job = owned_vm(backend, ref, current_user())
+    _wait_and_tell(config, backend, job.job_id, wait_for, timeout, quiet=False)
 
 
 @main.command()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import getpass
 import os
 import subprocess
-import time
 from dataclasses import asdict, dataclass
 
 from . import transport
@@ -128,33 +127,3 @@ def ssh_argv(job: JobInfo, login: str | None, extra: tuple[str, ...]) -> list[st
                        "or ssh to the address your network's DHCP gave it")
     target = f"{login}@{record.addresses[0]}" if login else record.addresses[0]
     return ["ssh", *extra, target]
-
-
-ENDED_STATES = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE",
-                "OUT_OF_MEMORY"}
-
-
-def wait_until_ready(backend: SlurmBackend, config: Config, job_id: int, wait_for: str | None, timeout: float,
-                     progress=lambda message: None, poll: float = 1.0) -> JobInfo:
-    """Wait until the job runs and, with `wait_for`, until that text appears on the guest's serial console."""
-    deadline = time.monotonic() + timeout
-    while True:
-        jobs = backend.jobs(job_ids=(job_id,))
-        job = jobs[0] if jobs else None
-        if job is None or job.state in ENDED_STATES:
-            state = job.state if job else "gone"
-            raise SlurmError(f"job {job_id} ended ({state}) before the VM was ready; see its output file")
-        if job.state == "RUNNING":
-            if wait_for is None:
-                return job
-            progress(f"job {job_id} running on {','.join(job.nodes)}; waiting for {wait_for!r} on the console")
-            try:
-                if wait_for in serial_tail(config, job, 200, config.slurm.command_timeout):
-                    return job
-            except SlurmError:
-                pass  # the launcher may not have created the log yet
-        else:
-            progress(f"job {job_id} {job.state.lower()} ({job.reason})")
-        if time.monotonic() > deadline:
-            raise SlurmError(f"job {job_id} was not ready after {timeout:.0f}s (still {job.state})")
-        time.sleep(poll)

@@ -82,3 +82,32 @@ def test_console_of_a_pending_vm_says_why(vm_cluster):
         assert proc.stderr.strip() == "slurm-vm: VM juliet is pending (reason: BeginTime)", proc.stderr
     finally:
         vc.cluster.client(["scancel", str(job)], user="svmtest")
+
+
+def test_submit_wait_and_wait_follow_the_stages_to_the_ready_line(vm_cluster):
+    vc = vm_cluster
+    spec_path = f"{vc.directory}/specs/kilo.yaml"
+    with open(spec_path, "w") as fh:
+        fh.write("name: kilo\nimage: tiny\nmemory: 256M\nnetworks:\n  - network: lan\n    address: 10.77.0.11/24\n")
+    import os
+    os.chmod(spec_path, 0o644)
+    proc = vc.slurm_vm("submit", spec_path, f"--output={vc.directory}/out/%j.out", "--wait", "--timeout", "180",
+                       timeout=200)
+    assert proc.returncode == 0, proc.stderr
+    job = int(proc.stdout.split("as job ")[1].split()[0])
+    node = vc.job_field(job, "%N")
+    assert "SLURM-VM-GUEST-READY" in vc.serial_log(node, job)   # it returned only once the line was there
+    steps = [line.split("): ", 1)[1].rsplit("  [", 1)[0] for line in proc.stderr.splitlines() if "): " in line]
+    assert steps[-1] == f"✓ job running → ✓ node {node} → ✓ VMM started → ✓ guest ready", proc.stderr
+    assert len(steps) == len(set(steps)), proc.stderr
+    assert "slurm-vm console kilo" in proc.stdout and "10.77.0.11" in proc.stdout, proc.stdout
+
+    again = vc.slurm_vm("wait", "kilo", "--timeout", "60")
+    assert again.returncode == 0 and f"VM kilo is ready on {node}" in again.stdout, again.stderr
+    other = vc.slurm_vm("wait", str(job), user="svmother")
+    assert other.returncode != 0 and "not your VM" in other.stderr, other.stderr
+    vc.slurm_vm("stop", "kilo")
+    vc.wait_gone_or_ended(job)
+    gone = vc.slurm_vm("wait", str(job), "--timeout", "10")
+    assert gone.returncode != 0 and "ended (COMPLETED) before the VM was ready" in gone.stderr, gone.stderr
+    vc.wait_no_leaks(job)
