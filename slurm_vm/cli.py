@@ -224,18 +224,50 @@ def stop(ref: str, force: bool, config_path: str | None) -> None:
     click.echo(stop_vm(backend, find_vm(backend, ref, current_user()), force))
 
 
-@main.command(context_settings={"ignore_unknown_options": True})
-@click.argument("ref", metavar="NAME|JOBID")
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("-l", "login", metavar="USER", help="user to log in as")
+@click.argument("ref", metavar="NAME|JOBID")
 @click.argument("ssh_args", nargs=-1, type=click.UNPROCESSED)
 @config_option
 def ssh(ref: str, login: str | None, ssh_args: tuple[str, ...], config_path: str | None) -> None:
-    """ssh to a VM's address (where its network makes it reachable)."""
+    """ssh to a VM, jumping through its node (extra arguments go to ssh; a command after them runs there)."""
     import os
-    from .lifecycle import current_user, find_vm, ssh_argv
+    from .lifecycle import current_user
+    from .sshjump import ssh_command
+    from .vmaccess import owned_vm, require_running
     config = _config(config_path)
-    argv = ssh_argv(find_vm(_backend(config), ref, current_user()), login, ssh_args)
+    backend = _backend(config)
+    job = owned_vm(backend, ref, current_user())
+    argv = ssh_command(job, require_running(backend, job), config.slurm_vm_command, login, ssh_args)
     os.execvp(argv[0], argv)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("scp_args", nargs=-1, required=True, type=click.UNPROCESSED)
+@config_option
+def scp(scp_args: tuple[str, ...], config_path: str | None) -> None:
+    """scp to or from a VM through its node: slurm-vm scp [scp options] FILE [user@]NAME:PATH (or the reverse)."""
+    import os
+    from .lifecycle import current_user
+    from .sshjump import scp_command
+    from .vmaccess import owned_vm, require_running
+    config = _config(config_path)
+    backend = _backend(config)
+
+    def resolve(name: str):
+        job = owned_vm(backend, name, current_user())
+        return job, require_running(backend, job), config.slurm_vm_command
+    argv = scp_command(scp_args, resolve)
+    os.execvp(argv[0], argv)
+
+
+@main.command("tcp-relay", hidden=True)
+@click.argument("host")
+@click.argument("port", type=int)
+def tcp_relay_cmd(host: str, port: int) -> None:
+    """The node end of `slurm-vm ssh`/`scp` (their ProxyCommand, run by srun inside the job)."""
+    from .sshjump import tcp_relay
+    sys.exit(tcp_relay(host, port))
 
 
 @main.command(hidden=True)

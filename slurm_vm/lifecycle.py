@@ -118,12 +118,3 @@ def serial_tail(config: Config, job: JobInfo, lines: int = 20, timeout: int = 30
     if proc.returncode != 0:
         raise SlurmError(f"cannot read the serial log on {job.nodes[0]}: {' '.join(proc.stderr.split())}")
     return proc.stdout
-
-
-def ssh_argv(job: JobInfo, login: str | None, extra: tuple[str, ...]) -> list[str]:
-    record = record_of(job)
-    if not record.addresses:
-        raise NotFound(f"VM {job.vm_name} has no known address: give its NIC a static `address` in the spec, "
-                       "or ssh to the address your network's DHCP gave it")
-    target = f"{login}@{record.addresses[0]}" if login else record.addresses[0]
-    return ["ssh", *extra, target]

@@ -102,6 +102,16 @@ def test_submit_wait_and_wait_follow_the_stages_to_the_ready_line(vm_cluster):
     assert len(steps) == len(set(steps)), proc.stderr
     assert "slurm-vm console kilo" in proc.stdout and "10.77.0.11" in proc.stdout, proc.stdout
 
+    # the ProxyCommand `slurm-vm ssh` gives ssh, run from the login side against the guest's TCP 7777
+    from slurm_vm.sshjump import proxy_command
+    from slurm_vm.slurm import JobInfo
+    slurm_vm = vc.slurm_vm_argv()[-1]
+    command = proxy_command(JobInfo(job, "vm-kilo", "svmtest", "RUNNING"), node, slurm_vm)
+    command = command.replace("%h", "10.77.0.11").replace("%p", "7777")
+    relayed = vc.cluster.client(["sh", "-c", command + " </dev/null"], user="svmtest",
+                                env={"SLURM_VM_CONFIG": vc.config_path}, timeout=60)
+    assert relayed.stdout.strip() == "SLURM-VM-TEST ready kilo", (relayed.stdout, relayed.stderr)
+
     again = vc.slurm_vm("wait", "kilo", "--timeout", "60")
     assert again.returncode == 0 and f"VM kilo is ready on {node}" in again.stdout, again.stderr
     other = vc.slurm_vm("wait", str(job), user="svmother")
