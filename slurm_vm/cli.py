@@ -40,6 +40,11 @@ def _backend(config):
     return get_backend(config.slurm.backend, config.slurm.command_timeout, config.slurm.bin_dir)
 
 
+def _complete_vm(ctx, param, incomplete: str):
+    from .completion import complete_vm
+    return complete_vm(ctx, param, incomplete)
+
+
 config_option = click.option("--config", "config_path", metavar="PATH", envvar="SLURM_VM_CONFIG",
                              help="admin config (default /etc/slurm-vm/config.yaml)")
 json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
@@ -115,7 +120,7 @@ def _wait_and_tell(config, backend, job_id: int, wait_for: str | None, timeout: 
 
 
 @main.command("wait")
-@click.argument("ref", metavar="NAME|JOBID")
+@click.argument("ref", metavar="NAME|JOBID", shell_complete=_complete_vm)
 @click.option("--wait-for", metavar="TEXT", help="text the guest prints when ready (default: cloud-init's "
                                                   "final message that slurm-vm sets)")
 @click.option("--timeout", default=600, show_default=True, help="seconds to wait")
@@ -156,7 +161,7 @@ def list_cmd(all_users: bool, ended: bool, as_json: bool, config_path: str | Non
 
 
 @main.command()
-@click.argument("ref", metavar="NAME|JOBID")
+@click.argument("ref", metavar="NAME|JOBID", shell_complete=_complete_vm)
 @click.option("--lines", default=10, show_default=True, help="serial log lines to show")
 @json_option
 @config_option
@@ -175,7 +180,7 @@ def status(ref: str, lines: int, as_json: bool, config_path: str | None) -> None
 
 
 @main.command()
-@click.argument("ref", metavar="NAME|JOBID")
+@click.argument("ref", metavar="NAME|JOBID", shell_complete=_complete_vm)
 @click.option("--log", "log_only", is_flag=True, help="print the serial log (read-only) instead of attaching")
 @click.option("--follow", "-f", is_flag=True, help="with --log: keep printing new output until interrupted")
 @click.option("--lines", default=100, show_default=True, help="with --log: lines of history to start with")
@@ -213,7 +218,7 @@ def console_relay(job_id: int, config_path: str | None) -> None:
 
 
 @main.command()
-@click.argument("ref", metavar="NAME|JOBID")
+@click.argument("ref", metavar="NAME|JOBID", shell_complete=_complete_vm)
 @click.option("--force", is_flag=True, help="cancel the job at once (plain scancel; the guest gets SIGTERM's grace)")
 @config_option
 def stop(ref: str, force: bool, config_path: str | None) -> None:
@@ -226,7 +231,7 @@ def stop(ref: str, force: bool, config_path: str | None) -> None:
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("-l", "login", metavar="USER", help="user to log in as")
-@click.argument("ref", metavar="NAME|JOBID")
+@click.argument("ref", metavar="NAME|JOBID", shell_complete=_complete_vm)
 @click.argument("ssh_args", nargs=-1, type=click.UNPROCESSED)
 @config_option
 def ssh(ref: str, login: str | None, ssh_args: tuple[str, ...], config_path: str | None) -> None:

@@ -112,6 +112,11 @@ def test_submit_wait_and_wait_follow_the_stages_to_the_ready_line(vm_cluster):
                                 env={"SLURM_VM_CONFIG": vc.config_path}, timeout=60)
     assert relayed.stdout.strip() == "SLURM-VM-TEST ready kilo", (relayed.stdout, relayed.stderr)
 
+    completion = vc.cluster.client([vc.slurm_vm_argv()[-1]], user="svmtest", env={
+        "SLURM_VM_CONFIG": vc.config_path, "_SLURM_VM_COMPLETE": "bash_complete",
+        "COMP_WORDS": "slurm-vm ssh k", "COMP_CWORD": "2"})
+    assert completion.stdout.split() == ["plain,kilo"], completion.stdout + completion.stderr
+
     again = vc.slurm_vm("wait", "kilo", "--timeout", "60")
     assert again.returncode == 0 and f"VM kilo is ready on {node}" in again.stdout, again.stderr
     other = vc.slurm_vm("wait", str(job), user="svmother")
