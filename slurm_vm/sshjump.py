@@ -31,7 +31,8 @@ def vm_address(job: JobInfo) -> str:
 
 
 def proxy_command(job: JobInfo, node: str, slurm_vm_command: str) -> str:
-    argv = ["srun", f"--jobid={job.job_id}", "--overlap", "--nodes=1", "--ntasks=1", f"--nodelist={node}",
+    # -u: slurmstepd forwards the relay's output as it comes (by default it holds it until a newline)
+    argv = ["srun", "-u", f"--jobid={job.job_id}", "--overlap", "--nodes=1", "--ntasks=1", f"--nodelist={node}",
             "--quiet", slurm_vm_command, "tcp-relay"]
     return " ".join(shlex.quote(a) for a in argv) + " %h %p"
 

@@ -28,7 +28,7 @@ def test_ssh_jumps_through_the_node_inside_the_job():
     argv = ssh_command(vm_job(), "n2", "/opt/v/bin/slurm-vm", "root", ("-o", "ConnectTimeout=5", "-v", "uptime"))
     assert argv[0] == "ssh" and argv[1:4] == ["-o", "ConnectTimeout=5", "-v"]
     proxy = next(a for a in argv if a.startswith("ProxyCommand="))[len("ProxyCommand="):]
-    assert shlex.split(proxy) == ["srun", "--jobid=12", "--overlap", "--nodes=1", "--ntasks=1", "--nodelist=n2",
+    assert shlex.split(proxy) == ["srun", "-u", "--jobid=12", "--overlap", "--nodes=1", "--ntasks=1", "--nodelist=n2",
                                   "--quiet", "/opt/v/bin/slurm-vm", "tcp-relay", "%h", "%p"]
     assert "HostKeyAlias=slurm-vm-job12" in argv
     assert argv[-2:] == ["root@10.0.0.10", "uptime"]
@@ -48,7 +48,7 @@ def test_scp_rewrites_the_vm_operand_only():
     job = vm_job()
     argv = scp_command(("-r", "dir", "alice@web:/tmp/"), lambda name: (job, "n2", "slurm-vm"))
     assert argv[0] == "scp" and argv[-3:] == ["-r", "dir", "alice@10.0.0.10:/tmp/"]
-    assert any(a.startswith("ProxyCommand=srun --jobid=12") for a in argv)
+    assert any(a.startswith("ProxyCommand=srun -u --jobid=12") for a in argv)
     with pytest.raises(SlurmVmError, match="exactly one VM"):
         scp_command(("a", "b"), lambda name: (job, "n2", "slurm-vm"))
 
