@@ -148,6 +148,17 @@ class Cluster:
         return subprocess.run(self._as_user(command, user), capture_output=True, text=True, timeout=timeout,
                               check=False, cwd=cwd)
 
+    def client_argv(self, argv: list[str], user: str | None = None, env: dict[str, str] | None = None) -> list[str]:
+        """The full command line `client` runs (for a caller that needs its own terminal, e.g. pexpect)."""
+        full_env = {**self.client_env, **(env or {})}
+        command = self._as_user(["env", *[f"{k}={v}" for k, v in full_env.items()], *argv], user)
+        if self.rootfs:
+            pid = self._read_pid("ctl.mntpid")
+            if pid is None:
+                raise ClusterError(f"cluster {self.name} is not up")
+            return ["nsenter", f"--target={pid}", "--mount", "--uts", "--net", "--root", "--wdns=/", *command]
+        return command
+
     def node_exec(self, node: str, argv: list[str], user: str | None = None,
                   timeout: float = 60) -> subprocess.CompletedProcess:
         """A command inside a node's network namespace (and root filesystem, for 24.11)."""

@@ -119,6 +119,11 @@ class VMCluster:
         argv = [os.path.join(venv_dir(), "bin", "slurm-vm"), *args]
         return self.cluster.client(argv, user=user, env={"SLURM_VM_CONFIG": self.config_path}, timeout=timeout)
 
+    def slurm_vm_argv(self, *args: str, user: str = TEST_USER) -> list[str]:
+        """The command line of `slurm-vm ARGS` as `user` on the cluster's login side (for pexpect)."""
+        argv = [os.path.join(venv_dir(), "bin", "slurm-vm"), *args]
+        return self.cluster.client_argv(argv, user=user, env={"SLURM_VM_CONFIG": self.config_path})
+
     def submit(self, spec_text: str, *sbatch: str, name: str = "vm") -> int:
         spec = os.path.join(self.directory, "specs", f"{name}-{time.monotonic_ns()}.yaml")
         with open(spec, "w") as fh:
@@ -155,6 +160,11 @@ class VMCluster:
             time.sleep(0.5)
         raise AssertionError(f"{marker!r} not in serial log of job {job_id} after {timeout}s:\n"
                              f"{self.serial_log(node, job_id)[-2000:]}\njob output:\n{self.output(job_id)[-2000:]}")
+
+    def serial_console(self, node: str, job_id: int, timeout: float = 60):
+        """A connection to the job's serial console (devtools.serialconsole): `.run("cmd")` -> its output."""
+        from devtools.serialconsole import SerialConsole, job_serial_socket
+        return SerialConsole(job_serial_socket(self.node_state(node), job_id), timeout)
 
     def job_field(self, job_id: int, fmt: str) -> str:
         proc = self.cluster.client(["squeue", "-h", "-t", "all", "-j", str(job_id), "-o", fmt])

@@ -24,6 +24,8 @@ class _Group(click.Group):
                 click.echo(f"slurm-vm: {problem}", err=True)
             ctx.exit(exc.exit_code)
         except SlurmVmError as exc:
+            for line in exc.details:
+                click.echo(f"  | {line}")
             click.echo(f"slurm-vm: {exc}", err=True)
             ctx.exit(exc.exit_code)
 
@@ -36,6 +38,11 @@ def _config(path: str | None):
 def _backend(config):
     from .slurm import get_backend
     return get_backend(config.slurm.backend, config.slurm.command_timeout, config.slurm.bin_dir)
+
+
+def _complete_vm(ctx, param, incomplete: str):
+    from .completion import complete_vm
+    return complete_vm(ctx, param, incomplete)
 
 
 config_option = click.option("--config", "config_path", metavar="PATH", envvar="SLURM_VM_CONFIG",
@@ -78,8 +85,9 @@ def validate(specs: tuple[str, ...], as_json: bool, config_path: str | None) -> 
 @click.argument("sbatch_args", nargs=-1, type=click.UNPROCESSED)
 @click.option("--dry-run", is_flag=True, help="print the sbatch command and batch script; submit nothing")
 @click.option("--parsable", is_flag=True, help="print only the job id")
-@click.option("--wait", is_flag=True, help="wait until the job runs (and, with --wait-for, the guest is ready)")
-@click.option("--wait-for", metavar="TEXT", help="with --wait: text the guest prints on its console when ready")
+@click.option("--wait", is_flag=True, help="wait until the guest is up (cloud-init finished), then say how to connect")
+@click.option("--wait-for", metavar="TEXT", help="with --wait: text the guest prints on its console when ready "
+                                                  "(for images without cloud-init)")
 @click.option("--timeout", default=600, show_default=True, help="seconds --wait may take")
 @config_option
 def submit(spec_path: str, sbatch_args: tuple[str, ...], dry_run: bool, parsable: bool, wait: bool,
@@ -99,12 +107,33 @@ def submit(spec_path: str, sbatch_args: tuple[str, ...], dry_run: bool, parsable
     job_id = backend.submit(plan.script, plan.sbatch_args)
     click.echo(str(job_id) if parsable else f"Submitted VM {spec.name} as job {job_id}")
     if wait:
-        from .lifecycle import wait_until_ready
-        from .output import progress_reporter
-        with progress_reporter() as progress:
-            job = wait_until_ready(backend, config, job_id, wait_for, timeout, progress)
-        if not parsable:
-            click.echo(f"VM {spec.name} is up on {','.join(job.nodes)}")
+        _wait_and_tell(config, backend, job_id, wait_for, timeout, quiet=parsable)
+
+
+def _wait_and_tell(config, backend, job_id: int, wait_for: str | None, timeout: float, quiet: bool) -> None:
+    from .output import progress_reporter
+    from .readiness import how_to_connect, render, wait_for_ready
+    with progress_reporter(key=lambda p: (p.stage, p.state, p.reason), text=render) as report:
+        progress = wait_for_ready(backend, config, job_id, wait_for, timeout, report)
+    if not quiet:
+        job = backend.jobs(job_ids=(job_id,))
+        click.echo(how_to_connect(job[0], progress) if job else f"VM {progress.vm_name} is ready")
+
+
+@main.command("wait")
+@click.argument("ref", metavar="NAME|JOBID", shell_complete=_complete_vm)
+@click.option("--wait-for", metavar="TEXT", help="text the guest prints when ready (default: cloud-init's "
+                                                  "final message that slurm-vm sets)")
+@click.option("--timeout", default=600, show_default=True, help="seconds to wait")
+@config_option
+def wait_cmd(ref: str, wait_for: str | None, timeout: int, config_path: str | None) -> None:
+    """Wait until a VM's guest is up (job running, VMM started, guest ready), then say how to connect."""
+    from .lifecycle import current_user
+    from .vmaccess import owned_vm
+    config = _config(config_path)
+    backend = _backend(config)
+    job = owned_vm(backend, ref, current_user())
+    _wait_and_tell(config, backend, job.job_id, wait_for, timeout, quiet=False)
 
 
 @main.command()
@@ -133,7 +162,7 @@ def list_cmd(all_users: bool, ended: bool, as_json: bool, config_path: str | Non
 
 
 @main.command()
-@click.argument("ref", metavar="NAME|JOBID")
+@click.argument("ref", metavar="NAME|JOBID", shell_complete=_complete_vm)
 @click.option("--lines", default=10, show_default=True, help="serial log lines to show")
 @json_option
 @config_option
@@ -152,18 +181,24 @@ def status(ref: str, lines: int, as_json: bool, config_path: str | None) -> None
 
 
 @main.command()
-@click.argument("ref", metavar="NAME|JOBID")
-@click.option("--follow", "-f", is_flag=True, help="keep printing new output until interrupted")
-@click.option("--lines", default=100, show_default=True, help="lines of history to start with")
+@click.argument("ref", metavar="NAME|JOBID", shell_complete=_complete_vm)
+@click.option("--log", "log_only", is_flag=True, help="print the serial log (read-only) instead of attaching")
+@click.option("--follow", "-f", is_flag=True, help="with --log: keep printing new output until interrupted")
+@click.option("--lines", default=100, show_default=True, help="with --log: lines of history to start with")
 @config_option
-def console(ref: str, follow: bool, lines: int, config_path: str | None) -> None:
-    """Print a VM's serial console log (read through the job on its node)."""
-    from .lifecycle import current_user, find_vm, node_command, require_running, serial_log_path
+def console(ref: str, log_only: bool, follow: bool, lines: int, config_path: str | None) -> None:
+    """Attach to a VM's serial console (detach with Ctrl-]), or print its log with --log."""
+    from .console import attach
+    from .lifecycle import current_user, node_command, serial_log_path
+    from .vmaccess import owned_vm, require_running
     config = _config(config_path)
-    job = find_vm(_backend(config), ref, current_user())
-    require_running(job, "the console exists")
-    argv = ["tail", "-n", str(lines), *(["-F"] if follow else []), serial_log_path(config, job, job.nodes[0])]
-    proc = node_command(job, job.nodes[0], argv, None if follow else config.slurm.command_timeout)
+    backend = _backend(config)
+    job = owned_vm(backend, ref, current_user())
+    node = require_running(backend, job)
+    if not (log_only or follow):
+        sys.exit(attach(job.job_id, job.vm_name, node, config.slurm_vm_command))
+    argv = ["tail", "-n", str(lines), *(["-F"] if follow else []), serial_log_path(config, job, node)]
+    proc = node_command(job, node, argv, None if follow else config.slurm.command_timeout)
     if not follow:
         click.echo(proc.stdout, nl=False)
         if proc.returncode != 0:
@@ -171,8 +206,20 @@ def console(ref: str, follow: bool, lines: int, config_path: str | None) -> None
     sys.exit(proc.returncode)
 
 
+@main.command("console-relay", hidden=True)
+@click.argument("job_id", type=int)
+@config_option
+def console_relay(job_id: int, config_path: str | None) -> None:
+    """The node end of `slurm-vm console` (run by srun inside the job)."""
+    import os
+    from .console import relay
+    from .node.layout import job_dir
+    config = _config(config_path)
+    sys.exit(relay(job_dir(config.node_state_dir(os.environ.get("SLURMD_NODENAME", "")), job_id)))
+
+
 @main.command()
-@click.argument("ref", metavar="NAME|JOBID")
+@click.argument("ref", metavar="NAME|JOBID", shell_complete=_complete_vm)
 @click.option("--force", is_flag=True, help="cancel the job at once (plain scancel; the guest gets SIGTERM's grace)")
 @config_option
 def stop(ref: str, force: bool, config_path: str | None) -> None:
@@ -183,17 +230,21 @@ def stop(ref: str, force: bool, config_path: str | None) -> None:
     click.echo(stop_vm(backend, find_vm(backend, ref, current_user()), force))
 
 
-@main.command(context_settings={"ignore_unknown_options": True})
-@click.argument("ref", metavar="NAME|JOBID")
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("-l", "login", metavar="USER", help="user to log in as")
+@click.argument("ref", metavar="NAME|JOBID", shell_complete=_complete_vm)
 @click.argument("ssh_args", nargs=-1, type=click.UNPROCESSED)
 @config_option
 def ssh(ref: str, login: str | None, ssh_args: tuple[str, ...], config_path: str | None) -> None:
-    """ssh to a VM's address (where its network makes it reachable)."""
+    """ssh to a VM, jumping through its node (extra arguments go to ssh; a command after them runs there)."""
     import os
-    from .lifecycle import current_user, find_vm, ssh_argv
+    from .lifecycle import current_user
+    from .sshjump import ssh_command
+    from .vmaccess import owned_vm, require_running
     config = _config(config_path)
-    argv = ssh_argv(find_vm(_backend(config), ref, current_user()), login, ssh_args)
+    backend = _backend(config)
+    job = owned_vm(backend, ref, current_user())
+    argv = ssh_command(job, require_running(backend, job), config.slurm_vm_command, login, ssh_args)
     os.execvp(argv[0], argv)
 
 
@@ -229,6 +280,34 @@ def user_doctor(as_json: bool, config_path: str | None) -> None:
     report = run_user_doctor(config_path, current_user())
     print_doctor(report, as_json)
     sys.exit(0 if report.ok else 1)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("scp_args", nargs=-1, required=True, type=click.UNPROCESSED)
+@config_option
+def scp(scp_args: tuple[str, ...], config_path: str | None) -> None:
+    """scp to or from a VM through its node: slurm-vm scp [scp options] FILE [user@]NAME:PATH (or the reverse)."""
+    import os
+    from .lifecycle import current_user
+    from .sshjump import scp_command
+    from .vmaccess import owned_vm, require_running
+    config = _config(config_path)
+    backend = _backend(config)
+
+    def resolve(name: str):
+        job = owned_vm(backend, name, current_user())
+        return job, require_running(backend, job), config.slurm_vm_command
+    argv = scp_command(scp_args, resolve)
+    os.execvp(argv[0], argv)
+
+
+@main.command("tcp-relay", hidden=True)
+@click.argument("host")
+@click.argument("port", type=int)
+def tcp_relay_cmd(host: str, port: int) -> None:
+    """The node end of `slurm-vm ssh`/`scp` (their ProxyCommand, run by srun inside the job)."""
+    from .sshjump import tcp_relay
+    sys.exit(tcp_relay(host, port))
 
 
 @main.command(hidden=True)

@@ -16,9 +16,15 @@ EXIT_AMBIGUOUS = 6      # a VM name matches more than one of your active jobs: g
 
 
 class SlurmVmError(Exception):
-    """Base of every error slurm-vm reports to a user or admin as one line."""
+    """Base of every error slurm-vm reports to a user or admin as one line.
+
+    `details` (e.g. an ended VM's last console lines) are shown on stdout before that line."""
 
     exit_code = EXIT_ERROR
+
+    def __init__(self, *args: object, details: tuple[str, ...] = ()):
+        super().__init__(*args)
+        self.details = details
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import getpass
 import os
 import subprocess
-import time
 from dataclasses import asdict, dataclass
 
 from . import transport
@@ -96,19 +95,21 @@ def check_job_id(jobs: list[JobInfo], job_id: int, user: str | None) -> JobInfo:
     if not job.is_vm:
         raise NotFound(f"job {job_id} ({job.name}) is not a slurm-vm job; use squeue/scancel for it")
     if user is not None and user != "root" and job.user != user:
-        raise NotYours(f"job {job_id} is VM {job.vm_name} of user {job.user}, not yours")
+        raise NotYours(f"job {job_id} is VM {job.vm_name} of user {job.user}: not your VM")
     return job
 
 
-def require_running(job: JobInfo, needs: str) -> None:
-    """Raise NotRunning with the job's state (and why it waits) unless the VM runs on a node."""
+def require_running(job: JobInfo, needs: str, last_lines: list[str] | None = None) -> str:
+    """The node of a running VM; otherwise NotRunning with the job's state (and why it waits). For an ended
+    VM, `last_lines` (its last console lines) travel as the error's details, printed on stdout."""
     if job.state == "RUNNING" and job.nodes:
-        return
+        return job.nodes[0]
     if job.state in ACTIVE_STATES:
         why = f" (reason: {job.reason})" if job.reason and job.reason != "None" else ""
-        raise NotRunning(f"VM {job.vm_name} (job {job.job_id}) is {job.state.lower()}{why}: {needs} once it runs")
-    raise NotRunning(f"VM {job.vm_name} (job {job.job_id}) has ended ({job.state}); its output file has the "
-                     "last console lines")
+        raise NotRunning(f"VM {job.vm_name} is {job.state.lower()}{why}: {needs} once it runs (job {job.job_id})")
+    raise NotRunning(f"VM {job.vm_name} (job {job.job_id}) has ended ({job.state})"
+                     + ("; its last console lines are above" if last_lines else
+                        "; its output file has the last console lines"), details=tuple(last_lines or ()))
 
 
 def stop_vm(backend: SlurmBackend, job: JobInfo, force: bool) -> str:
@@ -150,43 +151,3 @@ def serial_tail(config: Config, job: JobInfo, lines: int = 20, timeout: int = 30
     if proc.returncode != 0:
         raise SlurmError(f"cannot read the serial log on {job.nodes[0]}: {' '.join(proc.stderr.split())}")
     return proc.stdout
-
-
-def ssh_argv(job: JobInfo, login: str | None, extra: tuple[str, ...]) -> list[str]:
-    require_running(job, "ssh works")
-    record = record_of(job)
-    if not record.addresses:
-        raise NotFound(f"VM {job.vm_name} has no known address: give its NIC a static `address` in the spec, "
-                       "or ssh to the address your network's DHCP gave it")
-    target = f"{login}@{record.addresses[0]}" if login else record.addresses[0]
-    return ["ssh", *extra, target]
-
-
-ENDED_STATES = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE",
-                "OUT_OF_MEMORY"}
-
-
-def wait_until_ready(backend: SlurmBackend, config: Config, job_id: int, wait_for: str | None, timeout: float,
-                     progress=lambda message: None, poll: float = 1.0) -> JobInfo:
-    """Wait until the job runs and, with `wait_for`, until that text appears on the guest's serial console."""
-    deadline = time.monotonic() + timeout
-    while True:
-        jobs = backend.jobs(job_ids=(job_id,))
-        job = jobs[0] if jobs else None
-        if job is None or job.state in ENDED_STATES:
-            state = job.state if job else "gone"
-            raise SlurmError(f"job {job_id} ended ({state}) before the VM was ready; see its output file")
-        if job.state == "RUNNING":
-            if wait_for is None:
-                return job
-            progress(f"job {job_id} running on {','.join(job.nodes)}; waiting for {wait_for!r} on the console")
-            try:
-                if wait_for in serial_tail(config, job, 200, config.slurm.command_timeout):
-                    return job
-            except SlurmError:
-                pass  # the launcher may not have created the log yet
-        else:
-            progress(f"job {job_id} {job.state.lower()} ({job.reason})")
-        if time.monotonic() > deadline:
-            raise SlurmError(f"job {job_id} was not ready after {timeout:.0f}s (still {job.state})")
-        time.sleep(poll)

@@ -120,11 +120,19 @@ def print_status(record: VMRecord, serial: str, as_json: bool) -> None:
 
 
 @contextlib.contextmanager
-def progress_reporter() -> Iterator[Callable[[str], None]]:
-    """A spinner with the latest message on a terminal; silent when stderr is piped."""
+def progress_reporter(key: Callable[[object], object] = lambda p: p,
+                      text: Callable[[object], str] = str) -> Iterator[Callable[[object], None]]:
+    """A live line (rich) on a terminal; when stderr is piped, one plain line each time `key(progress)`
+    changes (so logs show every stage once)."""
     if not sys.stderr.isatty():
-        yield lambda message: None
+        last: list = []
+
+        def plain(progress: object) -> None:
+            if not last or key(progress) != last[0]:
+                last[:] = [key(progress)]
+                click.echo(text(progress), err=True)
+        yield plain
         return
     from rich.console import Console
     with Console(stderr=True).status("waiting for the VM") as status:
-        yield lambda message: status.update(message)
+        yield lambda progress: status.update(text(progress))

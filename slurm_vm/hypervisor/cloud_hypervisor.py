@@ -6,10 +6,12 @@ published API (shared/reference/cloud-hypervisor-v53.0-api.yaml) rather than run
 
 from __future__ import annotations
 
+import time
+
 from ..errors import HypervisorError
 from ..limits import CH_API_SOCKET as API_SOCKET
 from ..limits import CH_EVENT_LOG as EVENT_LOG
-from ..limits import SERIAL_LOG
+from ..limits import SERIAL_LOG, SERIAL_SOCKET, VMM_SERIAL_SOCKET
 from .definition import VMDefinition, boot_argv
 from .runtime import Runtime, say
 from .shares import ch_fs_argv, ch_fs_config
@@ -27,7 +29,7 @@ def ch_argv(defn: VMDefinition, cores: list[int], nic_fds: list[int]) -> list[st
             "--event-monitor", f"path={defn.path(EVENT_LOG)}",
             "--cpus", f"boot={defn.cpus},affinity={_affinity(cores)}",
             "--memory", f"size={defn.memory_bytes >> 20}M" + (",shared=on" if defn.shares else ""),
-            "--serial", f"file={defn.path(SERIAL_LOG)}", "--console", "off"]
+            "--serial", f"socket={defn.path(VMM_SERIAL_SOCKET)}", "--console", "off"]
     argv += boot_argv(defn.boot, ("--kernel", "--initramfs", "--cmdline", "--firmware"))
     if defn.disks:
         argv.append("--disk")
@@ -69,7 +71,7 @@ def ch_vm_config(defn: VMDefinition, cores: list[int]) -> dict:
                  "affinity": [{"vcpu": i, "host_cpus": [core]} for i, core in enumerate(cores)]},
         "memory": {"size": defn.memory_bytes, **({"shared": True} if defn.shares else {})},
         "payload": payload,
-        "serial": {"mode": "File", "file": defn.path(SERIAL_LOG)},
+        "serial": {"mode": "Socket", "socket": defn.path(VMM_SERIAL_SOCKET)},
         "console": {"mode": "Off"},
     }
     if defn.disks:
@@ -131,7 +133,10 @@ class CloudHypervisorRuntime(Runtime):
         return CloudHypervisorAPI(self.defn.path(API_SOCKET))
 
     def after_start(self, deadline: float) -> None:
+        from .serialmux import SerialMux
         self.wait_for_socket(self.defn.path(API_SOCKET), deadline)
+        SerialMux(self.defn.path(VMM_SERIAL_SOCKET), self.defn.path(SERIAL_LOG), self.defn.path(SERIAL_SOCKET),
+                  max(1.0, deadline - time.monotonic())).start()
         api = self.api()
         try:
             api.ping()

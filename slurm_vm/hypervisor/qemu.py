@@ -7,7 +7,7 @@ import os
 import time
 
 from ..errors import HypervisorError
-from ..limits import QMP_SOCKET, SERIAL_LOG
+from ..limits import QMP_SOCKET, SERIAL_LOG, SERIAL_SOCKET
 from .definition import VMDefinition, boot_argv
 from .runtime import Runtime, say
 from .shares import qemu_share_argv
@@ -22,7 +22,7 @@ def qemu_argv(defn: VMDefinition, accelerator: str, nic_fds: list[int]) -> list[
             "-machine", "q35" if defn.boot.firmware else "pc", "-cpu", "host" if accelerator == "kvm" else "qemu64",
             "-smp", str(defn.cpus), "-m", f"{defn.memory_bytes >> 20}M",
             "-nodefaults", "-no-user-config", "-S", "-display", "none", "-monitor", "none",
-            "-serial", f"file:{defn.path(SERIAL_LOG)}",
+            *serial_argv(defn),
             "-qmp", f"unix:{defn.path(QMP_SOCKET)},server=on,wait=off"]
     argv += boot_argv(defn.boot, ("-kernel", "-initrd", "-append", "-bios"))
     for i, disk in enumerate(defn.disks):
@@ -35,6 +35,14 @@ def qemu_argv(defn: VMDefinition, accelerator: str, nic_fds: list[int]) -> list[
     for i, (nic, fd) in enumerate(zip(defn.nics, nic_fds)):
         argv += ["-netdev", f"tap,id=n{i},fd={fd}", "-device", f"virtio-net-pci,netdev=n{i},mac={nic.mac}"]
     return argv + qemu_share_argv(defn, defn.share_transport)
+
+
+def serial_argv(defn: VMDefinition) -> list[str]:
+    """The serial port on a unix socket (one interactive client at a time) and, whether or not a client is
+    attached, everything the guest prints appended to the serial log."""
+    return ["-chardev", f"socket,id=serial0,path={_escape(defn.path(SERIAL_SOCKET))},server=on,wait=off,"
+                        f"logfile={_escape(defn.path(SERIAL_LOG))},logappend=on",
+            "-serial", "chardev:serial0"]
 
 
 def _escape(path: str) -> str:

@@ -76,7 +76,8 @@ class Runtime:
         log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             self.proc = subprocess.Popen(self.argv(fds), pass_fds=fds, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=log, start_new_session=True, close_fds=True)
+                                         stderr=log, start_new_session=True, close_fds=True,
+                                         umask=0o077)  # its sockets (serial, QMP/API) are the user's only
         except OSError as exc:
             raise HypervisorError(f"cannot run {self.argv(fds)[0]}: {exc.strerror}") from None
         finally:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from ..hypervisor.shares import guest_fstype, guest_mount_options
+from ..limits import GUEST_READY_MARKER
 from ..spec import VMSpec
 
 if TYPE_CHECKING:
@@ -66,6 +67,22 @@ def hosts_vendor_data(entries: list[tuple[str, str]], vendor_data: str | None) -
     if files:
         block += yaml.safe_dump(files, sort_keys=False, width=4096)
     return "#cloud-config\n" + yaml.safe_dump(base, sort_keys=False, width=4096) + block
+
+
+READY_MESSAGE = GUEST_READY_MARKER + " cloud-init $VERSION finished after $UPTIME s"
+
+
+def ready_vendor_data(vendor_data: str | None) -> str:
+    """vendor-data whose cloud-init final message (printed on the console when cloud-init is done) is the
+    fixed line slurm-vm's readiness wait looks for. A user-data `final_message` overrides it."""
+    base: dict = {}
+    body = ""
+    if vendor_data:
+        loaded = yaml.safe_load(vendor_data)
+        if isinstance(loaded, dict):
+            body = vendor_data.split("\n", 1)[1] if vendor_data.startswith(CLOUD_CONFIG_HEADER) else vendor_data
+    base["final_message"] = READY_MESSAGE
+    return CLOUD_CONFIG_HEADER + "\n" + yaml.safe_dump(base, sort_keys=False, width=4096) + body
 
 
 def render_network_config(spec: VMSpec, nics: tuple[NicPlan, ...], addresses: tuple[str | None, ...]) -> str | None:

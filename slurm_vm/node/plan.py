@@ -13,7 +13,8 @@ from ..hypervisor.definition import Boot, Disk, Nic, VMDefinition
 from ..networks.names import derive_mac, job_vni, nic_name, vxlan_bridge_name
 from ..spec import VMSpec
 from .addresses import hosts_entries, plan_addresses
-from .cloudinit import (hosts_vendor_data, mounts_vendor_data, render_meta_data, render_network_config,
+from .cloudinit import (hosts_vendor_data, mounts_vendor_data, ready_vendor_data, render_meta_data,
+                        render_network_config,
                         render_user_data)
 from .context import JobContext
 from ..limits import OVERLAY_FILE, SEED_FILE
@@ -99,8 +100,9 @@ def plan_seed(spec: VMSpec, config: Config, ctx: JobContext, nics: tuple[NicPlan
     network_config = render_network_config(spec, nics, plan_addresses(spec, config, ctx.vm_index))
     return SeedPlan(path=os.path.join(jdir, SEED_FILE), meta_data=render_meta_data(instance_id(ctx), hostname),
                     user_data=user_data, network_config=network_config,
-                    vendor_data=mounts_vendor_data(plan_shares(spec, user_home(ctx.user)), share_transport(spec, config),
-                                                   hosts_vendor_data(hosts_entries(spec, config), vendor_data)))
+                    vendor_data=ready_vendor_data(mounts_vendor_data(
+                        plan_shares(spec, user_home(ctx.user)), share_transport(spec, config),
+                        hosts_vendor_data(hosts_entries(spec, config), vendor_data))))
 
 
 def plan_definition(spec: VMSpec, config: Config, ctx: JobContext, jdir: str, overlay: str, seed: str,

@@ -82,6 +82,21 @@ class CliBackend:
     def batch_script(self, job_id: int) -> str:
         return self._run([self._cmd("scontrol"), "write", "batch_script", str(job_id), "-"])
 
+    def output_path(self, job_id: int) -> str | None:
+        """The job's standard output file (StdOut of `scontrol show job -o`), None when Slurm forgot it."""
+        try:
+            out = self._run([self._cmd("scontrol"), "show", "job", "-o", str(job_id)])
+        except SlurmError:
+            return None
+        return stdout_of_show_job(out)
+
+
+def stdout_of_show_job(line: str) -> str | None:
+    for token in line.split():
+        if token.startswith("StdOut="):
+            return token[len("StdOut="):] or None
+    return None
+
 
 def parse_squeue_line(line: str) -> JobInfo | None:
     parts = line.split(SEP, len(SQUEUE_FIELDS) - 1)

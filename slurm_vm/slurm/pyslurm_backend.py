@@ -60,6 +60,12 @@ class PyslurmBackend:
         except pyslurm.RPCError as exc:
             raise SlurmError(f"cannot read the batch script of job {job_id}: {exc}") from None
 
+    def output_path(self, job_id: int) -> str | None:
+        try:
+            return pyslurm.Job.load(job_id).standard_output or None
+        except pyslurm.RPCError:
+            return None
+
 
 _OPTION_NAMES = {"job-name": "name", "nodes": "nodes", "ntasks-per-node": "ntasks_per_node",
                  "cpus-per-task": "cpus_per_task", "mem": "memory_per_node", "signal": "signal",

@@ -58,7 +58,7 @@ def test_vm_runs_with_seed_and_network_then_stops_gracefully(vm_cluster):
     data = json.loads(status.stdout)
     assert data["state"] == "RUNNING" and data["nodes"] == [node]
     assert any("SLURM-VM-TEST ready" in line for line in data["serial_tail"]), data
-    console = vc.slurm_vm("console", str(job), "--lines", "50")
+    console = vc.slurm_vm("console", str(job), "--log", "--lines", "50")
     assert console.returncode == 0 and "SLURM-VM-TEST hostname=alpha" in console.stdout, console.stderr
 
     stop = vc.slurm_vm("stop", "alpha")

@@ -45,7 +45,7 @@ def test_unknown_names_and_non_vm_jobs_of_that_name_are_not_found():
 
 def test_a_job_id_of_another_user_is_refused_but_root_may_name_it():
     jobs = [job(12, user="bob")]
-    with pytest.raises(NotYours, match="job 12 is VM web of user bob, not yours") as exc:
+    with pytest.raises(NotYours, match="job 12 is VM web of user bob: not your VM") as exc:
         check_job_id(jobs, 12, "alice")
     assert exc.value.exit_code == EXIT_NOT_YOURS
     assert check_job_id(jobs, 12, "root").job_id == 12
@@ -59,7 +59,7 @@ def test_a_job_id_that_is_not_a_vm_or_unknown_is_not_found():
 
 
 @pytest.mark.parametrize("state, reason, text", [
-    ("PENDING", "Resources", "VM web (job 7) is pending (reason: Resources): the console exists once it runs"),
+    ("PENDING", "Resources", "VM web is pending (reason: Resources): the console exists once it runs (job 7)"),
     ("COMPLETED", "None", "VM web (job 7) has ended (COMPLETED)"),
 ])
 def test_commands_that_need_a_running_vm_say_why_not(state, reason, text):

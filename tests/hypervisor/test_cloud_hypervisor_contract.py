@@ -202,7 +202,7 @@ def test_command_line_follows_the_documented_syntax():
     assert opts["--cpus"] == "boot=2,affinity=[0@[4],1@[5]]"
     assert opts["--memory"] == "size=1024M"
     assert opts["--console"] == "off"
-    assert opts["--serial"] == "file=/var/lib/slurm-vm/jobs/42/serial.log"
+    assert opts["--serial"] == "socket=/var/lib/slurm-vm/jobs/42/serial-vmm.sock"
     assert opts["--api-socket"] == "path=/var/lib/slurm-vm/jobs/42/api.sock"
     assert opts["--kernel"] == "/img/vmlinux" and opts["--initramfs"] == "/img/initrd.gz"
     disks = argv[argv.index("--disk") + 1:argv.index("--net")]

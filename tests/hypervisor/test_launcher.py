@@ -173,6 +173,27 @@ def test_pinned_guest_with_seed_stops_gracefully_on_sigterm(make_run):
     assert_no_qemu(run)
 
 
+def test_serial_console_socket_is_private_and_logged(make_run):
+    """The guest's root shell answers on the serial socket; the session is in the serial log too."""
+    from devtools.serialconsole import SerialConsole
+    run, proc = make_run(cpus=1)
+    run.wait_serial("SLURM-VM-GUEST-READY")
+    path = os.path.join(run.dir, "serial.sock")
+    info = os.stat(path)
+    assert stat.S_ISSOCK(info.st_mode) and stat.S_IMODE(info.st_mode) & 0o077 == 0  # the user's only
+    assert info.st_uid == int(subprocess.run(["id", "-u", USER], capture_output=True, text=True).stdout)
+    with SerialConsole(path) as console:
+        assert console.run("echo $((6*7))") == "42"
+        assert console.run("hostname") == "lguest"
+    with SerialConsole(path) as console:  # a second session after the first one left
+        assert console.run("echo again-$((1+1))") == "again-2"
+    run.wait_serial("again-2")
+    assert "42" in run.serial() and "echo $((6*7))" in run.serial()
+    os.kill(run.launcher_pid(), signal.SIGUSR2)
+    assert finish(proc)[0] == 0
+    assert_no_qemu(run)
+
+
 def test_sigusr2_is_a_clean_stop(make_run):
     run, proc = make_run(cpus=1)
     run.wait_serial("SLURM-VM-TEST ready")

@@ -153,7 +153,9 @@ def test_qemu_argv_for_kernel_boot():
     assert "file=/var/lib/slurm-vm/jobs/42/seed.iso,format=raw" in joined and "readonly=on" in joined
     assert "file.locking=on" in joined
     assert "unix:/var/lib/slurm-vm/jobs/42/qmp.sock,server=on,wait=off" in joined
-    assert "file:/var/lib/slurm-vm/jobs/42/serial.log" in joined
+    assert "socket,id=serial0,path=/var/lib/slurm-vm/jobs/42/serial.sock,server=on,wait=off," \
+           "logfile=/var/lib/slurm-vm/jobs/42/serial.log,logappend=on" in joined
+    assert argv[argv.index("-serial") + 1] == "chardev:serial0"
 
 
 def test_qemu_argv_for_firmware_and_kvm():

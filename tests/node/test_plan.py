@@ -109,3 +109,13 @@ def test_ssh_keys_reach_the_seed_whatever_the_user_data(user_data):
     assert key in plan.seed.user_data + (plan.seed.vendor_data or "")
     if user_data and user_data.startswith("#!"):
         assert plan.seed.user_data == user_data
+
+
+@pytest.mark.parametrize("spec", ["name: r\nimage: deb\n",
+                                  "name: vc\nimage: deb\ncount: 2\nnetworks: [{network: private}]\n"])
+def test_vendor_data_makes_cloud_init_print_the_ready_line(spec):
+    from slurm_vm.limits import GUEST_READY_MARKER
+    vendor = yaml.safe_load(plan_for(spec, ctx(nodes=("n1", "n2")) if "count" in spec else None).seed.vendor_data)
+    assert vendor["final_message"].startswith(GUEST_READY_MARKER + " ")
+    if "count" in spec:
+        assert any(f["path"] == "/etc/hosts" for f in vendor["write_files"]) and vendor["manage_etc_hosts"] is False

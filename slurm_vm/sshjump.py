@@ -1,0 +1,127 @@
+"""`slurm-vm ssh` and `slurm-vm scp`: ssh to a VM from the login node, jumping through the VM's node.
+
+The VM's network is usually not routed to the login node, so ssh gets a ProxyCommand that opens the TCP
+connection on the VM's node, inside the user's job: `srun --jobid=J --overlap … slurm-vm tcp-relay %h %p`
+(no nc needed on the node). The address is the one slurm-vm gave the VM (the spec's static address).
+Host keys are remembered per job (HostKeyAlias=slurm-vm-job<J>): addresses are reused by later VMs with
+other keys. The user's own `-o` options come first, so they win.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import shlex
+import socket
+import sys
+
+from .errors import NotFound, SlurmVmError
+from .lifecycle import record_of
+from .slurm import JobInfo
+
+CONNECT_TIMEOUT = 20.0
+
+
+def vm_address(job: JobInfo) -> str:
+    record = record_of(job)
+    if not record.addresses:
+        raise NotFound(f"VM {job.vm_name} has no address slurm-vm knows: give its NIC a static `address` in "
+                       "the spec, or ssh through its node to the address your network's DHCP gave it")
+    return record.addresses[0]
+
+
+def proxy_command(job: JobInfo, node: str, slurm_vm_command: str) -> str:
+    # -u: slurmstepd forwards the relay's output as it comes (by default it holds it until a newline)
+    argv = ["srun", "-u", f"--jobid={job.job_id}", "--overlap", "--nodes=1", "--ntasks=1", f"--nodelist={node}",
+            "--quiet", slurm_vm_command, "tcp-relay"]
+    return " ".join(shlex.quote(a) for a in argv) + " %h %p"
+
+
+def jump_options(job: JobInfo, node: str, slurm_vm_command: str) -> list[str]:
+    return ["-o", f"ProxyCommand={proxy_command(job, node, slurm_vm_command)}",
+            "-o", f"HostKeyAlias=slurm-vm-job{job.job_id}"]
+
+
+def ssh_command(job: JobInfo, node: str, slurm_vm_command: str, login: str | None,
+                extra: tuple[str, ...]) -> list[str]:
+    address = vm_address(job)
+    target = f"{login}@{address}" if login else address
+    options, command = split_ssh_args(extra)
+    return ["ssh", *options, *jump_options(job, node, slurm_vm_command), target, *command]
+
+
+SSH_FLAGS_WITH_VALUE = set("BbcDEeFIiJLlmOoPpQRSWw")
+
+
+def split_ssh_args(args: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(ssh options, remote command): options end at the first word that is neither an option nor an
+    option's value, or after `--`."""
+    options: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            return options, list(args[i + 1:])
+        if not arg.startswith("-") or arg == "-":
+            break
+        options.append(arg)
+        if len(arg) == 2 and arg[1] in SSH_FLAGS_WITH_VALUE and i + 1 < len(args):
+            options.append(args[i + 1])
+            i += 1
+        i += 1
+    return options, list(args[i:])
+
+
+def scp_command(args: tuple[str, ...], resolve) -> list[str]:
+    """scp with `[user@]VM:path` operands; `resolve(name) -> (job, node, slurm_vm_command)`. One VM per call."""
+    out: list[str] = []
+    seen: dict[str, tuple] = {}
+    for arg in args:
+        host, sep, path = arg.partition(":")
+        if arg.startswith("-") or not sep or "/" in host:
+            out.append(arg)
+            continue
+        user, at, name = host.rpartition("@")
+        if name not in seen:
+            seen[name] = resolve(name)
+        job = seen[name][0]
+        out.append(f"{user}{at}{vm_address(job)}:{path}")
+    if len(seen) != 1:
+        raise SlurmVmError("name exactly one VM as NAME:path (or user@NAME:path) in the scp arguments"
+                           if not seen else "scp between two VMs is not supported: copy through your machine")
+    job, node, command = next(iter(seen.values()))
+    return ["scp", *jump_options(job, node, command), *out]
+
+
+# --- node side: the ProxyCommand's end ---------------------------------------------------------------
+
+def tcp_relay(host: str, port: int, stdin: int = 0, stdout: int = 1) -> int:
+    """Copy stdin -> TCP (host, port) -> stdout until the connection ends."""
+    try:
+        sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
+    except OSError as exc:
+        print(f"slurm-vm tcp-relay: cannot connect to {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    sock.settimeout(None)
+    sel = selectors.DefaultSelector()
+    sel.register(stdin, selectors.EVENT_READ, "in")
+    sel.register(sock, selectors.EVENT_READ, "net")
+    try:
+        while True:
+            for key, _ in sel.select():
+                if key.data == "in":
+                    data = os.read(stdin, 65536)
+                    if data:
+                        sock.sendall(data)
+                    else:
+                        sel.unregister(stdin)
+                        sock.shutdown(socket.SHUT_WR)
+                else:
+                    data = sock.recv(65536)
+                    if not data:
+                        return 0
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(stdout, view):]
+    finally:
+        sock.close()
