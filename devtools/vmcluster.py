@@ -71,6 +71,7 @@ def test_config(directory: str, state_root: str, underlay: str, guests: dict) ->
         "networks": {
             "lan": {"kind": "bridge", "bridge": NODE_BRIDGE},
             "lan-open": {"kind": "bridge", "bridge": NODE_BRIDGE, "trusted": True},
+            "direct": {"kind": "macvtap", "parent": underlay, "mode": "bridge"},
             "private": {"kind": "vxlan", "parent": underlay, "vni_range": [5000, 5999], "subnet": "192.168.77.0/24"},
         },
         "grace_seconds": GRACE_SECONDS,

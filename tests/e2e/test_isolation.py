@@ -97,3 +97,35 @@ def test_a_spoofing_guest_reaches_nobody_and_trusted_lets_it_through(vm_cluster)
     counts = spoofed(frames)
     assert all(counts.values()), counts                                     # the control: it does happen
     assert dhcp_status == 0
+
+
+MACVTAP = """name: direct
+image: tiny
+memory: 256M
+networks:
+  - network: direct
+    address: {address}/24
+"""
+
+
+def test_macvtap_guest_through_a_node_the_user_cannot_keep(vm_cluster):
+    """The launcher, as the job's user, opens the macvtap through a root-owned node with an ACL entry; the
+    guest is reachable from another node; the node is gone after the job."""
+    vc = vm_cluster
+    first, second = vc.cluster.nodes[0], vc.cluster.nodes[1]
+    address = vc.cluster.subnet + ".200"
+    job = vc.submit(MACVTAP.format(address=address), f"--nodelist={first}", name="direct")
+    try:
+        vc.wait_state(job, {"RUNNING"}, timeout=180)
+        vc.wait_serial(first, job, "SLURM-VM-TEST ready", timeout=240)
+        nodes_dir = os.path.join(vc.node_state(first), "nics", str(job))
+        [name] = os.listdir(nodes_dir)
+        st = os.stat(os.path.join(nodes_dir, name))
+        assert st.st_uid == 0 and os.stat(nodes_dir).st_uid == 0
+        ping = vc.cluster.node_exec(second, ["ping", "-c", "3", "-W", "3", address], timeout=60)
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+    finally:
+        vc.cluster.client(["scancel", str(job)], user="svmtest")
+    assert vc.wait_gone_or_ended(job, timeout=120) == "CANCELLED"
+    vc.wait_no_leaks(job)
+    assert not os.path.exists(os.path.join(vc.node_state(first), "nics", str(job)))
