@@ -5,7 +5,8 @@ Runs the real slurm-vm-prolog/epilog as subprocesses inside a private network na
 bridge, exactly like the hook tests, and times:
   noop         /bin/true as a hook (the floor: fork+exec)
   non-vm       slurm-vm-prolog for a job that is not a VM job (the cost every other job pays)
-  prolog/epilog for a VM job on a 100 MB base image and on a 100 GB sparse one
+  prolog/epilog for a VM job on a 100 MB base image and on a 100 GB sparse one (its NIC filtered)
+  prolog/epilog for the same job, filtered and on a `trusted` network (no anti-spoofing table), interleaved
 Prints a markdown table (median, p95 in ms). Usage: bench/node_hooks.py [--runs N]
 """
 
@@ -79,6 +80,18 @@ def main() -> int:
                     env = node.env(1000 + i, spec)
                     results.setdefault(f"prolog, VM job, 1 NIC, base {label}", []).append(timed([*ns, prolog], env))
                     results.setdefault(f"epilog, VM job, 1 NIC, base {label}", []).append(timed([*ns, epilog], env))
+            # Filtered and `trusted` (no port filter table) jobs interleaved: the filter's cost is the difference.
+            resize_base(node, "100M")
+            node.write_config({"networks": {"lan": {"kind": "bridge", "bridge": "br-vm"},
+                                            "open": {"kind": "bridge", "bridge": "br-vm", "trusted": True}}})
+            for i in range(args.runs):
+                for label, network in (("filtered", "lan"), ("trusted, no filter", "open")):
+                    env = node.env(2000 + 2 * i + (network == "open"),
+                                   SPEC.replace("disk: 64M\n", "").replace("network: lan", f"network: {network}"))
+                    results.setdefault(f"prolog, VM job, 1 NIC, base 100M, {label}", []).append(
+                        timed([*ns, prolog], env))
+                    results.setdefault(f"epilog, VM job, 1 NIC, base 100M, {label}", []).append(
+                        timed([*ns, epilog], env))
     finally:
         subprocess.run(["ip", "netns", "del", netns], timeout=20)
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")

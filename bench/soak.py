@@ -119,7 +119,7 @@ def main() -> int:
         os.makedirs(os.path.join(directory, sub))
         os.chmod(os.path.join(directory, sub), mode)
     config = write_test_config(directory, os.path.join(directory, "state"), underlay="eth0")
-    cluster = Cluster("soak", hooks="slurm-vm", venv=venv_dir(), slurm_vm_config=config, bind=[REPO, directory],
+    cluster = Cluster(os.environ.get("SLURM_VM_TEST_PREFIX", "") + "soak", hooks="slurm-vm", venv=venv_dir(), slurm_vm_config=config, bind=[REPO, directory],
                       kill_wait=KILL_WAIT)
     cluster.down()
     cluster.up()

@@ -89,10 +89,14 @@ class Node:
 
     def leftovers(self, job_id: int) -> list[str]:
         found = [name for name in self.links() if name.startswith(f"svm{job_id}n")]
-        for sub in ("jobs", "journal"):
+        for sub in ("jobs", "journal", "nics"):
             directory = os.path.join(self.state, sub)
             if os.path.isdir(directory):
                 found += [f"{sub}/{n}" for n in os.listdir(directory) if n.split(".")[0] == str(job_id)]
+        tables = subprocess.run(["ip", "netns", "exec", self.netns, "nft", "-j", "list", "tables", "netdev"],
+                                capture_output=True, text=True, timeout=20, check=True).stdout
+        found += [f"nft table {t['table']['name']}" for t in json.loads(tables)["nftables"]
+                  if "table" in t and t["table"]["name"] == f"svm_{job_id}"]
         locks = os.path.join(self.state, "locks")
         if os.path.isdir(locks):
             for root, _, files in os.walk(locks):

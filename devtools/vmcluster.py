@@ -70,6 +70,8 @@ def test_config(directory: str, state_root: str, underlay: str, guests: dict) ->
         "images": images,
         "networks": {
             "lan": {"kind": "bridge", "bridge": NODE_BRIDGE},
+            "lan-open": {"kind": "bridge", "bridge": NODE_BRIDGE, "trusted": True},
+            "direct": {"kind": "macvtap", "parent": underlay, "mode": "bridge"},
             "private": {"kind": "vxlan", "parent": underlay, "vni_range": [5000, 5999], "subnet": "192.168.77.0/24"},
         },
         "grace_seconds": GRACE_SECONDS,
@@ -190,7 +192,7 @@ class VMCluster:
         found = []
         for node in self.cluster.nodes:
             state = self.node_state(node)
-            for sub in ("jobs", "journal"):
+            for sub in ("jobs", "journal", "nics"):
                 directory = os.path.join(state, sub)
                 if os.path.isdir(directory):
                     found += [f"{node}:{sub}/{n}" for n in os.listdir(directory)
@@ -200,6 +202,11 @@ class VMCluster:
                 name = line.split(":", 2)[1].strip().split("@")[0]
                 if name.startswith("svm") and (job_id is None or name.startswith(f"svm{job_id}n")):
                     found.append(f"{node}:link {name}")
+            tables = self.cluster.node_exec(node, ["nft", "-j", "list", "tables", "netdev"], timeout=20).stdout
+            for item in json.loads(tables or '{"nftables": []}')["nftables"]:
+                name = item.get("table", {}).get("name", "")
+                if name.startswith("svm_") and (job_id is None or name == f"svm_{job_id}"):
+                    found.append(f"{node}:nft table {name}")
         procs = subprocess.run(["pgrep", "-a", "-f", f"{self.state_root}/"], capture_output=True, text=True,
                                timeout=10).stdout
         found += [f"process {line}" for line in procs.splitlines()

@@ -8,7 +8,7 @@ import pwd
 from dataclasses import dataclass
 
 from .errors import Problem, ValidationError
-from .schema import AbsPath, Context, Int, ListOf, MapOf, Obj, SharePath, Size, Str, field, parse_object
+from .schema import AbsPath, Bool, Context, Int, ListOf, MapOf, Obj, SharePath, Size, Str, field, parse_object
 from .yamldoc import load_document
 
 DEFAULT_CONFIG_PATH = "/etc/slurm-vm/config.yaml"
@@ -48,6 +48,12 @@ class Network:
                                    pattern_help="an IPv4 subnet /16 to /30, e.g. 192.168.100.0/24"),
                                "`vxlan`: addresses slurm-vm gives VMs of multi-VM jobs (VM i gets host i+1) "
                                "and writes to every guest's /etc/hosts", None)
+    trusted: bool = field(Bool(), "turn off anti-spoofing on this network's VM ports (see the admin guide, "
+                          "\"Network isolation\")", False)
+    allow_dhcp_server: bool = field(Bool(), "let guests send DHCP/DHCPv6 server replies (UDP source port 67/547)",
+                                    False)
+    allow_router_advertisements: bool = field(Bool(), "let guests send IPv6 router advertisements and redirects",
+                                              False)
     allowed_users: tuple = field(ListOf(Str(pattern=USER_PATTERN, pattern_help=USER_HELP)),
                                  "users who may use it (empty and no groups: everyone)", [])
     allowed_groups: tuple = field(ListOf(Str(pattern=USER_PATTERN, pattern_help=USER_HELP)),

@@ -14,7 +14,6 @@ import fcntl
 import importlib.util
 import json
 import os
-import stat
 import subprocess
 import sys
 import time
@@ -124,7 +123,8 @@ def list_owned_links() -> list[tuple[str, int, int]]:
 # --- macvtap -----------------------------------------------------------------------------------------
 
 def create_macvtap(name: str, parent: str, mac: str, mode: str, uid: int, gid: int, device_path: str) -> str:
-    """A macvtap on `parent`, up, and its character device at `device_path` (uid/gid, 0600)."""
+    """A macvtap on `parent`, up, and its character device at `device_path`: root's, opened by `uid` through an
+    ACL entry (see devnode.py; `gid` is not used). The directory must be root's."""
     NetlinkError = _netlink_error()
     with _ipr() as ipr:
         parent_index = _require(ipr, parent, "parent interface")
@@ -137,13 +137,9 @@ def create_macvtap(name: str, parent: str, mac: str, mode: str, uid: int, gid: i
             ipr.link("set", index=index, state="up")
         except NetlinkError as exc:
             raise NodeError(f"cannot create macvtap {name} on {parent}: {exc.args[-1] if exc.args else exc}") from None
+    from .devnode import make_device_node
     major, minor = macvtap_device_numbers(name, index)
-    try:
-        os.unlink(device_path)
-    except FileNotFoundError:
-        pass
-    os.mknod(device_path, stat.S_IFCHR | 0o600, os.makedev(major, minor))
-    os.chown(device_path, uid, gid, follow_symlinks=False)
+    make_device_node(device_path, os.makedev(major, minor), uid)
     return device_path
 
 

@@ -37,6 +37,15 @@ def locks_dir(state_dir: str) -> str:
     return os.path.join(state_dir, "locks")
 
 
+def nics_dir(state_dir: str) -> str:
+    return os.path.join(state_dir, "nics")
+
+
+def nic_nodes_dir(state_dir: str, job_id: int) -> str:
+    """Root-owned: the job's macvtap device nodes (networks/devnode.py), outside the user's job dir."""
+    return os.path.join(nics_dir(state_dir), str(job_id))
+
+
 def ensure_root_dir(path: str, mode: int) -> None:
     """A directory owned by root with exactly `mode`; refuses one that someone else could have made."""
     try:
@@ -55,3 +64,4 @@ def ensure_state_dirs(state_dir: str) -> None:
     ensure_root_dir(jobs_dir(state_dir), 0o711)
     ensure_root_dir(journal_dir(state_dir), 0o700)
     ensure_root_dir(locks_dir(state_dir), 0o700)
+    ensure_root_dir(nics_dir(state_dir), 0o711)

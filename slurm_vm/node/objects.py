@@ -19,7 +19,8 @@ from typing import ClassVar
 from ..disks.volumes import VolumeInfo
 from ..errors import NodeError
 from ..networks.names import parse_owned_name
-from .layout import error_note_path, job_dir, jobs_dir, journal_dir, locks_dir
+from ..networks.portfilter import PortFilter
+from .layout import error_note_path, job_dir, jobs_dir, journal_dir, locks_dir, nic_nodes_dir, nics_dir
 from .system import System
 
 
@@ -37,6 +38,10 @@ class Scope:
     @property
     def locks(self) -> str:
         return locks_dir(self.state_dir)
+
+    @property
+    def nic_nodes(self) -> str:
+        return nic_nodes_dir(self.state_dir, self.job_id)
 
     def inside_job_dir(self, path: str) -> bool:
         directory = self.job_dir
@@ -214,7 +219,8 @@ class Tap(HostObject):
 
 @dataclass(frozen=True)
 class Macvtap(HostObject):
-    """A macvtap on an admin's parent interface, and its character device node in the job dir."""
+    """A macvtap on an admin's parent interface, and its character device node: root's, in
+    <state>/nics/<job>/, opened by the job's user through an ACL (networks/devnode.py)."""
 
     kind: ClassVar[str] = "macvtap"
     name: str
@@ -229,15 +235,59 @@ class Macvtap(HostObject):
         return {"name": self.name, "device_path": self.device_path}
 
     def create(self, system: System, scope: Scope) -> None:
+        if os.path.dirname(self.device_path) != scope.nic_nodes:
+            raise NodeError(f"macvtap device node {self.device_path} is not in {scope.nic_nodes}")
+        system.make_root_dir(scope.nic_nodes)
         system.create_macvtap(self.name, self.parent, self.mac, self.mode, self.uid, self.gid, self.device_path)
 
     @classmethod
     def undo(cls, system: System, scope: Scope, data: dict) -> str:
         done = _undo_owned_link(system, scope, str(data.get("name", "")))
         device = str(data.get("device_path", ""))
-        if device:
+        if device and os.path.dirname(device) == scope.nic_nodes:
+            system.remove_device_nodes(scope.nic_nodes)
+        elif device:                               # slurm-vm 0.1 made the node in the job dir
             JobFile.undo(system, scope, {"path": device})
         return done
+
+    @classmethod
+    def sweep(cls, system: System, scope: Scope) -> list[str]:
+        system.remove_device_nodes(scope.nic_nodes)
+        return ["macvtap device nodes"]
+
+    @classmethod
+    def leftovers(cls, system: System, state_dir: str) -> list[Leftover]:
+        return [Leftover("macvtap device nodes", path, job) for job, path in _numbered(system, nics_dir(state_dir))]
+
+
+@dataclass(frozen=True)
+class PortFilterTable(HostObject):
+    """The job's anti-spoofing rules: nftables table `netdev svm_<job>` with a chain on each filtered port."""
+
+    kind: ClassVar[str] = "port_filter"
+    ports: tuple[PortFilter, ...] = ()
+
+    def record(self) -> dict:
+        return {}
+
+    def create(self, system: System, scope: Scope) -> None:
+        system.apply_port_filters(scope.job_id, self.ports)
+
+    @classmethod
+    def undo(cls, system: System, scope: Scope, data: dict) -> str:
+        system.delete_port_filters(scope.job_id)
+        return f"deleted the port filter table of job {scope.job_id}"
+
+    @classmethod
+    def sweep(cls, system: System, scope: Scope) -> list[str]:
+        if any(job == scope.job_id for _, job in system.port_filter_tables()):
+            system.delete_port_filters(scope.job_id)
+            return [f"port filter table of job {scope.job_id}"]
+        return []
+
+    @classmethod
+    def leftovers(cls, system: System, state_dir: str) -> list[Leftover]:
+        return [Leftover("port filter table", name, job) for name, job in system.port_filter_tables()]
 
 
 @dataclass(frozen=True)
@@ -311,7 +361,7 @@ class VolumeReservation(HostObject):
 
 # Sweep order matters: links before the segments they sit on, the job dir (device nodes) after its links.
 KINDS: dict[str, type[HostObject]] = {cls.kind: cls for cls in (
-    Tap, Macvtap, VxlanSegmentRef, JobFile, Overlay, JobDir, ErrorNote, VolumeReservation)}
+    PortFilterTable, Tap, Macvtap, VxlanSegmentRef, JobFile, Overlay, JobDir, ErrorNote, VolumeReservation)}
 # Journal entries written by slurm-vm 0.1 name `link` for taps and macvtaps alike; deleting by name covers both.
 KIND_ALIASES = {"link": "tap"}
 

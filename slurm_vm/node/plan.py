@@ -18,7 +18,7 @@ from .cloudinit import (hosts_vendor_data, mounts_vendor_data, ready_vendor_data
                         render_user_data)
 from .context import JobContext
 from ..limits import OVERLAY_FILE, SEED_FILE
-from .layout import job_dir
+from .layout import job_dir, nic_nodes_dir
 from .shares import (SharePlan, definition_fields, plan_shares, share_transport,
                      user_home)
 
@@ -37,7 +37,7 @@ class NicPlan:
     vni: int | None = None
     port: int = 4789
     mtu: int | None = None
-    device_path: str | None = None   # macvtap: char device node made in the job dir
+    device_path: str | None = None   # macvtap: root's char device node, the user's by ACL (networks/devnode.py)
     private: bool = False            # vxlan: a job-private segment (VNI from the network's vni_range)
 
 
@@ -70,6 +70,7 @@ class NodePlan:
     shares: tuple[SharePlan, ...] = ()
     share_allowed: tuple[str, ...] = ()
     home: str = ""
+    port_filters: tuple = ()         # networks.portfilter.PortFilter per filtered NIC (node/portfilters.py)
 
 
 def instance_id(ctx: JobContext) -> str:
@@ -88,7 +89,8 @@ def plan_nics(spec: VMSpec, config: Config, ctx: JobContext, jdir: str) -> tuple
         bridge = vxlan_bridge_name(vni) if net.kind == "vxlan" else net.bridge
         nics.append(NicPlan(index=i, ifname=ifname, kind=net.kind, mac=mac, network=ref.network, bridge=bridge,
                             parent=net.parent, mode=net.mode, vni=vni, port=net.port, mtu=net.mtu,
-                            device_path=os.path.join(jdir, f"macvtap{i}") if net.kind == "macvtap" else None,
+                            device_path=os.path.join(nic_nodes_dir(config.node_state_dir(ctx.node), ctx.job_id),
+                                                     f"macvtap{i}") if net.kind == "macvtap" else None,
                             private=net.kind == "vxlan" and net.vni is None))
     return tuple(nics)
 
@@ -138,10 +140,13 @@ def make_plan(spec: VMSpec, config: Config, ctx: JobContext) -> NodePlan:
     overlay = os.path.join(jdir, OVERLAY_FILE)
     nics = plan_nics(spec, config, ctx, jdir)
     seed = plan_seed(spec, config, ctx, nics, jdir)
+    from .portfilters import plan_port_filters
+    port_filters = plan_port_filters(nics, plan_addresses(spec, config, ctx.vm_index), config)
     return NodePlan(job_id=ctx.job_id, uid=ctx.uid, gid=ctx.gid, user=ctx.user, state_dir=state_dir,
                     job_dir=jdir, base_image=image.path, base_format=image.format,
                     overlay=overlay, disk_size=spec.disk, seed=seed,
                     volumes=tuple((v.path, v.readonly) for v in spec.volumes), nics=nics,
                     definition=plan_definition(spec, config, ctx, jdir, overlay, seed.path, nics),
                     qemu_img=config.hypervisor.qemu_img, shares=plan_shares(spec, user_home(ctx.user)),
-                    share_allowed=tuple(config.mounts.allowed), home=user_home(ctx.user))
+                    share_allowed=tuple(config.mounts.allowed), home=user_home(ctx.user),
+                    port_filters=port_filters)

@@ -16,7 +16,8 @@ from ..errors import NodeError, SlurmVmError
 from ..hypervisor.definition import VMDefinition
 from ..limits import DEFINITION_FILE
 from .journal import Journal
-from .objects import HostObject, JobDir, JobFile, Macvtap, Overlay, Scope, Tap, VolumeReservation, VxlanSegmentRef
+from .objects import (HostObject, JobDir, JobFile, Macvtap, Overlay, PortFilterTable, Scope, Tap, VolumeReservation,
+                      VxlanSegmentRef)
 from .plan import NodePlan
 from .system import HostSystem, System
 from .teardown import undo_journal
@@ -106,6 +107,13 @@ def step_nics(prep: Preparation) -> None:
             prep.make(Tap(nic.ifname, plan.uid, plan.gid, bridge=nic.bridge, mtu=nic.mtu))
 
 
+def step_filters(prep: Preparation) -> None:
+    """Anti-spoofing on every port of an untrusted network (networks/portfilter.py), one nft transaction,
+    after the ports exist and before the user can start a guest on them."""
+    if prep.plan.port_filters:
+        prep.make(PortFilterTable(prep.plan.port_filters))
+
+
 def resolved_definition(definition: VMDefinition, volumes: tuple[VolumeInfo, ...],
                         share_paths: dict[int, str] | None = None) -> VMDefinition:
     """The plan leaves volume formats as `auto` and share paths as the user wrote them; the as-user checks
@@ -137,6 +145,7 @@ STEPS: tuple[tuple[str, Callable[[Preparation], None]], ...] = (
     ("overlay", step_overlay),
     ("seed", step_seed),
     ("nics", step_nics),
+    ("filters", step_filters),
     ("definition", step_definition),
     ("handover", step_handover),
 )

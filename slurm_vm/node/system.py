@@ -16,6 +16,7 @@ from ..disks.safefs import make_private_dir, remove_tree_safely, write_file_atom
 from ..disks.volumes import VolumeInfo, VolumeReservations, check_volume_as_user
 from ..errors import NodeError, ShareError
 from ..networks import links
+from ..networks.portfilter import PortFilter
 
 
 class System(Protocol):
@@ -32,6 +33,12 @@ class System(Protocol):
                        device_path: str) -> None: ...
     def delete_link(self, name: str) -> None: ...
     def owned_links(self) -> list[tuple[str, int, int]]: ...
+    def make_root_dir(self, path: str) -> None: ...
+    def remove_device_nodes(self, path: str) -> None: ...
+    # anti-spoofing rules (nftables table per job)
+    def apply_port_filters(self, job_id: int, ports: tuple[PortFilter, ...]) -> None: ...
+    def delete_port_filters(self, job_id: int) -> None: ...
+    def port_filter_tables(self) -> list[tuple[str, int]]: ...
     # VXLAN segment references (root-only files under the locks dir)
     def join_segment(self, vni: int, job_id: int, parent: str, locks: str, port: int, mtu: int | None,
                      private: bool) -> str: ...
@@ -95,6 +102,26 @@ class HostSystem:
 
     def owned_links(self) -> list[tuple[str, int, int]]:
         return links.list_owned_links()
+
+    def make_root_dir(self, path: str) -> None:
+        from .layout import ensure_root_dir
+        ensure_root_dir(path, 0o711)
+
+    def remove_device_nodes(self, path: str) -> None:
+        from ..networks.devnode import remove_job_nodes
+        remove_job_nodes(path)
+
+    def apply_port_filters(self, job_id: int, ports: tuple[PortFilter, ...]) -> None:
+        from ..networks import nft, portfilter
+        nft.apply_ruleset(portfilter.ruleset(job_id, ports))
+
+    def delete_port_filters(self, job_id: int) -> None:
+        from ..networks import nft
+        nft.delete_job_table(job_id)
+
+    def port_filter_tables(self) -> list[tuple[str, int]]:
+        from ..networks import nft
+        return nft.list_job_tables()
 
     def join_segment(self, vni: int, job_id: int, parent: str, locks: str, port: int, mtu: int | None,
                      private: bool) -> str:

@@ -172,18 +172,23 @@ def test_node_doctor_finds_and_fixes_leftovers(vm_cluster):
         json.dump({"jobs": [999999], "private": True}, fh)
     with open(os.path.join(state, "locks", "volumes", "1-2"), "w") as fh:
         fh.write("999999 /data/v.img\n")
+    os.makedirs(os.path.join(state, "nics", "999999"), exist_ok=True)
+    assert vc.cluster.node_exec(node, ["nft", "add", "table", "netdev", "svm_999999"]).returncode == 0
     argv = [os.path.join(os.path.dirname(os.path.dirname(__import__("sys").executable)), "bin", "slurm-vm"),
             "node", "doctor", "--node", node, "--json"]
     env = ["env", f"SLURM_VM_CONFIG={vc.config_path}", *[f"{k}={v}" for k, v in vc.cluster.env.items()]]
     found = vc.cluster.node_exec(node, [*env, *argv], timeout=60)
     assert found.returncode == 1, found.stderr
     kinds = {f["kind"] for f in json.loads(found.stdout) if f["job_id"] == 999999}
-    assert kinds == {"job dir", "volume reservation", "VXLAN segment reference"}, found.stdout
+    assert kinds == {"job dir", "volume reservation", "VXLAN segment reference", "port filter table",
+                     "macvtap device nodes"}, found.stdout
     fixed = vc.cluster.node_exec(node, [*env, *argv, "--fix"], timeout=60)
     assert fixed.returncode == 0, fixed.stderr
     assert not os.path.exists(os.path.join(state, "jobs", "999999"))
     assert not os.path.exists(os.path.join(state, "locks", "vxlan-5999.json"))
     assert not os.path.exists(os.path.join(state, "locks", "volumes", "1-2"))
+    assert not os.path.exists(os.path.join(state, "nics", "999999"))
+    assert "svm_999999" not in vc.cluster.node_exec(node, ["nft", "list", "tables"]).stdout
 
 
 MULTI = """name: vc

@@ -11,6 +11,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
+from slurm_vm.networks.devnode import user_rw_acl
+
 pytestmark = pytest.mark.root
 UID = 4201
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -84,7 +86,8 @@ def test_macvtap_with_its_character_device(netns):
         link = links(ns)["svm79n0"]
         assert link["linkinfo"]["info_kind"] == "macvtap" and link["address"] == "02:00:00:00:79:00"
         st = os.stat(dev)
-        assert (st.st_uid, st.st_mode & 0o777) == (UID, 0o600)
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o707) == (0, 0, 0o600)   # root's; group bits show the ACL mask
+        assert os.getxattr(dev, "system.posix_acl_access") == user_rw_acl(UID)
         index = link["ifindex"]
         major_minor = subprocess.run(
             ["nsenter", f"--net=/run/netns/{ns}", "unshare", "--mount", "sh", "-c",

@@ -21,6 +21,7 @@ class FakeSystem:
     links: dict[str, dict] = field(default_factory=dict)
     segments: dict[int, set[int]] = field(default_factory=dict)
     reservations: dict[str, int] = field(default_factory=dict)
+    tables: dict[int, tuple] = field(default_factory=dict)     # nftables port filter tables by job
     owners: dict[str, tuple[int, int]] = field(default_factory=dict)
     unreadable: set[str] = field(default_factory=set)
     fail_at_create: int | None = None      # the N-th create call (0-based) raises NodeError
@@ -37,7 +38,8 @@ class FakeSystem:
             raise NodeError(f"{os.path.dirname(path)} does not exist")
 
     def empty(self) -> bool:
-        return not (self.dirs or self.files or self.links or self.reservations or any(self.segments.values()))
+        return not (self.dirs or self.files or self.links or self.reservations or any(self.segments.values())
+                    or self.tables)
 
     # files
     def make_private_dir(self, path: str) -> None:
@@ -87,6 +89,25 @@ class FakeSystem:
 
     def delete_link(self, name: str) -> None:
         self.links.pop(name, None)
+
+    def make_root_dir(self, path: str) -> None:
+        if path not in self.dirs:
+            self._create(path)
+            self.dirs.add(path)
+
+    def remove_device_nodes(self, path: str) -> None:
+        self.remove_tree(path)
+
+    # port filters
+    def apply_port_filters(self, job_id: int, ports: tuple) -> None:
+        self._create(f"table svm_{job_id}")
+        self.tables[job_id] = ports
+
+    def delete_port_filters(self, job_id: int) -> None:
+        self.tables.pop(job_id, None)
+
+    def port_filter_tables(self) -> list[tuple[str, int]]:
+        return [(f"svm_{job}", job) for job in self.tables]
 
     def owned_links(self) -> list[tuple[str, int, int]]:
         return [(name, *owned) for name in self.links if (owned := parse_owned_name(name))]

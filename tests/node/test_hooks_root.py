@@ -29,6 +29,13 @@ def test_prolog_prepares_and_epilog_removes_everything(hook_node):
     assert tap["linkinfo"]["info_kind"] == "tun"
     assert tap["linkinfo"]["info_data"]["user"] in (USER, user.pw_uid, str(user.pw_uid))
     assert tap.get("master") == "br-vm"
+    rules = json.loads(subprocess.run(["ip", "netns", "exec", node.netns, "nft", "-j", "list", "table", "netdev",
+                                       "svm_101"], capture_output=True, text=True, check=True, timeout=20).stdout)
+    hooked = [i["chain"] for i in rules["nftables"] if "chain" in i and "hook" in i["chain"]]
+    assert [(c["hook"], c["policy"]) for c in hooked] == [("ingress", "drop")]
+    text = subprocess.run(["ip", "netns", "exec", node.netns, "nft", "list", "table", "netdev", "svm_101"],
+                          capture_output=True, text=True, check=True, timeout=20).stdout
+    assert 'device "svm101n0"' in text     # nft 1.0.6's JSON listing omits the device
     jdir = os.path.join(node.state, "jobs", "101")
     st = os.stat(jdir)
     assert (st.st_uid, st.st_mode & 0o777) == (user.pw_uid, 0o700)

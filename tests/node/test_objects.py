@@ -71,7 +71,9 @@ def test_prepare_makes_every_kind_and_teardown_removes_all(node):
     journal = Journal(state, plan.job_id)
     prepare_node(plan, journal, system)
     recorded = {entry.kind for entry in journal.entries()}
-    assert recorded == {"volume_reservations", "job_dir", "overlay", "file", "vxlan_segment", "tap", "macvtap"}
+    assert recorded == {"volume_reservations", "job_dir", "overlay", "file", "vxlan_segment", "tap", "macvtap",
+                        "port_filter"}
+    assert [p.device for p in system.tables[plan.job_id]] == [n.ifname for n in plan.nics]   # every port
     assert plan.job_dir in system.dirs and plan.overlay in system.files and plan.seed.path in system.files
     assert {link["kind"] for link in system.links.values()} == {"tap", "macvtap", "bridge"}
     assert system.owners[plan.job_dir] == (5000, 5000)          # handed over to the user last
@@ -83,16 +85,17 @@ def test_prepare_makes_every_kind_and_teardown_removes_all(node):
     assert teardown_job(state, plan.job_id, 5000, system).errors == []   # idempotent
 
 
-@pytest.mark.parametrize("failing", range(9))
+@pytest.mark.parametrize("failing", range(11))
 def test_a_failure_at_any_create_rolls_back_everything(node, failing):
     state, plan = node
-    assert count_creates(plan, state) == 9 or pytest.fail("the plan's objects changed: update the range")
+    assert count_creates(plan, state) == 11 or pytest.fail("the plan's objects changed: update the range")
     teardown_job(state, plan.job_id, None, FakeSystem())
     system = FakeSystem(fail_at_create=failing)
     journal = Journal(state, plan.job_id)
     with pytest.raises(NodeError, match="injected failure"):
         prepare_node(plan, journal, system)
-    assert system.empty(), (system.dirs, system.files, system.links, system.segments, system.reservations)
+    assert system.empty(), (system.dirs, system.files, system.links, system.segments, system.reservations,
+                            system.tables)
     assert not journal.exists()
 
 
@@ -138,7 +141,8 @@ def test_doctor_finds_every_kind_of_leftover_of_dead_jobs_only(node):
     system = FakeSystem()
     prepare_node(plan, Journal(state, plan.job_id), system)
     kinds = {f.kind for f in find_leftovers(state, set(), system)}
-    assert kinds == {"journal", "job dir", "link", "VXLAN segment reference", "volume reservation"}
+    assert kinds == {"journal", "job dir", "link", "VXLAN segment reference", "volume reservation",
+                     "port filter table", "macvtap device nodes"}
     assert find_leftovers(state, {plan.job_id}, system) == []
     teardown_job(state, plan.job_id, None, system)
     assert find_leftovers(state, set(), system) == []

@@ -49,7 +49,7 @@ volumes: [{path: /data/v.img, readonly: true}]
     assert plan.base_image == "/img/deb.qcow2" and plan.disk_size == 10 << 30
     assert [n.ifname for n in plan.nics] == ["svm77n0", "svm77n1"]
     assert plan.nics[0].bridge == "br0" and plan.nics[1].parent == "eth1"
-    assert plan.nics[1].device_path == "/var/lib/svm/n1/jobs/77/macvtap1"
+    assert plan.nics[1].device_path == "/var/lib/svm/n1/nics/77/macvtap1"   # root's dir, not the job dir
     assert len({n.mac for n in plan.nics}) == 2
     for nic in plan.nics:
         first = int(nic.mac.split(":")[0], 16)

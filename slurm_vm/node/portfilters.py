@@ -1,0 +1,25 @@
+"""Which of a job's VM ports get anti-spoofing rules, and with what addresses (pure).
+
+Joins the admin's per-network choices (`trusted`, `allow_dhcp_server`, `allow_router_advertisements`)
+with the NICs and addresses of the plan; networks.portfilter turns the result into an nft ruleset.
+"""
+
+from __future__ import annotations
+
+from ..config import Config
+from ..networks.portfilter import PortFilter
+
+
+def plan_port_filters(nics: tuple, addresses: tuple[str | None, ...], config: Config) -> tuple[PortFilter, ...]:
+    """One PortFilter per NIC on an untrusted network. `addresses[i]` is what slurm-vm gave NIC i (a static
+    `address` or an automatic one) or None: then the port is held to its MAC only."""
+    out = []
+    for nic, address in zip(nics, addresses):
+        net = config.networks[nic.network]
+        if net.trusted:
+            continue
+        out.append(PortFilter(device=nic.ifname, hook="egress" if nic.kind == "macvtap" else "ingress",
+                              mac=nic.mac, addresses=(address,) if address else None,
+                              allow_dhcp_server=net.allow_dhcp_server,
+                              allow_router_advertisements=net.allow_router_advertisements))
+    return tuple(out)
