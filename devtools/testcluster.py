@@ -523,7 +523,8 @@ class Cluster:
 # --- the 24.11 flavour: a debootstrapped trixie root filesystem ------------------------------------------
 
 ROOTFS_PACKAGES = ["munge", "slurmctld", "slurmd", "slurm-client", "python3", "python3-venv", "qemu-system-x86",
-                   "qemu-utils", "iproute2", "iputils-ping", "util-linux", "procps", "ca-certificates"]
+                   "qemu-utils", "iproute2", "iputils-ping", "util-linux", "procps", "ca-certificates",
+                   "nftables"]
 ROOTFS_CACHE = "/var/cache/slurm-vm"
 
 
