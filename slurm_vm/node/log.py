@@ -10,12 +10,12 @@ import time
 
 def hook_context(hook: str, env: dict[str, str]):
     """(JobContext, Config) for a hook, or None after logging why not (a node fault)."""
-    from ..config import load_config
     from ..errors import SlurmVmError, ValidationError
+    from .configcache import load_config_cached
     from .context import job_context_from_env
     job = env.get("SLURM_JOB_ID", "?")
     try:
-        return job_context_from_env(env), load_config()
+        return job_context_from_env(env), load_config_cached()
     except ValidationError as exc:
         log_event(hook, job, f"step config: {exc.problems[0]}", error=True)
     except SlurmVmError as exc:
