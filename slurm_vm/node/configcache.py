@@ -5,6 +5,8 @@ own absolute path, so that two configs on one machine (test nodes) never share a
   /run/slurm-vm/hooks/etc/slurm-vm/config.yaml.pickle     the parsed Config, keyed by the config
       file's identity (device, inode, size, mtime, ctime), the SHA-256 of its bytes and the identity
       of slurm-vm's own config module; anything else (or any doubt) parses the file again;
+  /run/slurm-vm/hooks/etc/slurm-vm/config.yaml.settings.json  under the same key, the two settings the
+      epilog needs (`state_dir`, `log_file`): the epilog then imports neither YAML nor the config schema;
   /run/slurm-vm/hooks/etc/slurm-vm/config.yaml.state_dir  `state_dir` as written (with `%n`), one line,
       never older than the config: bin/slurm-vm-prolog starts Python when the config is newer.
 Every directory and file is root-owned and closed to others; an entry that is not is not trusted.
@@ -13,14 +15,18 @@ Every directory and file is root-owned and closed to others; an entry that is no
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import stat
+from dataclasses import dataclass
 
 CACHE_ROOT = "/run/slurm-vm/hooks"
 CACHE_FORMAT = 1
 STATE_DIR_SUFFIX = ".state_dir"
 PICKLE_SUFFIX = ".pickle"
+SETTINGS_SUFFIX = ".settings.json"
+CODE_FILES = ("config.py", "schema.py")   # slurm_vm's modules that shape a parsed Config
 MAX_CONFIG_BYTES = 1 << 20
 
 
@@ -33,13 +39,22 @@ def cache_base(config_path: str, root: str = CACHE_ROOT) -> str | None:
     return root + config_path
 
 
+@dataclass(frozen=True)
+class HookSettings:
+    """What the epilog needs of the config (duck-typed like Config for those two)."""
+    state_dir: str
+    log_file: str | None
+
+    def node_state_dir(self, node: str) -> str:
+        return self.state_dir.replace("%n", node)
+
+
 def _code_identity() -> tuple:
-    from .. import config as config_module
-    from .. import schema
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = []
-    for module in (config_module, schema):
-        st = os.stat(module.__file__)
-        out.append((module.__file__, st.st_size, st.st_mtime_ns))
+    for name in CODE_FILES:
+        st = os.stat(os.path.join(package, name))
+        out.append((name, st.st_size, st.st_mtime_ns))
     return tuple(out)
 
 
@@ -76,37 +91,85 @@ def _write_atomic(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def load_config_cached(path: str | None = None, root: str = CACHE_ROOT):
-    """load_config(path), through the cache when running as root; writes the state-dir hint."""
-    from ..config import config_path, load_config, parse_config
-    path = path or config_path()
-    base = cache_base(path, root)
-    if os.geteuid() != 0 or base is None:
-        return load_config(path)
+def _read_config(path: str) -> tuple[bytes, os.stat_result] | None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
-        return load_config(path)   # its error message
+        return None
     with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        data = fh.read(MAX_CONFIG_BYTES + 1)
-    key = (CACHE_FORMAT, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-           hashlib.sha256(data).hexdigest(), _code_identity())
+        return fh.read(MAX_CONFIG_BYTES + 1), os.fstat(fh.fileno())
+
+
+def _key(data: bytes, st: os.stat_result) -> str:
+    return json.dumps([CACHE_FORMAT, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                       hashlib.sha256(data).hexdigest(), _code_identity()])
+
+
+def load_config_cached(path: str | None = None, root: str = CACHE_ROOT):
+    """load_config(path), through the cache when running as root; writes the state-dir hint."""
+    from ..config import config_path, load_config
+    path = path or config_path()
+    base = cache_base(path, root)
+    read = _read_config(path) if os.geteuid() == 0 and base is not None else None
+    if read is None:
+        return load_config(path)   # not root, an unusual path, or its error message
+    data, st = read
+    key = _key(data, st)
     config = _read_cached(base + PICKLE_SUFFIX, key)
-    fresh = config is None
-    if fresh:
-        config = parse_config(data, path)
-    try:
-        _ensure_dirs(os.path.dirname(base), root)
-        if fresh:
-            _write_atomic(base + PICKLE_SUFFIX, pickle.dumps((key, config), protocol=pickle.HIGHEST_PROTOCOL))
-        _write_hint(base + STATE_DIR_SUFFIX, config.state_dir, st.st_mtime_ns)
-    except OSError:
-        pass   # a cache that cannot be written only costs time; the shell entry then starts Python
+    if config is None:
+        config = _parse_and_store(path, base, root, data, key)
+    _store_hint(base, root, config.state_dir, st.st_mtime_ns)
     return config
 
 
-def _read_cached(path: str, key: tuple):
+def load_hook_settings(path: str | None = None, root: str = CACHE_ROOT) -> HookSettings:
+    """state_dir and log_file, from the cache without importing the config schema when it is fresh."""
+    from ..limits import CONFIG_ENV, DEFAULT_CONFIG_PATH
+    path = path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
+    base = cache_base(path, root)
+    read = _read_config(path) if os.geteuid() == 0 and base is not None else None
+    if read is not None:
+        data, st = read
+        fd = _trusted_fd(base + SETTINGS_SUFFIX)
+        if fd is not None:
+            with os.fdopen(fd, "rb") as fh:
+                try:
+                    stored = json.loads(fh.read(1 << 16))
+                except ValueError:
+                    stored = None
+            if isinstance(stored, dict) and stored.get("key") == _key(data, st):
+                settings = HookSettings(str(stored["state_dir"]), stored.get("log_file"))
+                _store_hint(base, root, settings.state_dir, st.st_mtime_ns)
+                return settings
+    config = load_config_cached(path, root)
+    return HookSettings(config.state_dir, config.log_file)
+
+
+def _parse_and_store(path: str, base: str, root: str, data: bytes, key: str):
+    from ..config import parse_config
+    config = parse_config(data, path)
+    settings = {"key": key, "state_dir": config.state_dir, "log_file": config.log_file}
+    try:
+        _ensure_dirs(os.path.dirname(base), root)
+        _write_atomic(base + PICKLE_SUFFIX, pickle.dumps((key, config), protocol=pickle.HIGHEST_PROTOCOL))
+        _write_atomic(base + SETTINGS_SUFFIX, json.dumps(settings).encode())
+    except OSError:
+        pass   # a cache that cannot be written only costs time
+    return config
+
+
+def _store_hint(base: str, root: str, state_dir: str, config_mtime_ns: int) -> None:
+    try:
+        try:
+            _write_hint(base + STATE_DIR_SUFFIX, state_dir, config_mtime_ns)
+        except FileNotFoundError:
+            _ensure_dirs(os.path.dirname(base), root)
+            _write_hint(base + STATE_DIR_SUFFIX, state_dir, config_mtime_ns)
+    except OSError:
+        pass   # without a hint the shell entry starts Python: slower, never wrong
+
+
+def _read_cached(path: str, key: str):
     fd = _trusted_fd(path)
     if fd is None:
         return None

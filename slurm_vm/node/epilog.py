@@ -10,7 +10,7 @@ from .timelimit import EPILOG_TIMEOUT_SECONDS, time_limit
 
 
 def run_epilog(env: dict[str, str], hook: str = "epilog") -> int:
-    loaded = hook_context(hook, env)
+    loaded = hook_context(hook, env, settings_only=True)
     if loaded is None:
         return 1
     ctx, config = loaded

@@ -25,11 +25,11 @@ def holds_job_state(state_dir: str, job_id: int) -> bool:
 
 
 def clean_leftovers(hook: str, env: dict[str, str]) -> int:
-    from .configcache import load_config_cached
+    from .configcache import load_hook_settings
     from .context import job_id_from_env
     try:
         job_id = job_id_from_env(env)
-        config = load_config_cached()
+        config = load_hook_settings()
     except ValidationError as exc:
         log_event(hook, env.get("SLURM_JOB_ID", "?"), f"config: {exc.problems[0]} (not a VM job: it goes on)",
                   error=True)

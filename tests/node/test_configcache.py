@@ -94,3 +94,18 @@ def test_a_state_dir_with_a_newline_gets_no_hint(setup):
     assert os.path.exists(base + STATE_DIR_SUFFIX)
     configcache._write_hint(base + STATE_DIR_SUFFIX, "/var/x\n/y", 0)
     assert not os.path.exists(base + STATE_DIR_SUFFIX)
+
+
+def test_hook_settings_come_from_the_cache_and_follow_the_file(setup, monkeypatch):
+    path, root, base = setup
+    from slurm_vm.node.configcache import SETTINGS_SUFFIX, load_hook_settings
+    first = load_hook_settings(path, root)   # a miss: parses, stores the pickle and the settings
+    assert (first.state_dir, first.log_file) == ("/var/lib/svm-test-%n", None)
+    assert first.node_state_dir("n2") == "/var/lib/svm-test-n2"
+    assert os.stat(base + SETTINGS_SUFFIX).st_mode & 0o777 == 0o600
+    with monkeypatch.context() as patch:
+        patch.setattr("slurm_vm.node.configcache.load_config_cached", lambda *a: pytest.fail("not from the cache"))
+        assert load_hook_settings(path, root) == first
+    with open(path, "a") as fh:
+        fh.write("log_file: /var/log/svm-test.log\n")
+    assert load_hook_settings(path, root).log_file == "/var/log/svm-test.log"
