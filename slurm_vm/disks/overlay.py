@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import subprocess
 
 from ..errors import DiskSizeError, NodeError
 
@@ -24,7 +23,8 @@ def qemu_img_info(path: str, fmt: str | None = None, qemu_img: str = "qemu-img",
         raise NodeError(f"qemu-img info gave no JSON for {path}") from None
 
 
-def _run(argv: list[str], timeout: int) -> subprocess.CompletedProcess:
+def _run(argv: list[str], timeout: int):
+    import subprocess   # here: the prolog writes overlays itself (qcow2.py) and rarely runs qemu-img
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     except FileNotFoundError:

@@ -11,13 +11,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import importlib.util
 import json
 import os
-import subprocess
 import sys
 import time
-import types
 from typing import Iterator
 
 from ..errors import NodeError
@@ -30,6 +27,8 @@ def _pyroute2_package() -> None:
     """Register pyroute2 as a bare package so that importing its submodules does not run
     pyroute2/__init__.py, which imports NDB, IPDB and conntrack: ~100 ms every hook would pay for nothing."""
     if "pyroute2" not in sys.modules:
+        import importlib.util   # here, like subprocess below: taps (the hooks' hot path) need neither
+        import types
         spec = importlib.util.find_spec("pyroute2")
         if spec is None or spec.submodule_search_locations is None:
             raise NodeError("pyroute2 is not installed")
@@ -150,6 +149,7 @@ def macvtap_device_numbers(name: str, index: int) -> tuple[int, int]:
         with open(f"/sys/{rel}") as fh:
             text = fh.read()
     except FileNotFoundError:
+        import subprocess
         proc = subprocess.run(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c",
              'd=$(mktemp -d) && mount -t sysfs sysfs "$d" && cat "$d/$1"; rc=$?; umount "$d"; rmdir "$d"; exit $rc',
