@@ -7,8 +7,11 @@ bridge, exactly like the hook tests, and times, interleaved so that load on the 
                the syscalls alone, from a warm process: `qemu-img create` of the overlay, one tap
                created (bridged, up) and deleted over one netlink socket, the seed ISO written
   non-VM       slurm-vm-prolog/epilog for a job that is not a VM job (the cost every other job pays)
-  VM job       prolog/epilog for a one-NIC VM job; six prologs (then six epilogs) started at once
-Prints a markdown table (median, p95 in ms). Usage: bench/node_hooks.py [--runs N]
+  VM job       prolog/epilog for a one-NIC VM job; six prologs (then six epilogs) started at once, beside
+               six interpreters started at once (what six CPU-bound processes cost on this machine)
+  --before BIN another install's slurm-vm-prolog/epilog (e.g. a venv of an older commit), timed in the
+               same loop on other job ids: before and after side by side
+Prints a markdown table (median, p95 in ms). Usage: bench/node_hooks.py [--runs N] [--before BIN_DIR]
 """
 
 from __future__ import annotations
@@ -99,6 +102,7 @@ def iso_write_ms(directory: str, data: bytes) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--before", metavar="BIN_DIR", help="bin dir of another install to time alongside")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root")
@@ -141,25 +145,46 @@ def main() -> int:
                 env = node.env(1000 + i, spec)
                 add("VM job, 1 NIC: prolog", timed([*ns, prolog], env))
                 add("VM job, 1 NIC: epilog", timed([*ns, epilog], env))
+                if args.before:
+                    old_prolog = os.path.join(args.before, "slurm-vm-prolog")
+                    old_epilog = os.path.join(args.before, "slurm-vm-epilog")
+                    add("before: non-VM job: prolog", timed([*ns, old_prolog], plain_env))
+                    add("before: non-VM job: epilog", timed([*ns, old_epilog], plain_env))
+                    env = node.env(3000 + i, spec)
+                    add("before: VM job, 1 NIC: prolog", timed([*ns, old_prolog], env))
+                    add("before: VM job, 1 NIC: epilog", timed([*ns, old_epilog], env))
             tap = subprocess.run([*ns, sys.executable, "-c", TAP_FLOOR, str(args.runs)], capture_output=True,
                                  text=True, timeout=300, check=True)
             add("floor: tap create + bridge + up + delete (one netlink socket)", json.loads(tap.stdout))
             for r in range(max(1, args.runs // 6)):
+                add("floor: 6 concurrent `python -I -c pass`",
+                    timed_together([[*ns, sys.executable, "-I", "-c", "pass"]] * 6, [plain_env] * 6))
                 envs = [node.env(5000 + 10 * r + k, spec) for k in range(6)]
                 add("6 concurrent VM jobs: prolog", timed_together([[*ns, prolog]] * 6, envs))
                 add("6 concurrent VM jobs: epilog", timed_together([[*ns, epilog]] * 6, envs))
+                if args.before:
+                    envs = [node.env(7000 + 10 * r + k, spec) for k in range(6)]
+                    add("before: 6 concurrent VM jobs: prolog",
+                        timed_together([[*ns, os.path.join(args.before, "slurm-vm-prolog")]] * 6, envs))
+                    add("before: 6 concurrent VM jobs: epilog",
+                        timed_together([[*ns, os.path.join(args.before, "slurm-vm-epilog")]] * 6, envs))
     finally:
         subprocess.run(["ip", "netns", "del", netns], timeout=20)
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     print(f"Machine: {os.cpu_count()} CPUs ({cpu}), Python {sys.version.split()[0]}, "
           f"load average {os.getloadavg()[0]:.1f}\n")
     print("| what | runs | median ms | p95 ms |\n|---|---|---|---|")
-    order = sorted(results, key=lambda name: (not name.startswith("floor"), list(results).index(name)))
+    order = sorted(results, key=lambda name: (name.startswith("before"), not name.startswith("floor"),
+                                              list(results).index(name)))
     for name in order:
         print(row(name, results[name]))
     single = statistics.median(results["VM job, 1 NIC: prolog"])
     print(f"\n6 concurrent prologs: p95 = {pct(results['6 concurrent VM jobs: prolog'], 0.95) / single:.1f}x "
           "the single-job median (target <= 3x)")
+    python = statistics.median(results["floor: `python -I -c pass`"])
+    print(f"6 concurrent `python -I -c pass`: p95 = "
+          f"{pct(results['floor: 6 concurrent `python -I -c pass`'], 0.95) / python:.1f}x its single median "
+          f"(the CPU floor of that ratio on {os.cpu_count()} CPUs)")
     return 0
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import stat
 from dataclasses import dataclass
 
@@ -151,6 +150,7 @@ def _parse_and_store(path: str, base: str, root: str, data: bytes, key: str):
     settings = {"key": key, "state_dir": config.state_dir, "log_file": config.log_file}
     try:
         _ensure_dirs(os.path.dirname(base), root)
+        import pickle   # here and in _read_cached: the epilog's settings path does not need it
         _write_atomic(base + PICKLE_SUFFIX, pickle.dumps((key, config), protocol=pickle.HIGHEST_PROTOCOL))
         _write_atomic(base + SETTINGS_SUFFIX, json.dumps(settings).encode())
     except OSError:
@@ -175,6 +175,7 @@ def _read_cached(path: str, key: str):
         return None
     with os.fdopen(fd, "rb") as fh:
         blob = fh.read()
+    import pickle
     try:
         cached_key, config = pickle.loads(blob)   # written by root into a root-only directory
     except Exception:   # noqa: BLE001 - any damaged or outdated entry is just parsed again
