@@ -7,7 +7,8 @@ bridge, exactly like the hook tests, and times, interleaved so that load on the 
                the syscalls alone, from a warm process: `qemu-img create` of the overlay, one tap
                created (bridged, up) and deleted over one netlink socket, the seed ISO written
   non-VM       slurm-vm-prolog/epilog for a job that is not a VM job (the cost every other job pays)
-  VM job       prolog/epilog for a one-NIC VM job; six prologs (then six epilogs) started at once, beside
+  VM job       prolog/epilog for a one-NIC VM job (filtered, and on a `trusted` network: the
+               anti-spoofing filter's cost is the difference); six prologs (then six epilogs) started at once, beside
                six interpreters started at once (what six CPU-bound processes cost on this machine)
   --before BIN another install's slurm-vm-prolog/epilog (e.g. a venv of an older commit), timed in the
                same loop on other job ids: before and after side by side
@@ -129,6 +130,9 @@ def main() -> int:
             plain_env = node.env(1, None)
             plain_env.pop("SLURM_JOB_COMMENT", None)
             spec = SPEC.replace("disk: 64M\n", "")
+            trusted_spec = spec.replace("network: lan", "network: open")
+            node.write_config({"networks": {"lan": {"kind": "bridge", "bridge": "br-vm"},
+                                            "open": {"kind": "bridge", "bridge": "br-vm", "trusted": True}}})
             iso = seed_iso_bytes()
             scratch = os.path.join(tmp, "scratch")
             os.mkdir(scratch)
@@ -145,6 +149,9 @@ def main() -> int:
                 env = node.env(1000 + i, spec)
                 add("VM job, 1 NIC: prolog", timed([*ns, prolog], env))
                 add("VM job, 1 NIC: epilog", timed([*ns, epilog], env))
+                env = node.env(2000 + i, trusted_spec)   # the anti-spoofing filter's cost is the difference
+                add("VM job, 1 NIC, `trusted` network (no filter): prolog", timed([*ns, prolog], env))
+                add("VM job, 1 NIC, `trusted` network (no filter): epilog", timed([*ns, epilog], env))
                 if args.before:
                     old_prolog = os.path.join(args.before, "slurm-vm-prolog")
                     old_epilog = os.path.join(args.before, "slurm-vm-epilog")
