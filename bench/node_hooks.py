@@ -133,6 +133,9 @@ def main() -> int:
             trusted_spec = spec.replace("network: lan", "network: open")
             node.write_config({"networks": {"lan": {"kind": "bridge", "bridge": "br-vm"},
                                             "open": {"kind": "bridge", "bridge": "br-vm", "trusted": True}}})
+            before_config = os.path.join(tmp, "config-before.yaml")   # older installs know no `trusted`
+            with open(node.config_path) as src, open(before_config, "w") as dst:
+                dst.write(src.read().replace("    trusted: true\n", ""))
             iso = seed_iso_bytes()
             scratch = os.path.join(tmp, "scratch")
             os.mkdir(scratch)
@@ -155,9 +158,10 @@ def main() -> int:
                 if args.before:
                     old_prolog = os.path.join(args.before, "slurm-vm-prolog")
                     old_epilog = os.path.join(args.before, "slurm-vm-epilog")
-                    add("before: non-VM job: prolog", timed([*ns, old_prolog], plain_env))
-                    add("before: non-VM job: epilog", timed([*ns, old_epilog], plain_env))
-                    env = node.env(3000 + i, spec)
+                    old_plain = dict(plain_env, SLURM_VM_CONFIG=before_config)
+                    add("before: non-VM job: prolog", timed([*ns, old_prolog], old_plain))
+                    add("before: non-VM job: epilog", timed([*ns, old_epilog], old_plain))
+                    env = dict(node.env(3000 + i, spec), SLURM_VM_CONFIG=before_config)
                     add("before: VM job, 1 NIC: prolog", timed([*ns, old_prolog], env))
                     add("before: VM job, 1 NIC: epilog", timed([*ns, old_epilog], env))
             tap = subprocess.run([*ns, sys.executable, "-c", TAP_FLOOR, str(args.runs)], capture_output=True,
@@ -170,7 +174,7 @@ def main() -> int:
                 add("6 concurrent VM jobs: prolog", timed_together([[*ns, prolog]] * 6, envs))
                 add("6 concurrent VM jobs: epilog", timed_together([[*ns, epilog]] * 6, envs))
                 if args.before:
-                    envs = [node.env(7000 + 10 * r + k, spec) for k in range(6)]
+                    envs = [dict(node.env(7000 + 10 * r + k, spec), SLURM_VM_CONFIG=before_config) for k in range(6)]
                     add("before: 6 concurrent VM jobs: prolog",
                         timed_together([[*ns, os.path.join(args.before, "slurm-vm-prolog")]] * 6, envs))
                     add("before: 6 concurrent VM jobs: epilog",
