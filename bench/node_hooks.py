@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -29,6 +30,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from devtools.hooknode import OTHER, SPEC, USER, Node, ensure_user  # noqa: E402
+from slurm_vm.node.configcache import CACHE_ROOT  # noqa: E402
 
 # Runs inside the namespace in one warm interpreter: times only the kernel's work for one tap.
 TAP_FLOOR = r"""
@@ -179,6 +181,7 @@ def main() -> int:
                         timed_together([[*ns, os.path.join(args.before, "slurm-vm-prolog")]] * 6, envs))
                     add("before: 6 concurrent VM jobs: epilog",
                         timed_together([[*ns, os.path.join(args.before, "slurm-vm-epilog")]] * 6, envs))
+            shutil.rmtree(CACHE_ROOT + tmp, ignore_errors=True)   # the hooks' config cache for this node
     finally:
         subprocess.run(["ip", "netns", "del", netns], timeout=20)
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
