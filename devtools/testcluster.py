@@ -437,9 +437,9 @@ class Cluster:
 
     def _forget_hook_cache(self) -> None:
         """The hooks' root-only config cache and state-dir hint for this cluster's slurm-vm config."""
-        from slurm_vm.node.configcache import PICKLE_SUFFIX, STATE_DIR_SUFFIX, cache_base
+        from slurm_vm.node.configcache import PICKLE_SUFFIX, SETTINGS_SUFFIX, STATE_DIR_SUFFIX, cache_base
         base = cache_base(self.slurm_vm_config) if self.slurm_vm_config else None
-        for suffix in (PICKLE_SUFFIX, STATE_DIR_SUFFIX) if base else ():
+        for suffix in (PICKLE_SUFFIX, SETTINGS_SUFFIX, STATE_DIR_SUFFIX) if base else ():
             try:
                 os.unlink(base + suffix)
             except FileNotFoundError:
