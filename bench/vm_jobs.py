@@ -7,6 +7,9 @@ Measures, in one run, on a 3-node 22.05 cluster whose hooks are slurm-vm's, each
   - the launcher's start-up (vm.json -> vCPUs pinned and the guest resumed), from the job output;
   - submit -> RUNNING and submit -> guest ready;
   - the same with as many concurrent VM jobs as the cluster holds (2 cores x 3 nodes);
+  - the raw boot, side by side with the one-at-a-time jobs: the very QEMU argv the launcher ran
+    (read from /proc while the first job runs), started by hand on a fresh overlay and a copy of the
+    seed, without -S and with a tap of our own, timed from exec to the guest's ready line;
   - `slurm-vm list` with 1000 queued VM jobs.
 Usage: bench/vm_jobs.py [--jobs N] [--queued 1000]
 """
@@ -16,7 +19,9 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -83,8 +88,9 @@ class Bench:
         except FileNotFoundError:
             return ""
 
-    def vm_cycle(self, jobs: list[tuple[int, float]], results: dict[str, list[float]], label: str) -> None:
-        nodes = {}
+    def vm_cycle(self, jobs: list[tuple[int, float]], results: dict[str, list[float]], label: str,
+                 capture: bool = False):
+        nodes, captured = {}, None
         for job, started in jobs:
             self.wait(lambda: self.state(job) == "RUNNING")
             results.setdefault(f"{label}: submit -> RUNNING", []).append(time.monotonic() - started)
@@ -92,6 +98,8 @@ class Bench:
             nodes[job] = self.node(job)
             self.wait(lambda: "SLURM-VM-TEST ready" in self.serial(job, nodes[job]))
             results.setdefault(f"{label}: submit -> guest ready", []).append(time.monotonic() - started)
+            if capture and captured is None:
+                captured = self.capture_vmm(job, nodes[job])
         for job, _ in jobs:
             self.run([self.slurm_vm, "stop", str(job)])
         for job, _ in jobs:
@@ -100,6 +108,51 @@ class Bench:
             match = re.search(r"VM running \(([0-9.]+)s after", out)
             if match:
                 results.setdefault(f"{label}: launcher start-up", []).append(float(match.group(1)))
+        return captured
+
+    def capture_vmm(self, job: int, node: str) -> tuple[list[str], str] | None:
+        """The running job's QEMU argv (from /proc) and its job dir, with a copy of its seed."""
+        jdir = os.path.join(self.dir, "state", node, "jobs", str(job))
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                argv = open(f"/proc/{pid}/cmdline", "rb").read().decode().split("\0")[:-1]
+            except OSError:
+                continue
+            if argv and os.path.basename(argv[0]).startswith("qemu-system") and any(jdir in a for a in argv):
+                raw = os.path.join(self.dir, "raw")
+                os.makedirs(raw, exist_ok=True)
+                shutil.copy(os.path.join(jdir, "seed.iso"), os.path.join(raw, "seed.iso"))
+                return argv, jdir
+        return None
+
+    def raw_boot(self, captured: tuple[list[str], str], base: str, one_core: bool = False) -> float:
+        """Seconds from exec to the ready line for the captured argv, by hand (no Slurm, no slurm-vm);
+        one_core: QEMU confined to one core, as the job's cpuset confines it (--cpus-per-task=1)."""
+        argv, jdir = captured
+        raw = os.path.join(self.dir, "raw")
+        for name in ("overlay.qcow2", "serial.log", "qmp.sock"):
+            try:
+                os.unlink(os.path.join(raw, name))
+            except FileNotFoundError:
+                pass
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2",
+                        os.path.join(raw, "overlay.qcow2")], check=True, timeout=60)
+        subprocess.run(["ip", "tuntap", "add", "svmrawbench", "mode", "tap", "vnet_hdr"], check=False, timeout=20)
+        argv = [a.replace(jdir, raw) for a in argv if a != "-S"]
+        argv = [re.sub(r"^tap,id=(n\d+),fd=\d+$", r"tap,id=\1,ifname=svmrawbench,script=no,downscript=no", a)
+                for a in argv]
+        serial = os.path.join(raw, "serial.log")
+        started = time.monotonic()
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                preexec_fn=(lambda: os.sched_setaffinity(0, {0})) if one_core else None)
+        try:
+            self.wait(lambda: os.path.exists(serial) and "SLURM-VM-TEST ready" in open(serial, errors="replace").read(),
+                      timeout=300)
+            return time.monotonic() - started
+        finally:
+            proc.kill()
+            proc.wait(timeout=30)
+            subprocess.run(["ip", "tuntap", "del", "svmrawbench", "mode", "tap"], check=False, timeout=20)
 
     def hook_times(self, which: str, jobs: set[int]) -> list[float]:
         out = []
@@ -123,7 +176,7 @@ def main() -> int:
     os.chmod(directory, 0o1777)
     os.makedirs(os.path.join(directory, "state"))
     config = write_test_config(directory, os.path.join(directory, "state"), underlay="eth0")
-    cluster = Cluster("benchvm", hooks="slurm-vm", venv=venv_dir(), slurm_vm_config=config,
+    cluster = Cluster(os.environ.get("SLURM_VM_TEST_PREFIX", "") + "benchvm", hooks="slurm-vm", venv=venv_dir(), slurm_vm_config=config,
                       bind=[REPO, directory], kill_wait=KILL_WAIT, hook_timing=True)
     cluster.down()
     cluster.up()
@@ -131,11 +184,17 @@ def main() -> int:
     bench = Bench(cluster, directory, config)
     results: dict[str, list[float]] = {}
     try:
-        vm_jobs = []
+        vm_jobs, captured = [], None
+        base = os.path.join(directory, "tiny-base.qcow2")
         for i in range(args.jobs):
             job = bench.submit_vm(f"seq{i}")
-            bench.vm_cycle([job], results, "1 VM at a time")
+            captured = bench.vm_cycle([job], results, "1 VM at a time", capture=True) or captured
             vm_jobs.append(job[0])
+            if captured is not None:   # side by side: raw boots after each job
+                results.setdefault("raw boot by hand (same QEMU argv): exec -> guest ready", []).append(
+                    bench.raw_boot(captured, base))
+                results.setdefault("raw boot by hand, QEMU on one core (as in the job): exec -> guest ready",
+                                   []).append(bench.raw_boot(captured, base, one_core=True))
         plain = []
         for i in range(args.jobs):
             job = int(bench.run(["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "true"]).strip())
@@ -171,6 +230,13 @@ def main() -> int:
     for name, values in results.items():
         print(row(name, values, "s"))
     print(row(f"`slurm-vm list --json` with {args.queued} queued VM jobs", list_times))
+    ready = results.get("1 VM at a time: submit -> guest ready", [])
+    for label in ("raw boot by hand (same QEMU argv): exec -> guest ready",
+                  "raw boot by hand, QEMU on one core (as in the job): exec -> guest ready"):
+        raw = results.get(label, [])
+        if ready and raw:
+            print(f"\nsubmit -> guest ready through slurm-vm minus the {label.split(':')[0]} (medians): "
+                  f"{statistics.median(ready) - statistics.median(raw):.2f} s (target <= 1.0 s)")
     return 0
 
 

@@ -249,6 +249,7 @@ class Cluster:
             elif self.hooks == "slurm-vm":
                 if not self.venv or not self.slurm_vm_config:
                     raise ClusterError("hooks=slurm-vm needs venv and slurm_vm_config")
+                # As the admin guide's wrapper: the venv's shell entry starts Python for VM work only.
                 body = (f"export SLURM_VM_CONFIG={q(self.slurm_vm_config)}\n"
                         f"exec {q(os.path.join(self.venv, 'bin', 'slurm-vm-' + which))}\n")
             else:
@@ -432,6 +433,17 @@ class Cluster:
             time.sleep(0.1)
         self._remove_cgroups()
         shutil.rmtree(self.dir, ignore_errors=True)
+        self._forget_hook_cache()
+
+    def _forget_hook_cache(self) -> None:
+        """The hooks' root-only config cache and state-dir hint for this cluster's slurm-vm config."""
+        from slurm_vm.node.configcache import PICKLE_SUFFIX, SETTINGS_SUFFIX, STATE_DIR_SUFFIX, cache_base
+        base = cache_base(self.slurm_vm_config) if self.slurm_vm_config else None
+        for suffix in (PICKLE_SUFFIX, SETTINGS_SUFFIX, STATE_DIR_SUFFIX) if base else ():
+            try:
+                os.unlink(base + suffix)
+            except FileNotFoundError:
+                pass
 
     def _cancel_jobs(self) -> None:
         if self.client(["scontrol", "ping"], timeout=10).returncode != 0:

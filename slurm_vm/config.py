@@ -8,11 +8,10 @@ import pwd
 from dataclasses import dataclass
 
 from .errors import Problem, ValidationError
+from .limits import CONFIG_ENV, DEFAULT_CONFIG_PATH  # noqa: F401  (spelled in limits for light importers)
 from .schema import AbsPath, Bool, Context, Int, ListOf, MapOf, Obj, SharePath, Size, Str, field, parse_object
 from .yamldoc import load_document
 
-DEFAULT_CONFIG_PATH = "/etc/slurm-vm/config.yaml"
-CONFIG_ENV = "SLURM_VM_CONFIG"
 G = 1 << 30
 M = 1 << 20
 

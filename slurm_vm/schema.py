@@ -8,7 +8,6 @@ reference docs (docs/spec-reference.md, docs/config-reference.md).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 from dataclasses import dataclass
@@ -301,6 +300,7 @@ class Obj(Kind):
 
 
 def _unknown_key_message(key: object, fields: dict) -> str:
+    import difflib   # here: only a misspelt key needs it
     close = difflib.get_close_matches(str(key), list(fields), n=1)
     hint = f"; did you mean `{close[0]}`?" if close else f"; allowed: {', '.join(fields)}"
     return f"unknown field{hint}"

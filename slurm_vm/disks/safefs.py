@@ -8,9 +8,6 @@ process that has dropped to the user's uid, gid and groups.
 from __future__ import annotations
 
 import os
-import pickle
-import select
-import shutil
 import stat
 import time
 from typing import Any, Callable
@@ -49,6 +46,7 @@ def remove_tree_safely(path: str) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISDIR(st.st_mode):
+        import shutil   # here: the prolog's path does not need it (~5 ms of imports)
         # rmtree uses fd-based traversal on Linux (shutil.rmtree.avoids_symlink_attacks)
         shutil.rmtree(path, onerror=_ignore_missing)
     else:
@@ -90,6 +88,7 @@ def run_as_user(uid: int, gid: int, groups: list[int], fn: Callable[..., Any], *
     An exception in the child comes back as NodeError with its message; the child is killed after
     `timeout` seconds (a user's file on a hung NFS server must not hang the prolog forever).
     """
+    import pickle   # here (before the fork): only jobs with volumes need it
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
@@ -124,6 +123,7 @@ def run_as_user(uid: int, gid: int, groups: list[int], fn: Callable[..., Any], *
 
 
 def _read_all(fd: int, timeout: float) -> bytes | None:
+    import select
     deadline = time.monotonic() + timeout
     chunks = []
     while True:

@@ -73,31 +73,45 @@ def qmp(socket_path: str, *commands: tuple[str, dict | None]) -> list:
         raise HypervisorError(f"QMP failed: {exc}") from None
 
 
-def vcpu_threads(socket_path: str) -> dict[int, int]:
-    """cpu-index -> host thread id."""
-    (cpus,) = qmp(socket_path, ("query-cpus-fast", None))
-    return {int(c["cpu-index"]): int(c["thread-id"]) for c in cpus}
-
-
-def wait_for_vcpu_threads(socket_path: str, deadline: float, alive) -> dict[int, int]:
+async def _connect(socket_path: str, deadline: float, alive):
     """QEMU creates its QMP socket a moment before it listens on it: retry until it answers."""
+    from qemu.qmp import QMPClient
     while True:
+        client = QMPClient("slurm-vm")
         try:
-            return vcpu_threads(socket_path)
-        except HypervisorError:
+            await asyncio.wait_for(client.connect(socket_path), QMP_TIMEOUT)
+            return client
+        except Exception:   # noqa: BLE001 - qemu.qmp's ConnectError and OS errors alike: QEMU not there yet
             if time.monotonic() > deadline or not alive():
                 raise
-            time.sleep(0.05)
+            await asyncio.sleep(0.01)
+
+
+async def _pin_and_resume(socket_path: str, cores: list[int], deadline: float, alive) -> dict[int, int]:
+    client = await _connect(socket_path, deadline, alive)
+    try:
+        cpus = await asyncio.wait_for(client.execute("query-cpus-fast"), QMP_TIMEOUT)
+        threads = {int(c["cpu-index"]): int(c["thread-id"]) for c in cpus}
+        for index, tid in sorted(threads.items()):
+            if index >= len(cores):
+                raise HypervisorError(f"vCPU {index} has no core")
+            os.sched_setaffinity(tid, {cores[index]})
+        await asyncio.wait_for(client.execute("cont"), QMP_TIMEOUT)
+        return {index: cores[index] for index in threads}
+    finally:
+        await client.disconnect()
 
 
 def pin_and_resume(socket_path: str, cores: list[int], deadline: float, alive) -> dict[int, int]:
-    threads = wait_for_vcpu_threads(socket_path, deadline, alive)
-    for index, tid in sorted(threads.items()):
-        if index >= len(cores):
-            raise HypervisorError(f"vCPU {index} has no core")
-        os.sched_setaffinity(tid, {cores[index]})
-    qmp(socket_path, ("cont", None))
-    return {index: cores[index] for index in threads}
+    """One QMP session: vCPU threads, each pinned to its core, then the guest resumed."""
+    try:
+        return asyncio.run(_pin_and_resume(socket_path, cores, deadline, alive))
+    except HypervisorError:
+        raise
+    except (OSError, asyncio.TimeoutError, EOFError) as exc:
+        raise HypervisorError(f"QMP at {socket_path} did not answer: {exc or type(exc).__name__}") from None
+    except Exception as exc:  # qemu.qmp raises its own error types (ExecuteError, ConnectError, ...)
+        raise HypervisorError(f"QMP failed: {exc}") from None
 
 
 def power_button(socket_path: str) -> None:
@@ -117,6 +131,7 @@ class QemuRuntime(Runtime):
         return self.defn.path(QMP_SOCKET)
 
     def after_start(self, deadline: float) -> None:
+        import qemu.qmp  # noqa: F401 - imported while QEMU starts, not after
         self.wait_for_socket(self.qmp_path, deadline)
         pinned = pin_and_resume(self.qmp_path, self.cores, deadline, lambda: self.proc.poll() is None)
         say("vCPUs pinned: " + ", ".join(f"vCPU {v} -> core {c}" for v, c in sorted(pinned.items())))

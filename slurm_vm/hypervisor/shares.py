@@ -12,10 +12,8 @@ if the launcher dies; the epilog kills a leftover one (its command line names th
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
-import subprocess
 import time
 
 from ..errors import HypervisorError
@@ -98,9 +96,15 @@ WRAPPER = ('mount -t tmpfs -o size=1m,mode=0700 svm-virtiofsd /run || exit 1; '
            'if [ "$2" = ro ]; then mount -o bind,ro -- "$1" "$1" || exit 1; fi; shift 2; exec "$@"')
 
 
-def _die_with_parent() -> None:
+def _die_with_parent():
+    """A preexec_fn: the child gets SIGKILL when its parent dies. ctypes is loaded here, before the fork
+    (and not at import: the prolog imports this module for the guest mount options only)."""
+    import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+    def preexec() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    return preexec
 
 
 class ShareDaemons:
@@ -111,6 +115,8 @@ class ShareDaemons:
         self.procs: list[subprocess.Popen] = []
 
     def start(self, deadline: float) -> None:
+        import subprocess
+        preexec = _die_with_parent()
         log = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
             for i in range(len(self.defn.shares)):
@@ -121,7 +127,7 @@ class ShareDaemons:
                 try:
                     self.procs.append(subprocess.Popen(virtiofsd_argv(self.defn, i), stdin=subprocess.DEVNULL,
                                                        stdout=log, stderr=log, close_fds=True,
-                                                       preexec_fn=_die_with_parent))
+                                                       preexec_fn=preexec))
                 except OSError as exc:
                     raise HypervisorError(f"cannot run virtiofsd: {exc.strerror}") from None
         finally:
@@ -136,6 +142,7 @@ class ShareDaemons:
                 time.sleep(0.02)
 
     def stop(self) -> None:
+        import subprocess
         for proc in self.procs:
             if proc.poll() is None:
                 proc.terminate()

@@ -11,13 +11,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import importlib.util
 import json
 import os
-import subprocess
 import sys
 import time
-import types
 from typing import Iterator
 
 from ..errors import NodeError
@@ -30,6 +27,8 @@ def _pyroute2_package() -> None:
     """Register pyroute2 as a bare package so that importing its submodules does not run
     pyroute2/__init__.py, which imports NDB, IPDB and conntrack: ~100 ms every hook would pay for nothing."""
     if "pyroute2" not in sys.modules:
+        import importlib.util   # here, like subprocess below: taps (the hooks' hot path) need neither
+        import types
         spec = importlib.util.find_spec("pyroute2")
         if spec is None or spec.submodule_search_locations is None:
             raise NodeError("pyroute2 is not installed")
@@ -74,50 +73,49 @@ def _require(ipr, name: str, what: str) -> int:
 
 def create_tap(name: str, uid: int, gid: int, bridge: str | None = None, mtu: int | None = None) -> None:
     """A persistent tap owned by uid/gid, up, in `bridge` if given. Replaces a stale one of the same name."""
-    NetlinkError = _netlink_error()
-    with _ipr() as ipr:
-        master = _require(ipr, bridge, "bridge") if bridge else None
-        stale = _index(ipr, name)
-        if stale is not None:
-            ipr.link("del", index=stale)
+    from . import rtnl
+    with rtnl.Rtnl() as nl:
+        master = _require_rtnl(nl, bridge, "bridge") if bridge else None
         try:
-            ipr.link("add", ifname=name, kind="tuntap", mode="tap", uid=uid, gid=gid,
-                     ifr={"no_pi": True, "vnet_hdr": True})
-            index = _require(ipr, name, "tap")
-            settings: dict = {"state": "up"}
-            if master is not None:
-                settings["master"] = master
-            if mtu is not None:
-                settings["mtu"] = mtu
-            ipr.link("set", index=index, **settings)
-        except NetlinkError as exc:
-            raise NodeError(f"cannot create tap {name}: {exc.args[-1] if exc.args else exc}") from None
+            nl.delete_link(name)   # a stale one of a crashed earlier run
+            rtnl.create_persistent_tap(name, uid, gid)
+            index = _require_rtnl(nl, name, "tap")
+            nl.set_link(index, up=True, master=master, mtu=mtu)
+        except OSError as exc:
+            raise NodeError(f"cannot create tap {name}: {exc.strerror or exc}") from None
+
+
+def _require_rtnl(nl, name: str, what: str) -> int:
+    index = nl.link_index(name)
+    if index is None:
+        raise NodeError(f"{what} {name!r} does not exist on this node; ask the admins to create it")
+    return index
 
 
 def delete_link(name: str) -> None:
     """Delete a link by name; a missing link is fine."""
-    NetlinkError = _netlink_error()
-    with _ipr() as ipr:
-        index = _index(ipr, name)
-        if index is None:
-            return
+    from . import rtnl
+    with rtnl.Rtnl() as nl:
         try:
-            ipr.link("del", index=index)
-        except NetlinkError as exc:
-            if exc.code != errno.ENODEV:
-                raise NodeError(f"cannot delete link {name}: {exc}") from None
+            nl.delete_link(name)
+        except OSError as exc:
+            raise NodeError(f"cannot delete link {name}: {exc.strerror or exc}") from None
 
 
 def list_owned_links() -> list[tuple[str, int, int]]:
     """(name, job id, NIC index) of every link named by names.nic_name in this namespace."""
     out = []
-    with _ipr() as ipr:
-        for link in ipr.get_links():
-            name = link.get_attr("IFLA_IFNAME")
-            owned = parse_owned_name(name or "")
-            if owned:
-                out.append((name, owned[0], owned[1]))
+    for name in _link_names():
+        owned = parse_owned_name(name)
+        if owned:
+            out.append((name, owned[0], owned[1]))
     return out
+
+
+def _link_names() -> list[str]:
+    from . import rtnl
+    with rtnl.Rtnl() as nl:
+        return nl.link_names()
 
 
 # --- macvtap -----------------------------------------------------------------------------------------
@@ -151,6 +149,7 @@ def macvtap_device_numbers(name: str, index: int) -> tuple[int, int]:
         with open(f"/sys/{rel}") as fh:
             text = fh.read()
     except FileNotFoundError:
+        import subprocess
         proc = subprocess.run(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c",
              'd=$(mktemp -d) && mount -t sysfs sysfs "$d" && cat "$d/$1"; rc=$?; umount "$d"; rmdir "$d"; exit $rc',

@@ -9,8 +9,8 @@ from .teardown import teardown_job
 from .timelimit import EPILOG_TIMEOUT_SECONDS, time_limit
 
 
-def run_epilog(env: dict[str, str]) -> int:
-    loaded = hook_context("epilog", env)
+def run_epilog(env: dict[str, str], hook: str = "epilog") -> int:
+    loaded = hook_context(hook, env, settings_only=True)
     if loaded is None:
         return 1
     ctx, config = loaded
@@ -20,10 +20,10 @@ def run_epilog(env: dict[str, str]) -> int:
             ensure_state_dirs(state_dir)
             report = teardown_job(state_dir, ctx.job_id, ctx.uid)
     except (SlurmVmError, OSError) as exc:
-        log_event("epilog", ctx.job_id, f"teardown failed: {exc}", config.log_file, error=True)
+        log_event(hook, ctx.job_id, f"teardown failed: {exc}", config.log_file, error=True)
         return 1
     if report.errors:
-        log_event("epilog", ctx.job_id, "could not undo: " + "; ".join(report.errors), config.log_file, error=True)
+        log_event(hook, ctx.job_id, "could not undo: " + "; ".join(report.errors), config.log_file, error=True)
         return 1
-    log_event("epilog", ctx.job_id, "torn down", config.log_file)
+    log_event(hook, ctx.job_id, "torn down", config.log_file)
     return 0

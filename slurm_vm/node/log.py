@@ -8,14 +8,15 @@ import syslog
 import time
 
 
-def hook_context(hook: str, env: dict[str, str]):
-    """(JobContext, Config) for a hook, or None after logging why not (a node fault)."""
-    from ..config import load_config
+def hook_context(hook: str, env: dict[str, str], settings_only: bool = False):
+    """(JobContext, Config) for a hook, or None after logging why not (a node fault).
+    settings_only: a configcache.HookSettings (state_dir, log_file) instead of the whole Config."""
     from ..errors import SlurmVmError, ValidationError
+    from .configcache import load_config_cached, load_hook_settings
     from .context import job_context_from_env
     job = env.get("SLURM_JOB_ID", "?")
     try:
-        return job_context_from_env(env), load_config()
+        return job_context_from_env(env), load_hook_settings() if settings_only else load_config_cached()
     except ValidationError as exc:
         log_event(hook, job, f"step config: {exc.problems[0]}", error=True)
     except SlurmVmError as exc:
