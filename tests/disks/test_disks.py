@@ -252,21 +252,3 @@ def test_base_size_from_the_header_matches_qemu_img(workdir, fmt, size):
     base = os.path.join(workdir, f"b.{fmt}")
     subprocess.run(["qemu-img", "create", "-q", "-f", fmt, base, size], check=True)
     assert base_virtual_size(base, fmt) == qemu_img_info(base, fmt)["virtual-size"]
-
-
-def test_seed_iso_is_read_by_an_independent_parser(workdir):
-    """pycdlib (a separate implementation of ISO 9660, Rock Ridge and Joliet) reads every name and byte."""
-    pycdlib = pytest.importorskip("pycdlib")
-    import io
-    docs = {"meta-data": render_meta_data("iid-3", "h3"), "user-data": "#cloud-config\n# " + "é" * 3000 + "\n",
-            "network-config": "version: 2\n", "vendor-data": "#cloud-config\n{}\n"}
-    iso = pycdlib.PyCdlib()
-    iso.open_fp(io.BytesIO(build_seed_iso(docs["meta-data"], docs["user-data"], docs["network-config"],
-                                          docs["vendor-data"])))
-    assert iso.has_rock_ridge() and iso.has_joliet()
-    for name, text in docs.items():
-        for where in ({"rr_path": f"/{name}"}, {"joliet_path": f"/{name}"}):
-            out = io.BytesIO()
-            iso.get_file_from_iso_fp(out, **where)
-            assert out.getvalue() == text.encode("utf-8"), (name, where)
-    assert iso.pvd.volume_identifier.strip() == b"cidata"
