@@ -63,30 +63,7 @@ def create_overlay(base: str, base_format: str, overlay: str, size_bytes: int | 
         raise DiskSizeError(f"disk: {size_bytes >> 20}M is smaller than the image's {base_size >> 20}M; "
                             "ask for at least the image size or leave `disk` out")
     size = size_bytes if size_bytes is not None else base_size
-    from . import qcow2
-    if qcow2.supported(size, base, base_format):
-        _write_direct(overlay, size, base, base_format, uid, gid)
-        return size
     _run([qemu_img, "create", "-q", "-f", "qcow2", "-b", base, "-F", base_format, overlay, str(size)], timeout)
     os.chown(overlay, uid, gid, follow_symlinks=False)
     os.chmod(overlay, 0o600, follow_symlinks=False)
     return size
-
-
-def _write_direct(overlay: str, size: int, base: str, base_format: str, uid: int, gid: int) -> None:
-    """What `qemu-img create` would write (disks/qcow2.py), without the process; never through a symlink."""
-    from .qcow2 import write_overlay
-    try:
-        os.unlink(overlay)
-    except FileNotFoundError:
-        pass
-    fd = os.open(overlay, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        write_overlay(fd, size, base, base_format)
-        os.fchown(fd, uid, gid)
-        os.fchmod(fd, 0o600)
-    except OSError as exc:
-        os.unlink(overlay)
-        raise NodeError(f"cannot write the overlay {overlay}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
