@@ -73,49 +73,50 @@ def _require(ipr, name: str, what: str) -> int:
 
 def create_tap(name: str, uid: int, gid: int, bridge: str | None = None, mtu: int | None = None) -> None:
     """A persistent tap owned by uid/gid, up, in `bridge` if given. Replaces a stale one of the same name."""
-    from . import rtnl
-    with rtnl.Rtnl() as nl:
-        master = _require_rtnl(nl, bridge, "bridge") if bridge else None
+    NetlinkError = _netlink_error()
+    with _ipr() as ipr:
+        master = _require(ipr, bridge, "bridge") if bridge else None
+        stale = _index(ipr, name)
+        if stale is not None:
+            ipr.link("del", index=stale)
         try:
-            nl.delete_link(name)   # a stale one of a crashed earlier run
-            rtnl.create_persistent_tap(name, uid, gid)
-            index = _require_rtnl(nl, name, "tap")
-            nl.set_link(index, up=True, master=master, mtu=mtu)
-        except OSError as exc:
-            raise NodeError(f"cannot create tap {name}: {exc.strerror or exc}") from None
-
-
-def _require_rtnl(nl, name: str, what: str) -> int:
-    index = nl.link_index(name)
-    if index is None:
-        raise NodeError(f"{what} {name!r} does not exist on this node; ask the admins to create it")
-    return index
+            ipr.link("add", ifname=name, kind="tuntap", mode="tap", uid=uid, gid=gid,
+                     ifr={"no_pi": True, "vnet_hdr": True})
+            index = _require(ipr, name, "tap")
+            settings: dict = {"state": "up"}
+            if master is not None:
+                settings["master"] = master
+            if mtu is not None:
+                settings["mtu"] = mtu
+            ipr.link("set", index=index, **settings)
+        except NetlinkError as exc:
+            raise NodeError(f"cannot create tap {name}: {exc.args[-1] if exc.args else exc}") from None
 
 
 def delete_link(name: str) -> None:
     """Delete a link by name; a missing link is fine."""
-    from . import rtnl
-    with rtnl.Rtnl() as nl:
+    NetlinkError = _netlink_error()
+    with _ipr() as ipr:
+        index = _index(ipr, name)
+        if index is None:
+            return
         try:
-            nl.delete_link(name)
-        except OSError as exc:
-            raise NodeError(f"cannot delete link {name}: {exc.strerror or exc}") from None
+            ipr.link("del", index=index)
+        except NetlinkError as exc:
+            if exc.code != errno.ENODEV:
+                raise NodeError(f"cannot delete link {name}: {exc}") from None
 
 
 def list_owned_links() -> list[tuple[str, int, int]]:
     """(name, job id, NIC index) of every link named by names.nic_name in this namespace."""
     out = []
-    for name in _link_names():
-        owned = parse_owned_name(name)
-        if owned:
-            out.append((name, owned[0], owned[1]))
+    with _ipr() as ipr:
+        for link in ipr.get_links():
+            name = link.get_attr("IFLA_IFNAME")
+            owned = parse_owned_name(name or "")
+            if owned:
+                out.append((name, owned[0], owned[1]))
     return out
-
-
-def _link_names() -> list[str]:
-    from . import rtnl
-    with rtnl.Rtnl() as nl:
-        return nl.link_names()
 
 
 # --- macvtap -----------------------------------------------------------------------------------------
