@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import subprocess
 
 from ..errors import DiskSizeError, NodeError
 
@@ -24,7 +25,6 @@ def qemu_img_info(path: str, fmt: str | None = None, qemu_img: str = "qemu-img",
 
 
 def _run(argv: list[str], timeout: int):
-    import subprocess   # here: the prolog writes overlays itself (qcow2.py) and rarely runs qemu-img
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     except FileNotFoundError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import time
 
@@ -131,7 +132,7 @@ class QemuRuntime(Runtime):
         return self.defn.path(QMP_SOCKET)
 
     def after_start(self, deadline: float) -> None:
-        import qemu.qmp  # noqa: F401 - imported while QEMU starts, not after
+        importlib.import_module("qemu.qmp")   # loaded while QEMU starts, not after it listens
         self.wait_for_socket(self.qmp_path, deadline)
         pinned = pin_and_resume(self.qmp_path, self.cores, deadline, lambda: self.proc.poll() is None)
         say("vCPUs pinned: " + ", ".join(f"vCPU {v} -> core {c}" for v, c in sorted(pinned.items())))

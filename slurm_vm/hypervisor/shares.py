@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 
 from ..errors import HypervisorError
@@ -115,7 +116,6 @@ class ShareDaemons:
         self.procs: list[subprocess.Popen] = []
 
     def start(self, deadline: float) -> None:
-        import subprocess
         preexec = _die_with_parent()
         log = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
