@@ -85,7 +85,8 @@ def row(name: str, values: list[float]) -> str:
 
 
 def seed_iso_bytes() -> bytes:
-    from slurm_vm.disks.seed import build_seed_iso, render_meta_data, render_user_data
+    from slurm_vm.disks.seed import build_seed_iso
+    from slurm_vm.node.cloudinit import render_meta_data, render_user_data
     user_data, vendor = render_user_data("#cloud-config\nruncmd: [echo hi]\n", [], "webhost")
     return build_seed_iso(render_meta_data("i-1000", "webhost"), user_data, "version: 2\n", vendor)
 
