@@ -589,7 +589,10 @@ def rootfs_mounts(root: str, binds: list[str], tun: str | None = None, resolv: b
     def inside(path: str) -> str:
         return q(root + path)
 
-    steps = [f"mount --rbind /proc {inside('/proc')}", f"mount --rbind /sys {inside('/sys')}",
+    # The rootfs is made a mount point of its own first: inside the chroot, tools that change the
+    # propagation of `/` (unshare --propagation private, as the macvtap sysfs lookup does) need one.
+    steps = [f"mount --bind {q(root)} {q(root)}",
+             f"mount --rbind /proc {inside('/proc')}", f"mount --rbind /sys {inside('/sys')}",
              f"mount --rbind /dev {inside('/dev')}", f"mount --bind /etc/passwd {inside('/etc/passwd')}",
              f"mount --bind /etc/group {inside('/etc/group')}", f"mkdir -p {inside('/run/netns')}"]
     if resolv:   # for pip inside the rootfs: the host's resolver and CA bundle (registry proxies)
