@@ -43,10 +43,26 @@ class Network:
                                     "`vxlan`: [first, last] VNIs for job-private segments (multi-VM jobs)", None)
     port: int = field(Int(1, 65535), "`vxlan`: UDP port", 4789)
     mtu: int | None = field(Int(576, 65535), "MTU of the VM's device", None)
+    vxlan_mode: str = field(Str(choices=("multicast", "unicast")),
+                            "`vxlan`: how VTEPs find each other: a multicast group per VNI, or (`unicast`, "
+                            "job-private segments only) static FDB entries to exactly the job's nodes, learning "
+                            "off, VXLAN packets of the VNI from other hosts dropped", "multicast")
+    underlay_addresses: dict = field(MapOf(Str(pattern=r"[0-9A-Fa-f.:]{2,45}", pattern_help="an IPv4 or IPv6 address")),
+                                     "`unicast`: underlay address of each node name (default: the node's NodeAddr "
+                                     "from Slurm, resolved by DNS where it is a name)", {})
     subnet: str | None = field(Str(pattern=r"((25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(25[0-5]|2[0-4]\d|1?\d?\d)/(1[6-9]|2[0-9]|30)",
                                    pattern_help="an IPv4 subnet /16 to /30, e.g. 192.168.100.0/24"),
-                               "`vxlan`: addresses slurm-vm gives VMs of multi-VM jobs (VM i gets host i+1) "
-                               "and writes to every guest's /etc/hosts", None)
+                               "IPv4 addresses slurm-vm gives VMs (network-config): on a job-private segment VM i "
+                               "gets host i+1 and every guest's /etc/hosts names the job's VMs; on a shared network "
+                               "each VM gets a free address of `address_range`, agreed cluster-wide", None)
+    subnet6: str | None = field(Str(pattern=r"[0-9A-Fa-f:]{2,39}/[0-9]{2,3}", pattern_help="an IPv6 network, e.g. fd00:77::/64"),
+                                "IPv6 network (/64 to /120) of the same VMs: a VM gets the same host offset as in "
+                                "`subnet`", None)
+    address_range: tuple | None = field(ListOf(Str(pattern=r"((25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(25[0-5]|2[0-4]\d|1?\d?\d)",
+                                                   pattern_help="an IPv4 address"), 2),
+                                        "shared networks with `subnet`: [first, last] addresses slurm-vm hands out "
+                                        "(default: every host address but the first); static addresses in specs "
+                                        "must lie outside it", None)
     trusted: bool = field(Bool(), "turn off anti-spoofing on this network's VM ports (see the admin guide, "
                           "\"Network isolation\")", False)
     allow_dhcp_server: bool = field(Bool(), "let guests send DHCP/DHCPv6 server replies (UDP source port 67/547)",
@@ -116,6 +132,9 @@ class Config:
     user_errors: str = field(Str(choices=("fail-job", "drain-node")),
                              "prolog refusal of a user's spec: fail the job with the reason, or exit non-zero "
                              "(Slurm drains the node and requeues the job held)", "fail-job")
+    allocation_timeout: int = field(Int(1, 3600), "seconds a prolog waits for a free job-private VNI or address "
+                                    "(then the job fails with the reason) and for the job's first node to record "
+                                    "its choice; keep it well below PrologEpilogTimeout", 60)
     log_file: str | None = field(AbsPath(), "file the node hooks append one line per event to (besides syslog)",
                                  None)
     mounts: MountsConfig = field(Obj(MountsConfig), "host directories users may share into their VMs",
@@ -160,14 +179,54 @@ def _check_network(name: str, net: Network, ctx: Context) -> None:
             ctx.problem(path + ("vni",), "a `vxlan` network needs exactly one of `vni` or `vni_range`")
         if net.vni_range is not None and (len(net.vni_range) != 2 or net.vni_range[0] > net.vni_range[1]):
             ctx.problem(path + ("vni_range",), "use [first, last] with first <= last")
-    if net.subnet is not None:
-        import ipaddress
-        if net.kind != "vxlan":
-            ctx.problem(path + ("subnet",), "`subnet` applies to `vxlan` networks only")
-        elif ipaddress.ip_interface(net.subnet).network.network_address != ipaddress.ip_interface(net.subnet).ip:
-            ctx.problem(path + ("subnet",), f"{net.subnet} has host bits set; use the network address")
+    _check_addressing(name, net, ctx)
     if net.kind != "vxlan" and (net.vni is not None or net.vni_range is not None):
         ctx.problem(path + ("vni",), f"`vni`/`vni_range` apply to `vxlan` networks only, not `{net.kind}`")
+
+
+def _check_addressing(name: str, net: Network, ctx: Context) -> None:
+    import ipaddress
+
+    from .networks.addresses import AddressError, check_ip, check_subnet6
+    path = ("networks", name)
+    if net.kind != "vxlan" and (net.vxlan_mode != "multicast" or net.underlay_addresses):
+        ctx.problem(path + ("vxlan_mode",), "`vxlan_mode`/`underlay_addresses` apply to `vxlan` networks only")
+    if net.vxlan_mode == "unicast" and net.vni_range is None:
+        ctx.problem(path + ("vxlan_mode",), "`unicast` needs `vni_range` (job-private segments): a shared `vni` has "
+                    "no job node list to replicate to")
+    for node, address in net.underlay_addresses.items():
+        try:
+            check_ip(address)
+        except AddressError as exc:
+            ctx.problem(path + ("underlay_addresses", node), str(exc))
+    if (net.subnet6 or net.address_range) and net.subnet is None:
+        ctx.problem(path + ("subnet",), "`subnet6` and `address_range` need `subnet`")
+        return
+    if net.subnet is None:
+        return
+    subnet = ipaddress.ip_interface(net.subnet)
+    if subnet.network.network_address != subnet.ip:
+        ctx.problem(path + ("subnet",), f"{net.subnet} has host bits set; use the network address")
+        return
+    if net.subnet6 is not None:
+        try:
+            six = ipaddress.IPv6Network(check_subnet6(net.subnet6))
+        except AddressError as exc:
+            ctx.problem(path + ("subnet6",), str(exc))
+        else:
+            if six.num_addresses < subnet.network.num_addresses:
+                ctx.problem(path + ("subnet6",), f"smaller than `subnet` {net.subnet}: every IPv4 host offset "
+                            "needs its IPv6 address")
+    if net.address_range is not None:
+        if net.vni_range is not None:
+            ctx.problem(path + ("address_range",), "a job-private segment (`vni_range`) has no shared range: "
+                        "VM i gets host i+1")
+            return
+        from .networks.addresses import shared_plan
+        try:
+            shared_plan(net.subnet, tuple(net.address_range))
+        except AddressError as exc:
+            ctx.problem(path + ("address_range",), str(exc))
 
 
 def config_path() -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from .config import Config, groups_of_user, user_may_use_network
 from .errors import Problem, ValidationError
-from .limits import MAX_NICS
+from .limits import MAX_NICS, MAX_VMS_PER_JOB
 from .mounts import HOME, allowed_prefix, expand_home, home_is_usable, is_under, target_problem
 from .schema import (NAME_HELP, NAME_PATTERN, AbsPath, Bool, Context, Int, ListOf, Obj, RawMapping, SharePath, Size,
                      SlurmTime, Str, Text, field, parse_object)
@@ -119,6 +119,9 @@ def _check_spec_shape(spec: VMSpec, ctx: Context) -> None:
             ctx.problem(("networks", i, "address"), "a fixed address cannot be used with `count` > 1")
     if spec.cloud_init.network_config is not None and any(n.address for n in spec.networks):
         ctx.problem(("cloud_init", "network_config"), "give either `network_config` or per-network `address`")
+    if spec.count > MAX_VMS_PER_JOB:
+        ctx.problem(("count",), f"{spec.count} is more than {MAX_VMS_PER_JOB}, the most VMs a job can have "
+                    "(unique MAC addresses per job)")
     seen_paths: set[str] = set()
     for i, vol in enumerate(spec.volumes):
         if vol.path in seen_paths:
@@ -153,6 +156,32 @@ def _check_against_config(spec: VMSpec, config: Config, ctx: Context) -> None:
             known = ", ".join(sorted(config.networks)) or "none configured"
             ctx.problem(("networks", i, "network"), f"no network {nic.network!r}; available: {known} "
                         "(`slurm-vm networks` lists the ones you may use)")
+        else:
+            _check_addressing(spec, i, nic, config.networks[nic.network], ctx)
+
+
+def _check_addressing(spec: VMSpec, i: int, nic: NetworkRef, net, ctx: Context) -> None:
+    """`count` must fit the network's addresses; a static address must lie in the subnet, outside the range
+    slurm-vm hands out (whether another running VM holds it is checked by the prolog)."""
+    from .networks.addresses import AddressError, network_address_plan
+    if net.subnet is None:
+        return
+    plan = network_address_plan(net)
+    if nic.address is None and spec.count > plan.size:
+        ctx.problem(("count",), f"{spec.count} VMs do not fit network {nic.network!r}: slurm-vm hands out "
+                    f"{plan.size} addresses there ({plan.range_text()})")
+    if nic.address is not None:
+        try:
+            offset = plan.offset_of(nic.address)
+        except AddressError as exc:
+            ctx.problem(("networks", i, "address"), f"{exc}; leave `address` out to get one from slurm-vm")
+            return
+        if nic.address.split("/")[1] != str(plan.network.prefixlen):
+            ctx.problem(("networks", i, "address"), f"use the subnet's prefix: {nic.address.split('/')[0]}/"
+                        f"{plan.network.prefixlen}")
+        elif net.vni_range is None and plan.in_range(offset):
+            ctx.problem(("networks", i, "address"), f"{nic.address} is in the range slurm-vm hands out "
+                        f"({plan.range_text()}); pick an address outside it, or leave `address` out")
 
 
 def check_user_access(spec: VMSpec, config: Config, user: str, source: str) -> None:

@@ -17,15 +17,17 @@ def auto_address(subnet: str, vm_index: int) -> str:
 def plan_addresses(spec: VMSpec, config: Config, vm_index: int) -> tuple[str | None, ...]:
     out = []
     for ref in spec.networks:
-        subnet = config.networks[ref.network].subnet
-        out.append(ref.address or (auto_address(subnet, vm_index) if subnet else None))
+        net = config.networks[ref.network]
+        private = net.subnet if net.vni_range is not None else None
+        out.append(ref.address or (auto_address(private, vm_index) if private else None))
     return tuple(out)
 
 
 def hosts_entries(spec: VMSpec, config: Config) -> list[tuple[str, str]]:
     """(address, hostname) of every VM of the job, on the first NIC that has slurm-vm-given addresses."""
     for ref in spec.networks:
-        subnet = config.networks[ref.network].subnet
+        net = config.networks[ref.network]
+        subnet = net.subnet if net.vni_range is not None else None
         if subnet and not ref.address:
             return [(auto_address(subnet, i).split("/")[0], spec.hostname(i)) for i in range(spec.count)]
     return []

@@ -23,6 +23,8 @@ networks:
   lan: {kind: bridge, bridge: br0}
   staff: {kind: bridge, bridge: br1, allowed_users: [root]}
   priv: {kind: vxlan, parent: eth0, vni_range: [100, 199], subnet: 10.1.0.0/24}
+  small: {kind: vxlan, parent: eth0, vni_range: [100, 199], subnet: 10.2.0.0/29}
+  shared: {kind: bridge, bridge: br2, subnet: 10.3.0.0/24, address_range: [10.3.0.100, 10.3.0.109]}
 limits: {max_cpus: 16, max_memory: 64G, max_disk: 500G, max_user_data: 4K}
 """
 OK = "name: web\nimage: deb\n"
@@ -82,6 +84,14 @@ BAD_SPECS = [
     (OK + "count: 0\n", "count"),
     (OK + "count: 3\nnetworks: [{network: priv, mac: '02:00:00:00:00:01'}]\n", "networks[0].mac"),
     (OK + "count: 2\nvolumes: [{path: /d/x}]\n", "volumes[0].readonly"),
+    (OK + "count: 7\nnetworks: [{network: small}]\n", "count"),          # /29: 6 hosts
+    (OK + "count: 11\nnetworks: [{network: shared}]\n", "count"),        # range of 10
+    (OK + "count: 2049\n", "count"),                                      # derive_mac's VM index
+    (OK + "networks: [{network: shared, address: 10.3.0.105/24}]\n", "networks[0].address"),   # in the range
+    (OK + "networks: [{network: shared, address: 10.4.0.5/24}]\n", "networks[0].address"),     # other subnet
+    (OK + "networks: [{network: shared, address: 10.3.0.255/24}]\n", "networks[0].address"),   # broadcast
+    (OK + "networks: [{network: shared, address: 10.3.0.5/16}]\n", "networks[0].address"),     # prefix
+    (OK + "networks: [{network: priv, address: 10.9.0.5/24}]\n", "networks[0].address"),
     (OK + "cloud_init: {hostname: 'bad host'}\n", "cloud_init.hostname"),
     (OK + "cloud_init: {user_data: 42}\n", "cloud_init.user_data"),
     (OK + "cloud_init: {user_data: '" + "x" * 5000 + "'}\n", "cloud_init.user_data"),
@@ -153,6 +163,26 @@ BAD_CONFIGS = [
      "networks.n.bridge"),
     ("images: {a: {path: /x}}\nnetworks: {n: {kind: vxlan, parent: e, vni: 1, subnet: 10.0.0.1/24}}\n",
      "networks.n.subnet"),
+    ("images: {a: {path: /x}}\nnetworks: {n: {kind: bridge, bridge: b, subnet: 10.0.0.1/24}}\n",
+     "networks.n.subnet"),
+    ("images: {a: {path: /x}}\nnetworks: {n: {kind: bridge, bridge: b, vxlan_mode: unicast}}\n",
+     "networks.n.vxlan_mode"),
+    ("images: {a: {path: /x}}\nnetworks: {n: {kind: vxlan, parent: e, vni: 1, vxlan_mode: unicast}}\n",
+     "networks.n.vxlan_mode"),
+    ("images: {a: {path: /x}}\nnetworks: {n: {kind: vxlan, parent: e, vni_range: [1, 2], vxlan_mode: unicast, "
+     "underlay_addresses: {n1: 10.0.0.300}}}\n", "networks.n.underlay_addresses.n1"),
+    ("images: {a: {path: /x}}\nnetworks: {n: {kind: bridge, bridge: b, subnet6: 'fd00::/64'}}\n", "networks.n.subnet"),
+    ("images: {a: {path: /x}}\nnetworks: {n: {kind: bridge, bridge: b, subnet: 10.0.0.0/24, subnet6: 'fd00::/48'}}\n",
+     "networks.n.subnet6"),
+    ("images: {a: {path: /x}}\nnetworks: {n: {kind: bridge, bridge: b, subnet: 10.0.0.0/16, subnet6: 'fd00::/120'}}\n",
+     "networks.n.subnet6"),
+    ("images: {a: {path: /x}}\nnetworks: {n: {kind: bridge, bridge: b, subnet: 10.0.0.0/24, "
+     "address_range: [10.0.0.9, 10.0.0.3]}}\n", "networks.n.address_range"),
+    ("images: {a: {path: /x}}\nnetworks: {n: {kind: bridge, bridge: b, subnet: 10.0.0.0/24, "
+     "address_range: [10.0.0.9, 10.0.1.3]}}\n", "networks.n.address_range"),
+    ("images: {a: {path: /x}}\nnetworks: {n: {kind: vxlan, parent: e, vni_range: [1, 2], subnet: 10.0.0.0/24, "
+     "address_range: [10.0.0.9, 10.0.0.30]}}\n", "networks.n.address_range"),
+    ("images: {a: {path: /x}}\nallocation_timeout: 0\n", "allocation_timeout"),
     ("images: {a: {path: /x}}\ngrace_seconds: 40\n", "grace_seconds"),
     ("images: {a: {path: /x}}\nstate_dir: var/lib\n", "state_dir"),
     ("images: {a: {path: /x}}\nhypervisor: {memory_overhead: -5M}\n", "hypervisor.memory_overhead"),
@@ -223,3 +253,17 @@ def test_validate_cli_prints_one_line_per_problem_and_no_traceback(tmp_path):
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
     assert "SLURM_VM_CONFIG" in missing.stderr
+
+
+def test_count_above_what_macs_allow_is_refused():
+    cfg = parse_config("images: {deb: {path: /x}}\nlimits: {max_count: 4096}\n", "config.yaml")
+    parse_spec(OK + "count: 2048\n", "vm.yaml", cfg)
+    with pytest.raises(ValidationError, match="count: 2049 is more than 2048, the most VMs a job can have"):
+        parse_spec(OK + "count: 2049\n", "vm.yaml", cfg)
+
+
+def test_addresses_that_fit_are_accepted(config):
+    parse_spec(OK + "count: 6\nnetworks: [{network: small}]\n", "vm.yaml", config)
+    parse_spec(OK + "count: 10\nnetworks: [{network: shared}]\n", "vm.yaml", config)
+    parse_spec(OK + "networks: [{network: shared, address: 10.3.0.99/24, gateway: 10.3.0.1}]\n", "vm.yaml", config)
+    parse_spec(OK + "networks: [{network: priv, address: 10.1.0.77/24}]\n", "vm.yaml", config)
