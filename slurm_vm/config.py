@@ -132,9 +132,9 @@ class Config:
     user_errors: str = field(Str(choices=("fail-job", "drain-node")),
                              "prolog refusal of a user's spec: fail the job with the reason, or exit non-zero "
                              "(Slurm drains the node and requeues the job held)", "fail-job")
-    allocation_timeout: int = field(Int(1, 3600), "seconds a prolog waits for a free job-private VNI or address "
-                                    "(then the job fails with the reason) and for the job's first node to record "
-                                    "its choice; keep it well below PrologEpilogTimeout", 60)
+    allocation_timeout: int = field(Int(1, 60), "seconds a prolog waits for a free job-private VNI or shared "
+                                    "address before the job fails with the reason (the job's other nodes wait 20s "
+                                    "longer for the first node's choice; the prolog's own limit is 90s)", 30)
     log_file: str | None = field(AbsPath(), "file the node hooks append one line per event to (besides syslog)",
                                  None)
     mounts: MountsConfig = field(Obj(MountsConfig), "host directories users may share into their VMs",

@@ -217,7 +217,7 @@ def segment_jobs(locks_dir: str, vni: int) -> list[int]:
 
 
 def ensure_vxlan_segment(vni: int, job_id: int, parent: str, locks_dir: str, port: int = 4789,
-                         mtu: int | None = None, private: bool = False) -> str:
+                         mtu: int | None = None, private: bool = False, unicast=None) -> str:
     """Join `job_id` to segment `vni`, creating its VXLAN device and bridge on first use. Returns the bridge.
 
     VTEPs find each other through the multicast group names.multicast_group(vni) on `parent`.
@@ -230,22 +230,32 @@ def ensure_vxlan_segment(vni: int, job_id: int, parent: str, locks_dir: str, por
         if others and (private or data["private"]):
             raise NodeError(f"VXLAN segment {vni} is job {others[0]}'s private segment; the job ids collide in "
                             "the network's vni_range: requeue the job or widen the range")
+        if not data["jobs"]:
+            _delete_segment(vni)   # devices of a segment nobody holds are stale: made anew
         with _ipr() as ipr:
             if _index(ipr, bridge) is None or _index(ipr, device) is None:
-                _create_segment(ipr, vni, bridge, device, parent, port, mtu)
+                _create_segment(ipr, vni, bridge, device, parent, port, mtu, unicast)
         data["jobs"] = sorted(set(data["jobs"]) | {job_id})
         data["private"] = private
         _write_segment(locks_dir, vni, data)
     return bridge
 
 
-def _create_segment(ipr, vni: int, bridge: str, device: str, parent: str, port: int, mtu: int | None) -> None:
+def _create_segment(ipr, vni: int, bridge: str, device: str, parent: str, port: int, mtu: int | None,
+                    unicast=None) -> None:
+    """`unicast` (a unicast.Unicast): no group, learning off, FDB entries to the job's other nodes, and
+    the VTEP filter; else the VNI's multicast group with learning."""
+    from . import unicast as uc
     NetlinkError = _netlink_error()
     parent_index = _require(ipr, parent, "VXLAN parent interface")
     try:
         if _index(ipr, bridge) is None:
             ipr.link("add", ifname=bridge, kind="bridge")
-        if _index(ipr, device) is None:
+        if _index(ipr, device) is None and unicast is not None:
+            uc.apply_vtep_filter(vni, port, unicast.peers)
+            ipr.link("add", ifname=device, kind="vxlan", **uc.vxlan_link_args(vni, parent_index, port, unicast))
+            uc.add_peer_entries(ipr, _require(ipr, device, "VXLAN device"), unicast.peers)
+        elif _index(ipr, device) is None:
             ipr.link("add", ifname=device, kind="vxlan", vxlan_id=vni, vxlan_link=parent_index,
                      vxlan_group=multicast_group(vni), vxlan_port=port, vxlan_learning=1)
         bridge_index, device_index = _index(ipr, bridge), _index(ipr, device)
@@ -263,9 +273,16 @@ def release_vxlan_segment(vni: int, job_id: int, locks_dir: str) -> None:
         data = _read_segment(locks_dir, vni)
         data["jobs"] = [j for j in data["jobs"] if j != job_id]
         if not data["jobs"]:
-            delete_link(vxlan_device_name(vni))
-            delete_link(vxlan_bridge_name(vni))
+            _delete_segment(vni)
         _write_segment(locks_dir, vni, data)
+
+
+def _delete_segment(vni: int) -> None:
+    """The segment's VXLAN device (and with it its FDB entries), bridge and VTEP filter. Idempotent."""
+    from .unicast import delete_vtep_filter
+    delete_link(vxlan_device_name(vni))
+    delete_link(vxlan_bridge_name(vni))
+    delete_vtep_filter(vni)
 
 
 def _segment_vnis(locks_dir: str) -> list[int]:

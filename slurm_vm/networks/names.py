@@ -57,13 +57,6 @@ def derive_mac(job_id: int, vm_index: int, nic_index: int) -> str:
     return ":".join(f"{b:02x}" for b in [first, *rest])
 
 
-def job_vni(job_id: int, vni_range: tuple[int, int]) -> int:
-    """The job-private segment of a job. Two running jobs whose ids differ by a multiple of the range size
-    would meet on one VNI; the segment's owner record refuses the second (see links.ensure_vxlan_segment)."""
-    first, last = vni_range
-    return _check_vni(first + job_id % (last - first + 1))
-
-
 def multicast_group(vni: int) -> str:
     """The IPv4 multicast group a segment's VTEPs join: 239.x.y.z from the VNI's 24 bits."""
     _check_vni(vni)

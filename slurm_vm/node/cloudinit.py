@@ -85,7 +85,9 @@ def ready_vendor_data(vendor_data: str | None) -> str:
     return CLOUD_CONFIG_HEADER + "\n" + yaml.safe_dump(base, sort_keys=False, width=4096) + body
 
 
-def render_network_config(spec: VMSpec, nics: tuple[NicPlan, ...], addresses: tuple[str | None, ...]) -> str | None:
+def render_network_config(spec: VMSpec, nics: tuple[NicPlan, ...],
+                          addresses: tuple[tuple[str, ...], ...]) -> str | None:
+    """`addresses`: each NIC's static addresses (IPv4, IPv6); a NIC without any uses DHCP."""
     if spec.cloud_init.network_config is not None:
         return yaml.safe_dump(spec.cloud_init.network_config, sort_keys=False)
     if not nics:
@@ -94,7 +96,7 @@ def render_network_config(spec: VMSpec, nics: tuple[NicPlan, ...], addresses: tu
     for nic, ref, address in zip(nics, spec.networks, addresses):
         entry: dict = {"match": {"macaddress": nic.mac}, "set-name": f"eth{nic.index}"}
         if address:
-            entry["addresses"] = [address]
+            entry["addresses"] = list(address)
             if ref.gateway:
                 entry["routes"] = [{"to": "0.0.0.0/0", "via": ref.gateway}]
         else:

@@ -300,12 +300,15 @@ class VxlanSegmentRef(HostObject):
     port: int = 4789
     mtu: int | None = None
     private: bool = False
+    unicast_local: str | None = None      # unicast VXLAN: this node's underlay address ...
+    unicast_peers: tuple[str, ...] = ()   # ... and the job's other nodes'
 
     def record(self) -> dict:
         return {"vni": self.vni}
 
     def create(self, system: System, scope: Scope) -> None:
-        system.join_segment(self.vni, scope.job_id, self.parent, scope.locks, self.port, self.mtu, self.private)
+        system.join_segment(self.vni, scope.job_id, self.parent, scope.locks, self.port, self.mtu, self.private,
+                            self.unicast_local, self.unicast_peers)
 
     @classmethod
     def undo(cls, system: System, scope: Scope, data: dict) -> str:

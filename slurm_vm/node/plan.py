@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 from ..config import Config
 from ..hypervisor.definition import Boot, Disk, Nic, VMDefinition
-from ..networks.names import derive_mac, job_vni, nic_name, vxlan_bridge_name
+from ..errors import NodeError
+from ..networks.allocation import Holding
+from ..networks.names import derive_mac, nic_name, vxlan_bridge_name
 from ..spec import VMSpec
 from .addresses import hosts_entries, plan_addresses
 from .cloudinit import (hosts_vendor_data, mounts_vendor_data, ready_vendor_data, render_meta_data,
@@ -39,6 +41,8 @@ class NicPlan:
     mtu: int | None = None
     device_path: str | None = None   # macvtap: root's char device node, the user's by ACL (networks/devnode.py)
     private: bool = False            # vxlan: a job-private segment (VNI from the network's vni_range)
+    unicast_local: str | None = None         # unicast vxlan: this node's underlay address
+    unicast_peers: tuple[str, ...] = ()      # unicast vxlan: the job's other nodes' underlay addresses
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,8 @@ def instance_id(ctx: JobContext) -> str:
     return f"slurm-vm-{ctx.cluster}-{ctx.job_id}-{ctx.restart_count}-{ctx.vm_index}"
 
 
-def plan_nics(spec: VMSpec, config: Config, ctx: JobContext, jdir: str) -> tuple[NicPlan, ...]:
+def plan_nics(spec: VMSpec, config: Config, ctx: JobContext, jdir: str, holding: Holding | None = None,
+              underlays: dict | None = None) -> tuple[NicPlan, ...]:
     nics = []
     for i, ref in enumerate(spec.networks):
         net = config.networks[ref.network]
@@ -85,26 +90,37 @@ def plan_nics(spec: VMSpec, config: Config, ctx: JobContext, jdir: str) -> tuple
         ifname = nic_name(ctx.job_id, i)
         vni = net.vni
         if net.kind == "vxlan" and vni is None:
-            vni = job_vni(ctx.job_id, tuple(net.vni_range))
+            if holding is None or ref.network not in holding.vnis:
+                raise NodeError(f"no VNI was agreed for the job-private network {ref.network!r}")
+            vni = holding.vnis[ref.network]
+        local, peers = None, ()
+        if net.kind == "vxlan" and net.vxlan_mode == "unicast":
+            addrs = (underlays or {}).get(ref.network)
+            if not addrs or ctx.node not in addrs:
+                raise NodeError(f"no underlay addresses were resolved for the unicast network {ref.network!r}")
+            local = addrs[ctx.node]
+            peers = tuple(addrs[n] for n in (ctx.nodes or (ctx.node,)) if n != ctx.node)
         bridge = vxlan_bridge_name(vni) if net.kind == "vxlan" else net.bridge
         nics.append(NicPlan(index=i, ifname=ifname, kind=net.kind, mac=mac, network=ref.network, bridge=bridge,
                             parent=net.parent, mode=net.mode, vni=vni, port=net.port, mtu=net.mtu,
                             device_path=os.path.join(nic_nodes_dir(config.node_state_dir(ctx.node), ctx.job_id),
                                                      f"macvtap{i}") if net.kind == "macvtap" else None,
-                            private=net.kind == "vxlan" and net.vni is None))
+                            private=net.kind == "vxlan" and net.vni is None, unicast_local=local,
+                            unicast_peers=peers))
     return tuple(nics)
 
 
-def plan_seed(spec: VMSpec, config: Config, ctx: JobContext, nics: tuple[NicPlan, ...], jdir: str) -> SeedPlan:
+def plan_seed(spec: VMSpec, config: Config, ctx: JobContext, nics: tuple[NicPlan, ...], jdir: str,
+              holding: Holding | None = None) -> SeedPlan:
     hostname = spec.hostname(ctx.vm_index)
     user_data, vendor_data = render_user_data(spec.cloud_init.user_data, list(spec.cloud_init.ssh_authorized_keys),
                                               hostname)
-    network_config = render_network_config(spec, nics, plan_addresses(spec, config, ctx.vm_index))
+    network_config = render_network_config(spec, nics, plan_addresses(spec, config, ctx.vm_index, holding))
     return SeedPlan(path=os.path.join(jdir, SEED_FILE), meta_data=render_meta_data(instance_id(ctx), hostname),
                     user_data=user_data, network_config=network_config,
                     vendor_data=ready_vendor_data(mounts_vendor_data(
                         plan_shares(spec, user_home(ctx.user)), share_transport(spec, config),
-                        hosts_vendor_data(hosts_entries(spec, config), vendor_data))))
+                        hosts_vendor_data(hosts_entries(spec, config, holding), vendor_data))))
 
 
 def plan_definition(spec: VMSpec, config: Config, ctx: JobContext, jdir: str, overlay: str, seed: str,
@@ -133,15 +149,18 @@ def plan_definition(spec: VMSpec, config: Config, ctx: JobContext, jdir: str, ov
     )
 
 
-def make_plan(spec: VMSpec, config: Config, ctx: JobContext) -> NodePlan:
+def make_plan(spec: VMSpec, config: Config, ctx: JobContext, holding: Holding | None = None,
+              underlays: dict | None = None) -> NodePlan:
+    """`holding`: what the job agreed cluster-wide (node.allocate): its private VNIs and shared addresses;
+    `underlays`: network -> node -> underlay address for unicast VXLAN networks (node.underlay)."""
     image = config.images[spec.image]
     state_dir = config.node_state_dir(ctx.node)
     jdir = job_dir(state_dir, ctx.job_id)
     overlay = os.path.join(jdir, OVERLAY_FILE)
-    nics = plan_nics(spec, config, ctx, jdir)
-    seed = plan_seed(spec, config, ctx, nics, jdir)
+    nics = plan_nics(spec, config, ctx, jdir, holding, underlays)
+    seed = plan_seed(spec, config, ctx, nics, jdir, holding)
     from .portfilters import plan_port_filters
-    port_filters = plan_port_filters(nics, plan_addresses(spec, config, ctx.vm_index), config)
+    port_filters = plan_port_filters(nics, plan_addresses(spec, config, ctx.vm_index, holding), config)
     return NodePlan(job_id=ctx.job_id, uid=ctx.uid, gid=ctx.gid, user=ctx.user, state_dir=state_dir,
                     job_dir=jdir, base_image=image.path, base_format=image.format,
                     overlay=overlay, disk_size=spec.disk, seed=seed,

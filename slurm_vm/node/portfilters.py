@@ -10,16 +10,17 @@ from ..config import Config
 from ..networks.portfilter import PortFilter
 
 
-def plan_port_filters(nics: tuple, addresses: tuple[str | None, ...], config: Config) -> tuple[PortFilter, ...]:
+def plan_port_filters(nics: tuple, addresses: tuple[tuple[str, ...], ...], config: Config) -> tuple[PortFilter, ...]:
     """One PortFilter per NIC on an untrusted network. `addresses[i]` is what slurm-vm gave NIC i (a static
-    `address` or an automatic one) or None: then the port is held to its MAC only."""
+    `address` or automatic ones, IPv4 and IPv6; node/addresses.plan_addresses) or empty: then the port is
+    held to its MAC only."""
     out = []
     for nic, address in zip(nics, addresses):
         net = config.networks[nic.network]
         if net.trusted:
             continue
         out.append(PortFilter(device=nic.ifname, hook="egress" if nic.kind == "macvtap" else "ingress",
-                              mac=nic.mac, addresses=(address,) if address else None,
+                              mac=nic.mac, addresses=tuple(address) or None,
                               allow_dhcp_server=net.allow_dhcp_server,
                               allow_router_advertisements=net.allow_router_advertisements))
     return tuple(out)

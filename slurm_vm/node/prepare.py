@@ -98,7 +98,8 @@ def step_nics(prep: Preparation) -> None:
     plan = prep.plan
     for nic in plan.nics:
         if nic.kind == "vxlan":
-            segment = VxlanSegmentRef(nic.vni, nic.parent, port=nic.port, mtu=nic.mtu, private=nic.private)
+            segment = VxlanSegmentRef(nic.vni, nic.parent, port=nic.port, mtu=nic.mtu, private=nic.private,
+                                      unicast_local=nic.unicast_local, unicast_peers=nic.unicast_peers)
             prep.make(segment)
             prep.make(Tap(nic.ifname, plan.uid, plan.gid, bridge=nic.bridge, mtu=nic.mtu))
         elif nic.kind == "macvtap":

@@ -9,6 +9,7 @@ from ..config import Config
 from ..errors import SlurmVmError, is_users_fault
 from ..slurm import get_backend
 from ..spec import VMSpec, check_user_access, parse_spec
+from .allocate import allocate_for_job
 from .context import JobContext
 from .journal import Journal
 from .layout import ensure_state_dirs, error_note_path
@@ -16,6 +17,7 @@ from .log import hook_context, log_event
 from .plan import make_plan
 from .prepare import prepare_node
 from .teardown import teardown_job
+from .underlay import resolve_underlays
 from .timelimit import PROLOG_TIMEOUT_SECONDS, time_limit
 
 EXIT_OK = 0
@@ -66,7 +68,8 @@ def run_prolog(env: dict[str, str]) -> int:
             if journal.exists():   # a requeued job, or a prolog retried after a crash
                 teardown_job(state_dir, ctx.job_id, ctx.uid)
             spec = load_job_spec(ctx, config)
-            prepare_node(make_plan(spec, config, ctx), journal)
+            holding = allocate_for_job(spec, config, ctx, state_dir)
+            prepare_node(make_plan(spec, config, ctx, holding, resolve_underlays(spec, config, ctx)), journal)
     except SlurmVmError as exc:
         if is_users_fault(exc):
             return _refuse(config, ctx, "; ".join(str(exc).splitlines()))

@@ -41,7 +41,7 @@ class System(Protocol):
     def port_filter_tables(self) -> list[tuple[str, int]]: ...
     # VXLAN segment references (root-only files under the locks dir)
     def join_segment(self, vni: int, job_id: int, parent: str, locks: str, port: int, mtu: int | None,
-                     private: bool) -> str: ...
+                     private: bool, unicast_local: str | None = None, unicast_peers: tuple[str, ...] = ()) -> str: ...
     def leave_segment(self, vni: int, job_id: int, locks: str) -> None: ...
     def segment_holders(self, locks: str) -> list[tuple[int, int]]: ...
     # persistent volumes: probed with the job user's own rights, then reserved on the node
@@ -124,8 +124,11 @@ class HostSystem:
         return nft.list_job_tables()
 
     def join_segment(self, vni: int, job_id: int, parent: str, locks: str, port: int, mtu: int | None,
-                     private: bool) -> str:
-        return links.ensure_vxlan_segment(vni, job_id, parent, locks, port=port, mtu=mtu, private=private)
+                     private: bool, unicast_local: str | None = None, unicast_peers: tuple[str, ...] = ()) -> str:
+        from ..networks.unicast import Unicast
+        unicast = Unicast(unicast_local, tuple(unicast_peers)) if unicast_local else None
+        return links.ensure_vxlan_segment(vni, job_id, parent, locks, port=port, mtu=mtu, private=private,
+                                          unicast=unicast)
 
     def leave_segment(self, vni: int, job_id: int, locks: str) -> None:
         links.release_vxlan_segment(vni, job_id, locks)

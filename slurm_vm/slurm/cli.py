@@ -109,3 +109,49 @@ def parse_squeue_line(line: str) -> JobInfo | None:
     comment = values.pop("comment")
     return JobInfo(job_id=int(values.pop("job_id")), nodes=nodes, cpus=cpus,
                    comment="" if comment == "(null)" else comment, **values)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job's id, state, user and AdminComment (root-written), from `squeue -O`."""
+    job_id: int
+    state: str
+    user: str
+    admin_comment: str
+
+
+RECORD_FIELDS = ("JobID", "State", "UserName", "admin_comment")
+
+
+def parse_record_lines(text: str) -> list[JobRecord]:
+    """`squeue -h -O JobID:<US>,State:<US>,UserName:<US>,admin_comment:<US>` output; AdminComment is last."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split(SEP, len(RECORD_FIELDS) - 1)
+        if len(parts) != len(RECORD_FIELDS) or not parts[0].strip().isdigit():
+            continue
+        comment = (parts[3][:-1] if parts[3].endswith(SEP) else parts[3]).strip()
+        out.append(JobRecord(int(parts[0].strip()), parts[1].strip(), parts[2].strip(),
+                             "" if comment == "(null)" else comment))
+    return out
+
+
+def job_records(backend: CliBackend, job_ids: tuple[int, ...] = ()) -> list[JobRecord]:
+    """Every job Slurm knows (or `job_ids`), with its AdminComment: one squeue RPC."""
+    fmt = ",".join(f"{name}:{SEP}" for name in RECORD_FIELDS)
+    argv = [backend._cmd("squeue"), "-h", "-t", ALL_STATES, "-O", fmt]
+    if job_ids:
+        argv += ["-j", ",".join(str(j) for j in job_ids)]
+    return parse_record_lines(backend._run(argv))
+
+
+def set_admin_comment(backend: CliBackend, job_id: int, text: str) -> None:
+    """As root (or SlurmUser): users cannot change AdminComment."""
+    backend._run([backend._cmd("scontrol"), "update", f"JobId={job_id}", f"AdminComment={text}"])
+
+
+def node_addresses(backend: CliBackend, nodes: tuple[str, ...]) -> dict[str, str]:
+    """NodeName -> NodeAddr from `sinfo -N -o %N<US>%o`."""
+    out = backend._run([backend._cmd("sinfo"), "-h", "-N", "-n", ",".join(nodes), "-o", f"%N{SEP}%o"])
+    pairs = (line.split(SEP, 1) for line in out.splitlines() if SEP in line)
+    return {name.strip(): addr.strip() for name, addr in pairs}

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from slurm_vm.errors import NodeError
-from slurm_vm.networks.names import (derive_mac, job_vni, multicast_group, nic_name, parse_owned_name,
+from slurm_vm.networks.names import (derive_mac, multicast_group, nic_name, parse_owned_name,
                                      vxlan_bridge_name, vxlan_device_name)
 
 JOB = st.integers(1, 4294967295)
@@ -49,11 +49,6 @@ def test_limits_are_enforced():
                  lambda: vxlan_bridge_name(0), lambda: vxlan_device_name(16777216)):
         with pytest.raises(NodeError):
             call()
-
-
-@given(JOB)
-def test_job_vnis_stay_in_range(job):
-    assert 1000 <= job_vni(job, (1000, 1999)) <= 1999
 
 
 def test_multicast_groups_follow_the_vni():

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from slurm_vm.config import parse_config
 from slurm_vm.networks.portfilter import PortFilter, delete_table, parse_table_name, ruleset, table_name
+from slurm_vm.networks.allocation import Holding
 from slurm_vm.node.context import JobContext
 from slurm_vm.node.plan import make_plan
 from slurm_vm.spec import parse_spec
@@ -119,7 +120,7 @@ count: 2
 networks: [{network: lan}, {network: lab}, {network: fabric}, {network: private}]
 """, "spec", config)
     ctx = JobContext(job_id=77, uid=4201, gid=4201, user="u", node="n2", nodes=("n1", "n2"), cluster="c", comment="")
-    plan = make_plan(spec, config, ctx)
+    plan = make_plan(spec, config, ctx, Holding(vnis={"private": 1077}))
     by_device = {p.device: p for p in plan.port_filters}
     assert sorted(by_device) == ["svm77n0", "svm77n2", "svm77n3"]           # lab is trusted
     assert by_device["svm77n0"].addresses is None and by_device["svm77n0"].hook == "ingress"

@@ -114,7 +114,7 @@ class FakeSystem:
 
     # VXLAN segment references
     def join_segment(self, vni: int, job_id: int, parent: str, locks: str, port: int, mtu: int | None,
-                     private: bool) -> str:
+                     private: bool, unicast_local: str | None = None, unicast_peers: tuple[str, ...] = ()) -> str:
         jobs = self.segments.setdefault(vni, set())
         if private and jobs - {job_id}:
             raise NodeError(f"VXLAN segment {vni} is another job's private segment")

@@ -13,6 +13,7 @@ import pytest
 from slurm_vm.config import parse_config
 from slurm_vm.errors import NodeError, ShareError, VolumeError, is_users_fault
 from slurm_vm.hypervisor.definition import VMDefinition
+from slurm_vm.networks.allocation import Holding
 from slurm_vm.node.context import JobContext
 from slurm_vm.node.doctor import find_leftovers
 from slurm_vm.node.journal import Journal
@@ -55,7 +56,7 @@ def node(tmp_path):
     config = parse_config(config_text(state), "config")
     ctx = JobContext(job_id=4321, uid=5000, gid=5000, user="alice", node="n1", nodes=("n1",), cluster="c",
                      comment="")
-    plan = make_plan(parse_spec(SPEC, "spec", config), config, ctx)
+    plan = make_plan(parse_spec(SPEC, "spec", config), config, ctx, Holding(vnis={"private": 1077}))
     return state, plan
 
 

@@ -9,6 +9,8 @@ from slurm_vm.config import parse_config
 from slurm_vm.disks.volumes import VolumeInfo
 from slurm_vm.hypervisor.definition import Boot, Nic, VMDefinition
 from slurm_vm.node.context import JobContext
+from slurm_vm.errors import NodeError
+from slurm_vm.networks.allocation import Holding
 from slurm_vm.node.plan import make_plan
 from slurm_vm.node.prepare import resolved_definition
 from slurm_vm.spec import parse_spec
@@ -22,6 +24,10 @@ networks:
   lan: {kind: bridge, bridge: br0}
   fabric: {kind: macvtap, parent: eth1}
   private: {kind: vxlan, parent: eth0, vni_range: [1000, 1999], subnet: 192.168.50.0/24}
+  uni: {kind: vxlan, parent: eth0, vni_range: [1000, 1999], vxlan_mode: unicast, subnet: 192.168.51.0/24,
+        subnet6: "fd00:51::/64"}
+  shared: {kind: bridge, bridge: br2, subnet: 10.3.0.0/24, subnet6: "fd00:3::/64",
+           address_range: [10.3.0.100, 10.3.0.199]}
 grace_seconds: 7
 """
 
@@ -31,9 +37,10 @@ def ctx(job_id: int = 77, node: str = "n1", nodes: tuple[str, ...] = ("n1",)) ->
                       comment="")
 
 
-def plan_for(spec_text: str, context: JobContext | None = None):
+def plan_for(spec_text: str, context: JobContext | None = None, holding: Holding | None = None,
+             underlays: dict | None = None):
     config = parse_config(CONFIG, "config")
-    return make_plan(parse_spec(spec_text, "spec", config), config, context or ctx())
+    return make_plan(parse_spec(spec_text, "spec", config), config, context or ctx(), holding, underlays)
 
 
 def test_single_vm_plan():
@@ -83,9 +90,9 @@ def test_plans_are_deterministic_and_job_specific():
 def test_multi_vm_plan_gives_each_node_its_vm():
     spec = "name: vc\nimage: deb\ncount: 3\nnetworks: [{network: private}]\n"
     nodes = ("n1", "n2", "n3")
-    plans = [plan_for(spec, ctx(node=n, nodes=nodes)) for n in nodes]
+    plans = [plan_for(spec, ctx(node=n, nodes=nodes), Holding(vnis={"private": 1234})) for n in nodes]
     assert [yaml.safe_load(p.seed.meta_data)["local-hostname"] for p in plans] == ["vc-0", "vc-1", "vc-2"]
-    assert len({p.nics[0].vni for p in plans}) == 1 and 1000 <= plans[0].nics[0].vni <= 1999
+    assert {p.nics[0].vni for p in plans} == {1234}
     assert len({p.nics[0].mac for p in plans}) == 3
     addresses = [yaml.safe_load(p.seed.network_config)["ethernets"]["eth0"]["addresses"][0] for p in plans]
     assert addresses == ["192.168.50.1/24", "192.168.50.2/24", "192.168.50.3/24"]
@@ -115,7 +122,45 @@ def test_ssh_keys_reach_the_seed_whatever_the_user_data(user_data):
                                   "name: vc\nimage: deb\ncount: 2\nnetworks: [{network: private}]\n"])
 def test_vendor_data_makes_cloud_init_print_the_ready_line(spec):
     from slurm_vm.limits import GUEST_READY_MARKER
-    vendor = yaml.safe_load(plan_for(spec, ctx(nodes=("n1", "n2")) if "count" in spec else None).seed.vendor_data)
+    vendor = yaml.safe_load(plan_for(spec, ctx(nodes=("n1", "n2")) if "count" in spec else None, Holding(vnis={"private": 1001})).seed.vendor_data)
     assert vendor["final_message"].startswith(GUEST_READY_MARKER + " ")
     if "count" in spec:
         assert any(f["path"] == "/etc/hosts" for f in vendor["write_files"]) and vendor["manage_etc_hosts"] is False
+
+
+def _addresses(plan) -> list[str]:
+    return yaml.safe_load(plan.seed.network_config)["ethernets"]["eth0"]["addresses"]
+
+
+def test_private_network_needs_an_agreed_vni():
+    with pytest.raises(NodeError, match="no VNI was agreed"):
+        plan_for("name: a\nimage: deb\nnetworks: [{network: private}]\n")
+
+
+def test_shared_network_addresses_come_from_the_agreed_holding():
+    spec = "name: s\nimage: deb\ncount: 2\nnetworks: [{network: lan}, {network: shared}]\n"
+    holding = Holding(offsets={("shared", 1): (100, 103)})
+    nodes = ("n1", "n2")
+    plans = [plan_for(spec, ctx(node=n, nodes=nodes), holding) for n in nodes]
+    nets = [yaml.safe_load(p.seed.network_config)["ethernets"]["eth1"]["addresses"] for p in plans]
+    assert nets == [["10.3.0.100/24", "fd00:3::64/64"], ["10.3.0.103/24", "fd00:3::67/64"]]
+    with pytest.raises(NodeError, match="no address was agreed"):
+        plan_for(spec, ctx(node="n1", nodes=nodes))
+
+
+def test_static_address_gets_its_ipv6_twin():
+    plan = plan_for("name: s\nimage: deb\nnetworks: [{network: shared, address: 10.3.0.7/24}]\n",
+                    holding=Holding(offsets={("shared", 0): (7,)}))
+    assert _addresses(plan) == ["10.3.0.7/24", "fd00:3::7/64"]
+
+
+def test_unicast_nic_knows_its_peers():
+    spec = "name: u\nimage: deb\ncount: 3\nnetworks: [{network: uni}]\n"
+    nodes = ("n1", "n2", "n3")
+    underlays = {"uni": {"n1": "fd00::1", "n2": "fd00::2", "n3": "fd00::3"}}
+    plan = plan_for(spec, ctx(node="n2", nodes=nodes), Holding(vnis={"uni": 1001}), underlays)
+    nic = plan.nics[0]
+    assert (nic.vni, nic.unicast_local, nic.unicast_peers) == (1001, "fd00::2", ("fd00::1", "fd00::3"))
+    assert _addresses(plan) == ["192.168.51.2/24", "fd00:51::2/64"]
+    with pytest.raises(NodeError, match="no underlay addresses"):
+        plan_for(spec, ctx(node="n2", nodes=nodes), Holding(vnis={"uni": 1001}))
