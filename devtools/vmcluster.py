@@ -73,7 +73,14 @@ def test_config(directory: str, state_root: str, underlay: str, guests: dict) ->
             "lan-open": {"kind": "bridge", "bridge": NODE_BRIDGE, "trusted": True},
             "direct": {"kind": "macvtap", "parent": underlay, "mode": "bridge"},
             "private": {"kind": "vxlan", "parent": underlay, "vni_range": [5000, 5999], "subnet": "192.168.77.0/24"},
+            # tests/e2e/test_private_networks.py: a 2-VNI range, unicast segments, addresses managed on a shared bridge
+            "pair": {"kind": "vxlan", "parent": underlay, "vni_range": [6000, 6001], "subnet": "192.168.78.0/24"},
+            "uni": {"kind": "vxlan", "parent": underlay, "vni_range": [6100, 6199], "vxlan_mode": "unicast",
+                    "subnet": "192.168.79.0/24", "subnet6": "fd00:79::/64"},
+            "managed": {"kind": "bridge", "bridge": NODE_BRIDGE, "subnet": "10.77.0.0/24",
+                        "address_range": ["10.77.0.100", "10.77.0.199"]},
         },
+        "allocation_timeout": 8,
         "grace_seconds": GRACE_SECONDS,
         "hypervisor": {"memory_overhead": "320M"},
         "slurm": {"kill_wait": KILL_WAIT},
@@ -126,13 +133,13 @@ class VMCluster:
         argv = [os.path.join(venv_dir(), "bin", "slurm-vm"), *args]
         return self.cluster.client_argv(argv, user=user, env={"SLURM_VM_CONFIG": self.config_path})
 
-    def submit(self, spec_text: str, *sbatch: str, name: str = "vm") -> int:
+    def submit(self, spec_text: str, *sbatch: str, name: str = "vm", user: str = TEST_USER) -> int:
         spec = os.path.join(self.directory, "specs", f"{name}-{time.monotonic_ns()}.yaml")
         with open(spec, "w") as fh:
             fh.write(spec_text)
         os.chmod(spec, 0o644)
         out = os.path.join(self.directory, "out", "%j.out")
-        proc = self.slurm_vm("submit", "--parsable", spec, f"--output={out}", *sbatch)
+        proc = self.slurm_vm("submit", "--parsable", spec, f"--output={out}", *sbatch, user=user)
         assert proc.returncode == 0, proc.stderr
         return int(proc.stdout.strip())
 

@@ -298,3 +298,22 @@ def _segment_vnis(locks_dir: str) -> list[int]:
 def segment_holders(locks_dir: str) -> list[tuple[int, int]]:
     """(vni, job id) of every job a segment's reference record names (for sweeps and node doctor)."""
     return [(vni, job) for vni in _segment_vnis(locks_dir) for job in segment_jobs(locks_dir, vni)]
+
+
+def orphan_segments(locks_dir: str) -> list[tuple[int, list[str]]]:
+    """Segments on this node that no reference record holds (a crash between record and devices, or an
+    admin's hand): (VNI, the FDB peers its VXLAN device still sends to). Their VTEP filters count too."""
+    from .unicast import TABLE_PREFIX, list_vtep_tables, peer_entries
+    held = {vni for vni, _ in segment_holders(locks_dir)}
+    with _ipr() as ipr:
+        names = {link.get_attr("IFLA_IFNAME") or "" for link in ipr.get_links()}
+        vnis = {int(n[5:]) for n in names if n[:5] in ("svmvx", "svmbr") and n[5:].isdigit()}
+        vnis |= {int(t[len(TABLE_PREFIX):]) for t in list_vtep_tables()}
+        return [(vni, peer_entries(ipr, vni)) for vni in sorted(vnis - held)]
+
+
+def delete_orphan_segment(vni: int, locks_dir: str) -> None:
+    """Delete a segment's devices and filter if, under its lock, still no job holds it."""
+    with _segment_lock(locks_dir, vni):
+        if not _read_segment(locks_dir, vni)["jobs"]:
+            _delete_segment(vni)

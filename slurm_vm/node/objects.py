@@ -333,6 +333,25 @@ class VxlanSegmentRef(HostObject):
                 for vni, job in system.segment_holders(locks_dir(state_dir))]
 
 
+class OrphanSegment(HostObject):
+    """A VXLAN segment (device with its FDB entries, bridge, VTEP filter) no job's reference holds: reported
+    under job 0, removed by `node doctor --fix` (which tears down job 0)."""
+
+    kind: ClassVar[str] = "orphan_segment"
+
+    @classmethod
+    def sweep(cls, system: System, scope: Scope) -> list[str]:
+        orphans = system.orphan_segments(scope.locks) if scope.job_id == 0 else []
+        for vni, _ in orphans:
+            system.delete_orphan_segment(vni, scope.locks)
+        return [f"orphan VXLAN segment {vni}" for vni, _ in orphans]
+
+    @classmethod
+    def leftovers(cls, system: System, state_dir: str) -> list[Leftover]:
+        return [Leftover("VXLAN segment without a job", f"vni {vni}" + (f" (FDB to {', '.join(p)})" if p else ""), 0)
+                for vni, p in system.orphan_segments(locks_dir(state_dir))]
+
+
 @dataclass(frozen=True)
 class VolumeReservation(HostObject):
     """The job's claim on its persistent volumes, so two jobs on a node never attach one read-write."""
@@ -364,7 +383,8 @@ class VolumeReservation(HostObject):
 
 # Sweep order matters: links before the segments they sit on, the job dir (device nodes) after its links.
 KINDS: dict[str, type[HostObject]] = {cls.kind: cls for cls in (
-    PortFilterTable, Tap, Macvtap, VxlanSegmentRef, JobFile, Overlay, JobDir, ErrorNote, VolumeReservation)}
+    PortFilterTable, Tap, Macvtap, VxlanSegmentRef, JobFile, Overlay, JobDir, ErrorNote, VolumeReservation,
+    OrphanSegment)}
 # Journal entries written by slurm-vm 0.1 name `link` for taps and macvtaps alike; deleting by name covers both.
 KIND_ALIASES = {"link": "tap"}
 

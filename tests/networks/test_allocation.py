@@ -3,7 +3,7 @@
 The protocol test runs many jobs' first-node prologs as threads against an in-memory record store that,
 like slurmctld, serialises every read and write (each behind a random delay); each thread has its own
 node lock directory, as jobs on different nodes do. The real Slurm path is covered by
-tests/e2e/test_isolation.py.
+tests/e2e/test_private_networks.py.
 """
 
 from __future__ import annotations

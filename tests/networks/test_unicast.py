@@ -101,7 +101,13 @@ def test_unicast_segment_reaches_exactly_the_jobs_nodes(netns, family):
         assert evil_mac not in fdb and "192.168.61.99" not in neigh, (fdb, neigh)
         assert _dropped(job_nodes[0]) > 0
         assert not _ping(job_nodes[0], "192.168.61.99")
-        for ns in job_nodes:
+        # a node whose reference record is lost: node doctor's orphan check sees the segment and its FDB peers
+        os.unlink(os.path.join(locks + job_nodes[2], f"vxlan-{VNI}.json"))
+        orphan = in_ns(job_nodes[2], f"print(links.orphan_segments({locks + job_nodes[2]!r}))")
+        assert orphan.stdout.strip() == str([(VNI, sorted(addrs[:2]))]), orphan.stderr
+        assert in_ns(job_nodes[2], f"links.delete_orphan_segment({VNI}, {locks + job_nodes[2]!r})").returncode == 0
+        assert f"svmvx{VNI}" not in links(job_nodes[2]) and f"svmvx{VNI}" not in _nft_tables(job_nodes[2])
+        for ns in job_nodes[:2]:
             assert in_ns(ns, f"links.release_vxlan_segment({VNI}, 900, {locks + ns!r})").returncode == 0
             assert f"svmvx{VNI}" not in links(ns) and f"svmvx{VNI}" not in _nft_tables(ns)
 

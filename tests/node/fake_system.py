@@ -133,6 +133,14 @@ class FakeSystem:
     def segment_holders(self, locks: str) -> list[tuple[int, int]]:
         return [(vni, job) for vni, jobs in self.segments.items() for job in jobs]
 
+    def orphan_segments(self, locks: str) -> list[tuple[int, list[str]]]:
+        held = {vni for vni, jobs in self.segments.items() if jobs}
+        return [(int(name[5:]), []) for name in sorted(self.links) if name.startswith("svmbr")
+                and int(name[5:]) not in held]
+
+    def delete_orphan_segment(self, vni: int, locks: str) -> None:
+        self.links.pop(f"svmbr{vni}", None)
+
     # persistent volumes
     def check_volume(self, path: str, user: str, uid: int, gid: int, readonly: bool) -> VolumeInfo:
         if path in self.unreadable:
