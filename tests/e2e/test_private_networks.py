@@ -71,7 +71,6 @@ def _two_private_jobs(vc, node_a: str, node_b: str) -> None:
                               "-w", vc.cluster.nodes[2], name="pc")
             assert vc.wait_gone_or_ended(third, timeout=120) == "FAILED"
             assert "all 2 job-private segments of network 'pair' (VNIs 6000-6001) are in use" in vc.output(third)
-            vc.wait_no_leaks(third)
     finally:
         stop_all(vc, [a, b])
 
@@ -122,21 +121,24 @@ def test_unicast_three_vm_job_pings_across_nodes_without_multicast(vm_cluster):
     nodes = vc.cluster.nodes
     for node in nodes:   # nothing multicast leaves any node
         assert vc.cluster.node_exec(node, ["ip", "route", "add", "prohibit", "224.0.0.0/4"]).returncode == 0
+    job = None
     try:
         job = vc.submit(UNI, name="uc")
         vc.wait_state(job, {"RUNNING"}, timeout=120)
-        vni = holding(vc, job).vnis["uni"]
-        for i, node in enumerate(nodes):
+        for node in nodes:
             serial = vc.wait_serial(node, job, "PING uc-2 OK", timeout=180)
             assert all(f"PING uc-{k} OK" in serial for k in range(3)), serial
+        vni = holding(vc, job).vnis["uni"]
+        for node in nodes:
             fdb = vc.cluster.node_exec(node, ["bridge", "-j", "fdb", "show", "dev", f"svmvx{vni}"]).stdout
             peers = sorted(e["dst"] for e in json.loads(fdb) if e["mac"] == "00:00:00:00:00:00")
             assert peers == sorted(vc.cluster.node_ip(n) for n in nodes if n != node)
             details = vc.cluster.node_exec(node, ["ip", "-d", "-j", "link", "show", f"svmvx{vni}"]).stdout
             data = json.loads(details)[0]["linkinfo"]["info_data"]
             assert data["learning"] is False and "group" not in data
-        stop_all(vc, [job])
     finally:
+        if job is not None:
+            stop_all(vc, [job])
         for node in nodes:
             vc.cluster.node_exec(node, ["ip", "route", "del", "prohibit", "224.0.0.0/4"])
 
