@@ -174,6 +174,12 @@ def test_node_doctor_finds_and_fixes_leftovers(vm_cluster):
         fh.write("999999 /data/v.img\n")
     os.makedirs(os.path.join(state, "nics", "999999"), exist_ok=True)
     assert vc.cluster.node_exec(node, ["nft", "add", "table", "netdev", "svm_999999"]).returncode == 0
+    # a unicast segment no job holds (its record lost): device, FDB entry to a peer, VTEP filter table
+    for cmd in (["ip", "link", "add", "svmvx5998", "type", "vxlan", "id", "5998", "dev", "eth0", "dstport", "4789",
+                 "nolearning"],
+                ["bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "svmvx5998", "dst", "10.9.9.9"],
+                ["nft", "add", "table", "inet", "svmvx5998"]):
+        assert vc.cluster.node_exec(node, cmd).returncode == 0, cmd
     argv = [os.path.join(os.path.dirname(os.path.dirname(__import__("sys").executable)), "bin", "slurm-vm"),
             "node", "doctor", "--node", node, "--json"]
     env = ["env", f"SLURM_VM_CONFIG={vc.config_path}", *[f"{k}={v}" for k, v in vc.cluster.env.items()]]
@@ -182,6 +188,8 @@ def test_node_doctor_finds_and_fixes_leftovers(vm_cluster):
     kinds = {f["kind"] for f in json.loads(found.stdout) if f["job_id"] == 999999}
     assert kinds == {"job dir", "volume reservation", "VXLAN segment reference", "port filter table",
                      "macvtap device nodes"}, found.stdout
+    orphans = [f["name"] for f in json.loads(found.stdout) if f["kind"] == "VXLAN segment without a job"]
+    assert orphans == ["vni 5998 (FDB to 10.9.9.9)"], found.stdout
     fixed = vc.cluster.node_exec(node, [*env, *argv, "--fix"], timeout=60)
     assert fixed.returncode == 0, fixed.stderr
     assert not os.path.exists(os.path.join(state, "jobs", "999999"))
@@ -189,6 +197,8 @@ def test_node_doctor_finds_and_fixes_leftovers(vm_cluster):
     assert not os.path.exists(os.path.join(state, "locks", "volumes", "1-2"))
     assert not os.path.exists(os.path.join(state, "nics", "999999"))
     assert "svm_999999" not in vc.cluster.node_exec(node, ["nft", "list", "tables"]).stdout
+    assert "svmvx5998" not in vc.cluster.node_exec(node, ["ip", "-o", "link", "show"]).stdout
+    assert "svmvx5998" not in vc.cluster.node_exec(node, ["nft", "list", "tables"]).stdout
 
 
 MULTI = """name: vc
