@@ -32,13 +32,13 @@ ENDINGS = ("poweroff", "stop", "scancel", "timeout", "prolog-failure", "launcher
 ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "OUT_OF_MEMORY"}
 
 
-def spec(name: str, image: str) -> str:
-    return f"name: {name}\nimage: {image}\ncpus: 1\nmemory: 256M\nnetworks: [{{network: lan}}]\n"
+def spec(name: str, image: str, network: str = "lan") -> str:
+    return f"name: {name}\nimage: {image}\ncpus: 1\nmemory: 256M\nnetworks: [{{network: {network}}}]\n"
 
 
 class Soak:
-    def __init__(self, vc: VMCluster, rng: random.Random):
-        self.vc, self.rng = vc, rng
+    def __init__(self, vc: VMCluster, rng: random.Random, network: str = "lan"):
+        self.vc, self.rng, self.network = vc, rng, network
         self.active: dict[int, dict] = {}
         self.outcomes: collections.Counter = collections.Counter()
         self.injected_nodes: set[str] = set()
@@ -54,7 +54,7 @@ class Soak:
         ending = self.rng.choice(ENDINGS)
         image = "tiny-selfoff" if ending == "poweroff" else "tiny"
         extra = ["--time=1"] if ending == "timeout" else []
-        job = self.vc.submit(spec(f"soak{i}", image), *extra, name=f"soak{i}")
+        job = self.vc.submit(spec(f"soak{i}", image, self.network), *extra, name=f"soak{i}")
         if ending == "prolog-failure":
             self.inject(f"{self.rng.choice([s for s, _ in STEPS])}:{job}")
         self.active[job] = {"ending": ending, "acted": False, "since": time.monotonic()}
@@ -112,6 +112,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=6)
     parser.add_argument("--max-minutes", type=float, default=60)
+    parser.add_argument("--network", default="lan", choices=["lan", "private", "pair", "uni", "managed"],
+                        help="the test config's network every VM joins (private/pair/uni: job-private segments, "
+                        "their VNIs agreed cluster-wide; managed: addresses handed out cluster-wide)")
     args = parser.parse_args()
     directory = tempfile.mkdtemp(prefix="svm-soak-", dir="/var/tmp")
     os.chmod(directory, 0o755)
@@ -125,7 +128,7 @@ def main() -> int:
     cluster.up()
     setup_node_bridges(cluster)
     vc = VMCluster(cluster, config, directory, os.path.join(directory, "state"))
-    soak = Soak(vc, random.Random(args.seed))
+    soak = Soak(vc, random.Random(args.seed), args.network)
     began = time.monotonic()
     try:
         soak.run(args.jobs, args.concurrency, began + args.max_minutes * 60)
@@ -141,7 +144,7 @@ def main() -> int:
     finally:
         cluster.down()
     print(f"{sum(soak.outcomes.values())} of {args.jobs} jobs ended in {time.monotonic() - began:.0f}s "
-          f"(seed {args.seed}, {args.concurrency} at a time)")
+          f"(seed {args.seed}, {args.concurrency} at a time, network {args.network})")
     print("| ending | final state | jobs |\n|---|---|---|")
     for (ending, state), count in sorted(soak.outcomes.items()):
         print(f"| {ending} | {state} | {count} |")

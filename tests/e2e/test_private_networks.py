@@ -136,6 +136,12 @@ def test_unicast_three_vm_job_pings_across_nodes_without_multicast(vm_cluster):
             details = vc.cluster.node_exec(node, ["ip", "-d", "-j", "link", "show", f"svmvx{vni}"]).stdout
             data = json.loads(details)[0]["linkinfo"]["info_data"]
             assert data["learning"] is False and "group" not in data
+            assert f"svmvx{vni}" in vc.cluster.node_exec(node, ["nft", "list", "tables"]).stdout
+        stop_all(vc, [job])
+        job = None
+        for node in nodes:   # segment, FDB entries and VTEP filter went with the job
+            assert f"svmvx{vni}" not in vc.cluster.node_exec(node, ["ip", "-o", "link", "show"]).stdout
+            assert f"svmvx{vni}" not in vc.cluster.node_exec(node, ["nft", "list", "tables"]).stdout
     finally:
         if job is not None:
             stop_all(vc, [job])
