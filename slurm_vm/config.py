@@ -158,6 +158,7 @@ def _check_config(cfg: Config, ctx: Context) -> None:
             ctx.problem(path + ("cmdline",), "`cmdline` needs `kernel`")
     for name, net in cfg.networks.items():
         _check_network(name, net, ctx)
+    _check_vni_overlap(cfg, ctx)
     for i, entry in enumerate(cfg.mounts.allowed):
         if entry == "/" or any(entry == t or entry.startswith(t + "/") for t in ("/proc", "/sys", "/dev", "/etc",
                                                                              "/boot", "/run")):
@@ -227,6 +228,19 @@ def _check_addressing(name: str, net: Network, ctx: Context) -> None:
             shared_plan(net.subnet, tuple(net.address_range))
         except AddressError as exc:
             ctx.problem(path + ("address_range",), str(exc))
+
+
+def _check_vni_overlap(cfg: Config, ctx: Context) -> None:
+    """A shared segment's fixed `vni` inside some network's `vni_range` would let a job-private segment be
+    the shared one."""
+    ranges = [(name, net.vni_range) for name, net in cfg.networks.items()
+              if net.vni_range is not None and len(net.vni_range) == 2]
+    for name, net in cfg.networks.items():
+        for other, (first, last) in ranges:
+            if net.vni is not None and first <= net.vni <= last:
+                ctx.problem(("networks", name, "vni"), f"{net.vni} lies in network {other!r}'s vni_range "
+                            f"[{first}, {last}]: a job-private segment could be this shared one; pick a VNI "
+                            "outside every vni_range")
 
 
 def config_path() -> str:

@@ -183,6 +183,8 @@ BAD_CONFIGS = [
     ("images: {a: {path: /x}}\nnetworks: {n: {kind: vxlan, parent: e, vni_range: [1, 2], subnet: 10.0.0.0/24, "
      "address_range: [10.0.0.9, 10.0.0.30]}}\n", "networks.n.address_range"),
     ("images: {a: {path: /x}}\nallocation_timeout: 0\n", "allocation_timeout"),
+    ("images: {a: {path: /x}}\nnetworks: {p: {kind: vxlan, parent: e, vni_range: [100, 200]}, "
+     "s: {kind: vxlan, parent: e, vni: 150}}\n", "networks.s.vni"),
     ("images: {a: {path: /x}}\ngrace_seconds: 40\n", "grace_seconds"),
     ("images: {a: {path: /x}}\nstate_dir: var/lib\n", "state_dir"),
     ("images: {a: {path: /x}}\nhypervisor: {memory_overhead: -5M}\n", "hypervisor.memory_overhead"),
