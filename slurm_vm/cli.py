@@ -158,7 +158,7 @@ def list_cmd(all_users: bool, ended: bool, as_json: bool, config_path: str | Non
     from .output import print_records
     config = _config(config_path)
     user = None if all_users else current_user()
-    print_records(list_vms(_backend(config), user, ended), as_json, user, ended)
+    print_records(list_vms(_backend(config), user, ended, config), as_json, user, ended)
 
 
 @main.command()
@@ -169,15 +169,16 @@ def list_cmd(all_users: bool, ended: bool, as_json: bool, config_path: str | Non
 def status(ref: str, lines: int, as_json: bool, config_path: str | None) -> None:
     """Show one VM: its job, node, cores, memory and the last serial console lines."""
     from .errors import SlurmError
-    from .lifecycle import current_user, find_vm, record_of, serial_tail
+    from .lifecycle import current_user, find_vm, managed_addresses, record_of, serial_tail
     from .output import print_status
     config = _config(config_path)
-    job = find_vm(_backend(config), ref, current_user())
+    backend = _backend(config)
+    job = find_vm(backend, ref, current_user())
     try:
         serial = serial_tail(config, job, lines, config.slurm.command_timeout)
     except SlurmError as exc:
         serial = f"(serial log unavailable: {exc})"
-    print_status(record_of(job), serial, as_json)
+    print_status(record_of(job, managed_addresses(backend, config, [job]).get(job.job_id, ())), serial, as_json)
 
 
 @main.command()
@@ -238,13 +239,14 @@ def stop(ref: str, force: bool, config_path: str | None) -> None:
 def ssh(ref: str, login: str | None, ssh_args: tuple[str, ...], config_path: str | None) -> None:
     """ssh to a VM, jumping through its node (extra arguments go to ssh; a command after them runs there)."""
     import os
-    from .lifecycle import current_user
+    from .lifecycle import current_user, managed_addresses
     from .sshjump import ssh_command
     from .vmaccess import owned_vm, require_running
     config = _config(config_path)
     backend = _backend(config)
     job = owned_vm(backend, ref, current_user())
-    argv = ssh_command(job, require_running(backend, job), config.slurm_vm_command, login, ssh_args)
+    argv = ssh_command(job, require_running(backend, job), config.slurm_vm_command, login, ssh_args,
+                       managed_addresses(backend, config, [job]).get(job.job_id, ()))
     os.execvp(argv[0], argv)
 
 

@@ -51,17 +51,47 @@ def spec_of_job(job: JobInfo) -> VMSpec | None:
         return None
 
 
-def record_of(job: JobInfo) -> VMRecord:
+def managed_addresses(backend: SlurmBackend, config: Config | None, jobs: list[JobInfo]) -> dict[int, tuple[str, ...]]:
+    """Addresses slurm-vm handed out on networks with a `subnet`, from the jobs' AdminComment records
+    (job-private segments have their own subnets, so only shared networks' addresses are named)."""
+    from .networks.addresses import network_address_plan
+    from .networks.allocation import COMMITTED, parse_holding
+    from .slurm.cli import CliBackend, job_records
+    if config is None or not jobs or not isinstance(backend, CliBackend):
+        return {}
+    try:
+        records = job_records(backend, tuple(j.job_id for j in jobs))
+    except SlurmError:
+        return {}
+    out: dict[int, tuple[str, ...]] = {}
+    for record in records:
+        holding = parse_holding(record.admin_comment)
+        if holding is None or holding.state != COMMITTED:
+            continue
+        found = []
+        for (name, _), offsets in sorted(holding.offsets.items()):
+            net = config.networks.get(name)
+            if net is not None and net.subnet is not None:
+                found += [network_address_plan(net).address(o).split("/")[0] for o in offsets]
+        out[record.job_id] = tuple(found)
+    return out
+
+
+def record_of(job: JobInfo, managed: tuple[str, ...] = ()) -> VMRecord:
+    """`managed`: the job's addresses from managed_addresses (static ones come from the spec too)."""
     spec = spec_of_job(job)
-    addresses = tuple(n.address.split("/")[0] for n in spec.networks if n.address) if spec else ()
+    static = tuple(n.address.split("/")[0] for n in spec.networks if n.address) if spec else ()
+    addresses = tuple(dict.fromkeys(static + managed))
     return VMRecord(name=job.vm_name, job_id=job.job_id, state=job.state, nodes=job.nodes, cpus=job.cpus,
                     memory=job.memory, uptime=job.time_used, time_limit=job.time_limit, reason=job.reason,
                     addresses=addresses, user=job.user)
 
 
-def list_vms(backend: SlurmBackend, user: str | None, include_ended: bool = False) -> list[VMRecord]:
+def list_vms(backend: SlurmBackend, user: str | None, include_ended: bool = False,
+             config: Config | None = None) -> list[VMRecord]:
     jobs = [j for j in backend.jobs(user=user) if j.is_vm and (include_ended or j.state in ACTIVE_STATES)]
-    return [record_of(j) for j in sorted(jobs, key=lambda j: j.job_id)]
+    managed = managed_addresses(backend, config, jobs)
+    return [record_of(j, managed.get(j.job_id, ())) for j in sorted(jobs, key=lambda j: j.job_id)]
 
 
 def find_vm(backend: SlurmBackend, ref: str, user: str | None) -> JobInfo:

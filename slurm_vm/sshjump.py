@@ -22,8 +22,9 @@ from .slurm import JobInfo
 CONNECT_TIMEOUT = 20.0
 
 
-def vm_address(job: JobInfo) -> str:
-    record = record_of(job)
+def vm_address(job: JobInfo, managed: tuple[str, ...] = ()) -> str:
+    """The spec's static address, else one slurm-vm handed out (`managed`: lifecycle.managed_addresses)."""
+    record = record_of(job, managed)
     if not record.addresses:
         raise NotFound(f"VM {job.vm_name} has no address slurm-vm knows: give its NIC a static `address` in "
                        "the spec, or ssh through its node to the address your network's DHCP gave it")
@@ -43,8 +44,8 @@ def jump_options(job: JobInfo, node: str, slurm_vm_command: str) -> list[str]:
 
 
 def ssh_command(job: JobInfo, node: str, slurm_vm_command: str, login: str | None,
-                extra: tuple[str, ...]) -> list[str]:
-    address = vm_address(job)
+                extra: tuple[str, ...], managed: tuple[str, ...] = ()) -> list[str]:
+    address = vm_address(job, managed)
     target = f"{login}@{address}" if login else address
     options, command = split_ssh_args(extra)
     return ["ssh", *options, *jump_options(job, node, slurm_vm_command), target, *command]

@@ -168,6 +168,10 @@ def test_managed_addresses_are_distinct_and_a_taken_static_address_is_refused(vm
         assert len(set(offsets)) == 3 and all(100 <= o <= 199 for o in offsets)
         for (job, node), offset in zip(jobs, offsets):
             assert node_ping(vc, node, f"10.77.0.{offset}"), f"job {job}'s VM does not answer at its address"
+        listing = vc.slurm_vm("list", "--json")          # the user sees the handed-out addresses
+        assert listing.returncode == 0, listing.stderr
+        shown = {r["job_id"]: r["addresses"] for r in json.loads(listing.stdout)}
+        assert [shown[job] for job, _ in jobs] == [[f"10.77.0.{o}"] for o in offsets]
         static = "    address: 10.77.0.50/24\n"
         jobs.append(start(vc, MANAGED.format(name="s0", address=static), name="s0"))
         mine = vc.submit(MANAGED.format(name="s1", address=static), name="s1")
