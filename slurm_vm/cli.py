@@ -290,7 +290,7 @@ def user_doctor(as_json: bool, config_path: str | None) -> None:
 def scp(scp_args: tuple[str, ...], config_path: str | None) -> None:
     """scp to or from a VM through its node: slurm-vm scp [scp options] FILE [user@]NAME:PATH (or the reverse)."""
     import os
-    from .lifecycle import current_user
+    from .lifecycle import current_user, managed_addresses
     from .sshjump import scp_command
     from .vmaccess import owned_vm, require_running
     config = _config(config_path)
@@ -299,7 +299,7 @@ def scp(scp_args: tuple[str, ...], config_path: str | None) -> None:
     def resolve(name: str):
         job = owned_vm(backend, name, current_user())
         return job, require_running(backend, job), config.slurm_vm_command
-    argv = scp_command(scp_args, resolve)
+    argv = scp_command(scp_args, resolve, lambda job: managed_addresses(backend, config, [job]).get(job.job_id, ()))
     os.execvp(argv[0], argv)
 
 

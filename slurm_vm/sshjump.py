@@ -73,8 +73,9 @@ def split_ssh_args(args: tuple[str, ...]) -> tuple[list[str], list[str]]:
     return options, list(args[i:])
 
 
-def scp_command(args: tuple[str, ...], resolve) -> list[str]:
-    """scp with `[user@]VM:path` operands; `resolve(name) -> (job, node, slurm_vm_command)`. One VM per call."""
+def scp_command(args: tuple[str, ...], resolve, managed_of=lambda job: ()) -> list[str]:
+    """scp with `[user@]VM:path` operands; `resolve(name) -> (job, node, slurm_vm_command)`. One VM per call.
+    `managed_of(job)`: the addresses slurm-vm handed out to the job (lifecycle.managed_addresses)."""
     out: list[str] = []
     seen: dict[str, tuple] = {}
     for arg in args:
@@ -86,7 +87,7 @@ def scp_command(args: tuple[str, ...], resolve) -> list[str]:
         if name not in seen:
             seen[name] = resolve(name)
         job = seen[name][0]
-        out.append(f"{user}{at}{vm_address(job)}:{path}")
+        out.append(f"{user}{at}{vm_address(job, managed_of(job))}:{path}")
     if len(seen) != 1:
         raise SlurmVmError("name exactly one VM as NAME:path (or user@NAME:path) in the scp arguments"
                            if not seen else "scp between two VMs is not supported: copy through your machine")
