@@ -28,6 +28,7 @@ LIVE_STATES = {"RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", 
                "STAGE_OUT", "REQUEUED", "REQUEUE_FED"}
 LOCK_NAME = "allocation.lock"
 POLL_SECONDS = 1.0
+MAX_POLL_SECONDS = 3.0
 SHORTAGE_POLL_SECONDS = 3.0
 OTHER_NODES_EXTRA_SECONDS = 20   # allocation_timeout (<= 60) + this stays inside the prolog's 90 s limit
 
@@ -173,6 +174,7 @@ class Allocator:
 
     def other_node(self, first: str) -> Holding:
         deadline = self.clock() + self.timeout + OTHER_NODES_EXTRA_SECONDS
+        pause = POLL_SECONDS / 2
         while True:
             holding = parse_holding(self.store.admin_comment(self.job_id) or "")
             if holding is not None and holding.restart == self.restart:
@@ -184,7 +186,8 @@ class Allocator:
             if self.clock() >= deadline:
                 raise UserFault(f"the job's first node {first} did not record its VNI/address choice within "
                                 f"{int(self.timeout) + OTHER_NODES_EXTRA_SECONDS}s")
-            self.sleep(POLL_SECONDS)
+            self.sleep(pause)
+            pause = min(pause * 1.5, MAX_POLL_SECONDS)   # a large job's nodes must not flood slurmctld
 
 
 def allocate_for_job(spec, config, ctx, state_dir: str) -> Holding | None:
