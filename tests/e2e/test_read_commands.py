@@ -171,7 +171,8 @@ def test_user_doctor_images_and_networks_on_the_cluster(vm_cluster):
         assert proc.returncode == 0 and report["ok"], proc.stdout
         assert job in [v["job_id"] for v in report["vms"]]
         assert {i["name"] for i in report["images"]} >= {"tiny", "tiny-noacpi"}
-        assert [n["name"] for n in report["networks"]] == ["direct", "lan", "lan-open", "private"]   # sorted, all usable
+        assert [n["name"] for n in report["networks"]] == ["direct", "lan", "lan-open", "managed", "pair", "private",
+                                                             "uni"]   # sorted, all usable
         text = run(vc, "doctor", user="svmtest").stdout
         assert "ok    slurmctld: answers" in text and "Your VMs:" in text, text
         images = json.loads(run(vc, "images", "--json", user="svmtest").stdout)
