@@ -49,4 +49,4 @@ def test_offsets_round_trip(prefix, data):
     offset = data.draw(st.integers(1, host_count(subnet)))
     plan = private_plan(subnet, "fd00::/64")
     assert plan.offset_of(plan.address(offset)) == offset
-    assert plan.address6(offset).endswith(f"/64")
+    assert plan.address6(offset).endswith("/64")
