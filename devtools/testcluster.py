@@ -358,8 +358,9 @@ class Cluster:
         self._wait_for(lambda: os.path.exists(f"{munge}/munge.socket"), "munged socket")
 
     def _binds(self) -> list[str]:
-        """Host paths the 24.11 rootfs sees at the same place (the venv is the rootfs's own)."""
-        return [self.dir, *self.bind]
+        """Host paths the 24.11 rootfs sees at the same place (the venv is the rootfs's own). /home and /tmp
+        are shared like a cluster's shared filesystem, so a client's working directory exists on the nodes."""
+        return [self.dir, *self.bind, *(p for p in ("/home", "/tmp") if os.path.isdir(p))]
 
     def _start_slurmctld(self) -> None:
         # Its own UTS namespace: slurmctld insists that the hostname is SlurmctldHost's.
@@ -536,7 +537,7 @@ class Cluster:
 
 ROOTFS_PACKAGES = ["munge", "slurmctld", "slurmd", "slurm-client", "python3", "python3-venv", "qemu-system-x86",
                    "qemu-utils", "iproute2", "iputils-ping", "util-linux", "procps", "ca-certificates",
-                   "nftables"]
+                   "nftables", "busybox"]
 ROOTFS_CACHE = "/var/cache/slurm-vm"
 
 
