@@ -143,7 +143,8 @@ class Cluster:
         full_env = {**self.client_env, **(env or {})}
         command = ["env", *[f"{k}={v}" for k, v in full_env.items()], *argv]
         if self.rootfs:
-            inside = cwd if os.path.isdir(self.rootfs + cwd) else "/"
+            shared = any(cwd == b or cwd.startswith(b.rstrip("/") + "/") for b in self._binds())
+            inside = cwd if shared or os.path.isdir(self.rootfs + cwd) else "/"
             return self._in_rootfs_ns(None, self._as_user(command, user), timeout, inside)
         return subprocess.run(self._as_user(command, user), capture_output=True, text=True, timeout=timeout,
                               check=False, cwd=cwd)
