@@ -70,3 +70,25 @@ def test_checkpointing_job_is_submitted_requeueable():
     assert "--requeue" in plan_submission(text, spec, cfg).sbatch_args
     plain = parse_spec(OK, "vm.yaml", cfg)
     assert "--requeue" not in plan_submission(OK, plain, cfg).sbatch_args
+
+
+def test_plan_carries_checkpoint_settings_and_a_stable_identity():
+    from slurm_vm.hypervisor.definition import VMDefinition
+    from slurm_vm.node.context import JobContext
+    from slurm_vm.node.plan import make_plan
+    cfg = parse_config(WITH_CKPT.replace("deb: {path: /img/deb.qcow2}", "deb: {path: /img/deb.qcow2, firmware: /f}")
+                       + "slurm: {bin_dir: /opt/slurm/bin}\n", "c.yaml")
+    spec = parse_spec(OK + "on_preempt: checkpoint\n", "vm.yaml", cfg)
+    plans = [make_plan(spec, cfg, JobContext(job_id=77, uid=4201, gid=4201, user="alice", node="n1", nodes=("n1",),
+                                             cluster="c", comment="", restart_count=n)) for n in (0, 3)]
+    ck = plans[1].definition.checkpoint
+    assert ck.user_dir == "/scratch/slurm-vm/alice" and ck.keep == 2 and ck.compress and ck.restart_count == 3
+    assert (ck.on_preempt, ck.on_timeout, ck.on_restore_failure) == ("checkpoint", "shutdown", "fail")
+    assert ck.scontrol == "/opt/slurm/bin/scontrol" and ck.base_image == "/img/deb.qcow2"
+    assert plans[1].definition.hypervisor == "qemu"
+    assert plans[0].seed.meta_data == plans[1].seed.meta_data and "slurm-vm-c-77-0-0" in ck.instance_id
+    again = VMDefinition.from_json(plans[1].definition.to_json())
+    assert again == plans[1].definition
+    plain = make_plan(parse_spec(OK, "vm.yaml", cfg), cfg, JobContext(job_id=77, uid=4201, gid=4201, user="alice",
+                      node="n1", nodes=("n1",), cluster="c", comment="", restart_count=3))
+    assert plain.definition.checkpoint is None and "-77-3-0" in plain.seed.meta_data
