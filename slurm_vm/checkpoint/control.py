@@ -23,33 +23,42 @@ class CheckpointControl:
     def __init__(self, defn: VMDefinition):
         self.defn = defn
         self.settings = defn.checkpoint
-        self.trigger: str | None = None       # preempt | timeout, set by a signal
+        self.signal: int | None = None        # the first stop signal
+        self.trigger: str | None = None       # preempt | timeout | none: what that signal turned out to be
         self.found = None
         self.checked = False
         self.accelerator = ""
 
     def on_signal(self, signum: int) -> None:
-        """In the signal handler: remember what to do, decide later."""
-        s = self.settings
-        if s is None or self.trigger is not None:
-            return
-        if signum == signal.SIGTERM and s.on_preempt == "checkpoint":
-            self.trigger = "preempt"
-        elif signum == signal.SIGUSR1 and s.on_timeout == "checkpoint":
-            self.trigger = "timeout"
+        """In the signal handler: remember the signal, decide later (wanted)."""
+        if self.settings is not None and self.signal is None:
+            self.signal = signum
 
     def wanted(self) -> bool:
-        if self.trigger != "preempt":
-            return self.trigger is not None
+        """Decide once, after a signal: save (and requeue) or shut down as before.
+
+        SIGUSR1 is the time-limit warning, or the start of a preemption's GraceTime with
+        PreemptParameters=send_user_signal; SIGTERM is a scancel, or the end of the GraceTime. Slurm marks a
+        preemption in the job (PreemptTime, or the job already requeued): that tells them apart."""
+        s, signum = self.settings, self.signal
+        if s is None or signum is None or self.trigger is not None:
+            return self.trigger is not None and self.trigger != "none"
+        self.trigger = "none"
+        if "checkpoint" not in (s.on_preempt, s.on_timeout) or signum not in (signal.SIGTERM, signal.SIGUSR1):
+            return False
         try:
-            preempted = flow.is_preemption(self.defn.job_id, self.settings)
+            preempted = flow.is_preemption(self.defn.job_id, s)
         except SlurmVmError as exc:
-            say(f"cannot tell whether the job is being preempted ({exc}); shutting down without a checkpoint")
+            say(f"cannot ask Slurm about the job ({exc}): taking {signal.Signals(signum).name} as "
+                f"{'the time-limit warning' if signum == signal.SIGUSR1 else 'a scancel'}")
             preempted = False
-        if not preempted:
+        if preempted and s.on_preempt == "checkpoint":
+            self.trigger = "preempt"
+        elif not preempted and signum == signal.SIGUSR1 and s.on_timeout == "checkpoint":
+            self.trigger = "timeout"
+        elif not preempted and signum == signal.SIGTERM:
             say("SIGTERM without preemption (scancel): shutting down, no checkpoint")
-            self.trigger = None
-        return preempted
+        return self.trigger != "none"
 
     # -- restore -------------------------------------------------------------------------------------------
     def restoring_runtime(self, accelerator: str, cores: list[int]) -> RestoringQemuRuntime | None:
@@ -88,8 +97,7 @@ class CheckpointControl:
     # -- save ----------------------------------------------------------------------------------------------
     def save_and_end(self, runtime) -> int | None:
         """Save the guest and end the job so that it requeues; None when the save failed (guest resumed)."""
-        reason = self.trigger or "manual"
-        self.trigger = None
+        reason = self.trigger if self.trigger not in (None, "none") else "manual"
         qmp_path = runtime.qmp_path
         alive = lambda: runtime.proc.poll() is None  # noqa: E731
         started = time.monotonic()

@@ -117,9 +117,18 @@ def job_fields(text: str) -> dict[str, str]:
 
 
 def is_preemption(job_id: int, settings: CheckpointSettings) -> bool:
-    """Slurm sets the job's PreemptTime before it signals a job it preempts; a plain scancel leaves it unset."""
-    fields = job_fields(_scontrol(settings, "show", "job", "-o", str(job_id)))
-    return fields.get("PreemptTime", "None") not in ("None", "Unknown", "")
+    """During a preemption's GraceTime Slurm has set the job's PreemptTime; at its end Slurm requeues the job
+    (JobState REQUEUED/PENDING, or Restarts beyond this run's) before the SIGTERM. A plain scancel does neither."""
+    return preempted(job_fields(_scontrol(settings, "show", "job", "-o", str(job_id))), settings.restart_count)
+
+
+def preempted(fields: dict[str, str], restart_count: int) -> bool:
+    if fields.get("PreemptTime", "None") not in ("None", "Unknown", ""):
+        return True
+    restarts = fields.get("Restarts", "0")
+    state = fields.get("JobState", "")
+    return state in ("REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "PENDING", "PREEMPTED") or \
+        (restarts.isdigit() and int(restarts) > restart_count)
 
 
 def requeue(job_id: int, settings: CheckpointSettings) -> None:

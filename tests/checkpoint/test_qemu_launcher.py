@@ -135,7 +135,7 @@ def test_time_limit_saves_and_the_next_run_continues_the_same_boot(make_run, ckp
     assert not os.path.exists(jdir)                                  # restored: its checkpoint is gone
     os.kill(run2.launcher_pid(), signal.SIGTERM)                     # scontrol fails: plain shutdown
     code, out = finish(proc2, timeout=120)
-    assert code == 3 and "restored from" in out and "no checkpoint" in out, out
+    assert code == 3 and "restored from" in out and "taking SIGTERM as a scancel" in out, out
 
 
 def test_damaged_checkpoint_is_refused_and_kept_or_booted_afresh(make_run, ckpt_root):

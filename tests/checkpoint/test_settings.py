@@ -92,3 +92,18 @@ def test_plan_carries_checkpoint_settings_and_a_stable_identity():
     plain = make_plan(parse_spec(OK, "vm.yaml", cfg), cfg, JobContext(job_id=77, uid=4201, gid=4201, user="alice",
                       node="n1", nodes=("n1",), cluster="c", comment="", restart_count=3))
     assert plain.definition.checkpoint is None and "-77-3-0" in plain.seed.meta_data
+
+
+@pytest.mark.parametrize("fields,restarts,expected", [
+    ({"JobState": "RUNNING", "PreemptTime": "2026-12-01T07:45:15", "Restarts": "0"}, 0, True),
+    ({"JobState": "REQUEUED", "PreemptTime": "None", "Restarts": "1"}, 0, True),
+    ({"JobState": "PENDING", "PreemptTime": "None", "Restarts": "1"}, 0, True),
+    ({"JobState": "RUNNING", "PreemptTime": "None", "Restarts": "2"}, 1, True),
+    ({"JobState": "CANCELLED", "PreemptTime": "None", "Restarts": "1"}, 1, False),
+    ({"JobState": "RUNNING", "PreemptTime": "None", "Restarts": "0"}, 0, False),
+])
+def test_preemption_is_told_apart_from_scancel(fields, restarts, expected):
+    from slurm_vm.checkpoint.flow import job_fields, preempted
+    line = "JobId=5 JobName=vm-x " + " ".join(f"{k}={v}" for k, v in fields.items()) + " Comment=slurm-vm:1:z:eJ="
+    assert job_fields(line)["Comment"] == "slurm-vm:1:z:eJ="
+    assert preempted(job_fields(line), restarts) is expected
