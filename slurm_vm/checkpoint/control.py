@@ -124,5 +124,8 @@ class CheckpointControl:
             flow.requeue(self.defn.job_id, self.settings)
             say("requeued the job: it continues from the checkpoint when it starts again")
         except SlurmVmError as exc:
-            say(f"could not requeue the job ({exc}); the checkpoint stays for a later requeue")
+            if reason == "preempt":
+                say("Slurm requeues the preempted job: it continues from the checkpoint when it starts again")
+            else:
+                say(f"could not requeue the job ({exc}); the checkpoint stays for a later requeue")
         return CHECKPOINTED_EXIT

@@ -162,3 +162,34 @@ def test_damaged_checkpoint_is_refused_and_kept_or_booted_afresh(make_run, ckpt_
     code, out = finish(proc3, timeout=120)
     assert "booting the VM afresh" in out and code == 0, out
     assert os.path.exists(state)
+
+
+def test_vmm_killed_during_a_save_leaves_the_previous_checkpoint(make_run, ckpt_root):
+    run, proc = start(make_run, ckpt_root, restart=0)
+    code, out, first = save_on_time_limit(run, proc)
+    assert code == 8, out
+    jdir = os.path.join(ckpt_root, USER, "job-9")
+    (kept,) = os.listdir(jdir)
+
+    # A second run of the job (one that did not restore) is saved, and its VMM dies during the save.
+    run2, proc2 = start(make_run, ckpt_root, restart=0)
+    wait_serial(run2, proc2, "count=3", timeout=120)
+    qemu = run2.pid("vmm.pid")
+    os.kill(run2.launcher_pid(), signal.SIGUSR1)
+    deadline = time.monotonic() + 60
+    while len(os.listdir(jdir)) < 2:
+        assert time.monotonic() < deadline, os.listdir(jdir)
+        time.sleep(0.01)
+    os.kill(qemu, signal.SIGKILL)
+    code, out = finish(proc2, timeout=120)
+    assert "checkpoint failed" in out, out
+    unfinished = sorted(os.listdir(jdir))[-1]
+    assert "manifest.json" not in os.listdir(os.path.join(jdir, unfinished))
+
+    run3, proc3 = start(make_run, ckpt_root, restart=1)
+    wait_serial(run3, proc3, f"count={first[-1][0] + 2}", timeout=180)
+    after = counters(run3.serial())
+    assert after[0][1] == first[0][1] and after[0][0] > first[-1][0], (first[-2:], after[:2])
+    os.kill(run3.launcher_pid(), signal.SIGUSR2)
+    code, out = finish(proc3, timeout=120)
+    assert f"{kept}" in out and "restored from" in out, out
