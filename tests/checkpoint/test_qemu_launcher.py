@@ -174,13 +174,15 @@ def test_vmm_killed_during_a_save_leaves_the_previous_checkpoint(make_run, ckpt_
     # A second run of the job (one that did not restore) is saved, and its VMM dies during the save.
     run2, proc2 = start(make_run, ckpt_root, restart=0)
     wait_serial(run2, proc2, "count=3", timeout=120)
-    qemu = run2.pid("vmm.pid")
-    os.kill(run2.launcher_pid(), signal.SIGUSR1)
+    qemu, launcher = run2.pid("vmm.pid"), run2.launcher_pid()
+    os.kill(launcher, signal.SIGUSR1)
     deadline = time.monotonic() + 60
     while len(os.listdir(jdir)) < 2:
         assert time.monotonic() < deadline, os.listdir(jdir)
         time.sleep(0.01)
     os.kill(qemu, signal.SIGKILL)
+    time.sleep(3)
+    os.kill(launcher, signal.SIGTERM)     # after a failed save the launcher waits for the time limit's SIGTERM
     code, out = finish(proc2, timeout=120)
     assert "checkpoint failed" in out, out
     unfinished = sorted(os.listdir(jdir))[-1]
