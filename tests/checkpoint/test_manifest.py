@@ -147,3 +147,14 @@ def test_prune_keeps_the_newest_and_removes_unfinished_older_saves(tmp_path):
     store.remove(c)
     store.remove(b)
     assert not os.path.exists(jdir)
+
+
+def test_status_listing_shows_sizes_and_unfinished_saves(tmp_path):
+    from slurm_vm.checkpoint.listing import describe, job_checkpoints
+    save(str(tmp_path))
+    store.new_checkpoint_dir(store.job_dir(str(tmp_path), 42), UID)
+    entries = job_checkpoints(str(tmp_path), 42)
+    assert [e["complete"] for e in entries] == [False, True]
+    assert entries[1]["size_bytes"] == 5000 and "saved at preempt of run 0, qemu 7.2.15" in describe(entries[1])
+    assert "unusable (no manifest" in describe(entries[0])
+    assert job_checkpoints(None, 42) == [] and job_checkpoints(str(tmp_path), 43) == []
