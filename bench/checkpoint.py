@@ -22,6 +22,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from slurm_vm.checkpoint.qemu_save import load_state, save_state, state_name  # noqa: E402
+from slurm_vm.errors import HypervisorError  # noqa: E402
 from slurm_vm.hypervisor.qemu import qmp  # noqa: E402
 
 GUEST_CACHE = os.environ.get("SLURM_VM_TEST_CACHE", "/var/cache/slurm-vm/guests")
@@ -47,6 +48,14 @@ def start(tmp: str, tag: str, memory_mib: int, append: str, incoming: bool) -> t
             time.sleep(0.05)
 
 
+def quit_qemu(proc: subprocess.Popen, sock: str) -> None:
+    try:
+        qmp(sock, ("quit", None))
+    except HypervisorError:
+        pass            # QEMU may close the socket before it answers
+    proc.wait(timeout=30)
+
+
 def wait_for(path: str, marker: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -66,16 +75,14 @@ def one(tmp: str, memory_mib: int, fill_mib: int, compress: bool) -> dict:
     t0 = time.monotonic()
     save_state(sock, state, compress, time.monotonic() + 1800, alive)
     saved = time.monotonic() - t0
-    qmp(sock, ("quit", None))
-    proc.wait(timeout=30)
+    quit_qemu(proc, sock)
     t0 = time.monotonic()
     proc, sock = start(tmp, "dst", memory_mib, append, incoming=True)
     load_state(sock, state, compress, time.monotonic() + 1800, lambda: proc.poll() is None)
     qmp(sock, ("cont", None))
     restored = time.monotonic() - t0
     size = os.path.getsize(state)
-    qmp(sock, ("quit", None))
-    proc.wait(timeout=30)
+    quit_qemu(proc, sock)
     os.unlink(state)
     return {"memory_mib": memory_mib, "fill_mib": fill_mib, "compress": compress, "save_s": round(saved, 2),
             "restore_s": round(restored, 2), "state_mib": round(size / 2**20, 1)}
