@@ -98,7 +98,8 @@ class Soak:
                     os.kill(int(fh.read()), signal.SIGKILL)
             except (OSError, ValueError):
                 info["acted"] = False
-        elif info["ending"] == "preempted":
+        elif info["ending"] == "preempted" and not info.get("hog"):
+            info["hog"] = True          # one preemptor per job (the VM stays RUNNING through the GraceTime)
             self.vc.cluster.client(["sbatch", "--partition=urgent", "--exclusive", f"--nodelist={node}",
                                     "--output=/dev/null", f"--wrap=sleep {HOG_SECONDS}"], user="svmtest")
             info["acted"] = False       # acted again (stop) once restored
