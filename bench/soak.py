@@ -4,7 +4,8 @@
 Endings: the guest powers off by itself, `slurm-vm stop`, plain `scancel`, the time limit, a prolog
 failure injected at a random step, the launcher killed with SIGKILL, and preemption: a job of the partition
 `urgent` takes the VM's node, the VM is checkpointed, requeued, restored (anywhere) and then stopped. Every
-VM says `on_preempt: checkpoint`, so VMs that share the preempted node are checkpointed and restored too. Afterwards every node must be
+VM says `on_preempt: checkpoint`, so VMs that share the preempted node are checkpointed and restored too.
+Afterwards every node must be
 free of slurm-vm objects (job dirs, journals, notes, links, VMM processes) and no node may be drained
 except by the injected prolog failures (those are resumed as they happen).
 
