@@ -5,13 +5,26 @@ from __future__ import annotations
 import os
 import time
 
-from ..hypervisor.qemu import QemuRuntime, qmp, wait_for_vcpu_threads
+from ..errors import HypervisorError
+from ..hypervisor.qemu import QemuRuntime, qmp
 from ..hypervisor.runtime import say
 from .manifest import CheckpointRefused, version_mismatch
 from .qemu_save import load_state, qemu_version
 from .store import Found
 
 LOAD_TIMEOUT = 600.0
+
+
+def wait_for_vcpu_threads(socket_path: str, deadline: float, alive) -> dict[int, int]:
+    """cpu-index -> host thread id; QEMU creates its QMP socket a moment before it listens on it."""
+    while True:
+        try:
+            (cpus,) = qmp(socket_path, ("query-cpus-fast", None))
+            return {int(c["cpu-index"]): int(c["thread-id"]) for c in cpus}
+        except HypervisorError:
+            if time.monotonic() > deadline or not alive():
+                raise
+            time.sleep(0.05)
 
 
 class RestoringQemuRuntime(QemuRuntime):
