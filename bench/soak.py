@@ -2,7 +2,10 @@
 """Soak test (root; not part of every CI run): many VM jobs with random endings on the namespace cluster.
 
 Endings: the guest powers off by itself, `slurm-vm stop`, plain `scancel`, the time limit, a prolog
-failure injected at a random step, the launcher killed with SIGKILL. Afterwards every node must be
+failure injected at a random step, the launcher killed with SIGKILL, and preemption: a job of the partition
+`urgent` takes the VM's node, the VM is checkpointed, requeued, restored (anywhere) and then stopped. Every
+VM says `on_preempt: checkpoint`, so VMs that share the preempted node are checkpointed and restored too.
+Afterwards every node must be
 free of slurm-vm objects (job dirs, journals, notes, links, VMM processes) and no node may be drained
 except by the injected prolog failures (those are resumed as they happen).
 
@@ -23,17 +26,19 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from devtools.testcluster import Cluster  # noqa: E402
-from devtools.vmcluster import KILL_WAIT, setup_node_bridges, venv_dir, write_test_config  # noqa: E402
+from devtools.vmcluster import GUEST_CACHE, KILL_WAIT, setup_node_bridges, venv_dir, write_test_config  # noqa: E402
 from slurm_vm.node.prepare import STEPS  # noqa: E402
 from devtools.vmcluster import VMCluster  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENDINGS = ("poweroff", "stop", "scancel", "timeout", "prolog-failure", "launcher-killed")
+ENDINGS = ("poweroff", "stop", "scancel", "timeout", "prolog-failure", "launcher-killed", "preempted")
+HOG_SECONDS = 30
 ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "OUT_OF_MEMORY"}
 
 
 def spec(name: str, image: str, network: str = "lan") -> str:
-    return f"name: {name}\nimage: {image}\ncpus: 1\nmemory: 256M\nnetworks: [{{network: {network}}}]\n"
+    return (f"name: {name}\nimage: {image}\ncpus: 1\nmemory: 256M\nnetworks: [{{network: {network}}}]\n"
+            "on_preempt: checkpoint\n")
 
 
 class Soak:
@@ -43,6 +48,7 @@ class Soak:
         self.outcomes: collections.Counter = collections.Counter()
         self.injected_nodes: set[str] = set()
         self.resumes = 0
+        self.restored = 0
 
     def inject(self, job_hint: str) -> None:
         for node in self.vc.cluster.nodes:
@@ -57,7 +63,7 @@ class Soak:
         job = self.vc.submit(spec(f"soak{i}", image, self.network), *extra, name=f"soak{i}")
         if ending == "prolog-failure":
             self.inject(f"{self.rng.choice([s for s, _ in STEPS])}:{job}")
-        self.active[job] = {"ending": ending, "acted": False, "since": time.monotonic()}
+        self.active[job] = {"ending": ending, "acted": False, "since": time.monotonic(), "run": 0}
 
     def poke(self, job: int, info: dict) -> None:
         state = self.vc.job_field(job, "%T")
@@ -76,7 +82,11 @@ class Soak:
         if state != "RUNNING" or info["acted"]:
             return
         node = self.vc.job_field(job, "%N")
-        if "SLURM-VM-TEST ready" not in self.vc.serial_log(node, job):
+        if not self.ready(job, node, info):
+            return
+        if info["ending"] == "preempted" and info["run"] > 0:     # restored after its preemption: end it
+            info["acted"] = True
+            self.vc.slurm_vm("stop", str(job))
             return
         info["acted"] = True
         if info["ending"] == "stop":
@@ -89,6 +99,25 @@ class Soak:
                     os.kill(int(fh.read()), signal.SIGKILL)
             except (OSError, ValueError):
                 info["acted"] = False
+        elif info["ending"] == "preempted" and not info.get("hog"):
+            info["hog"] = True          # one preemptor per job (the VM stays RUNNING through the GraceTime)
+            self.vc.cluster.client(["sbatch", "--partition=urgent", "--exclusive", f"--nodelist={node}",
+                                    "--output=/dev/null", f"--wrap=sleep {HOG_SECONDS}"], user="svmtest")
+            info["acted"] = False       # acted again (stop) once restored
+
+    def ready(self, job: int, node: str, info: dict) -> bool:
+        """Booted (the serial log's marker), or restored after a preemption (a later run of the job)."""
+        restarts = self.vc.cluster.client(["scontrol", "show", "job", "-o", str(job)]).stdout
+        run = int(restarts.split("Restarts=", 1)[1].split()[0]) if "Restarts=" in restarts else 0
+        if run != info["run"]:
+            info["run"] = run
+            info["acted"] = info["ending"] not in ("preempted", "stop", "scancel", "launcher-killed") and \
+                info["acted"]
+            self.restored += 1
+        if run == 0:
+            return "SLURM-VM-TEST ready" in self.vc.serial_log(node, job)
+        return self.vc.output(job).count("the guest continues") >= run or \
+            "SLURM-VM-TEST ready" in self.vc.serial_log(node, job)
 
     def run(self, total: int, concurrency: int, deadline: float) -> None:
         started = 0
@@ -122,8 +151,9 @@ def main() -> int:
         os.makedirs(os.path.join(directory, sub))
         os.chmod(os.path.join(directory, sub), mode)
     config = write_test_config(directory, os.path.join(directory, "state"), underlay="eth0")
-    cluster = Cluster(os.environ.get("SLURM_VM_TEST_PREFIX", "") + "soak", hooks="slurm-vm", venv=venv_dir(), slurm_vm_config=config, bind=[REPO, directory],
-                      kill_wait=KILL_WAIT)
+    cluster = Cluster(os.environ.get("SLURM_VM_TEST_PREFIX", "") + "soak", hooks="slurm-vm", venv=venv_dir(),
+                      slurm_vm_config=config, bind=[REPO, directory, GUEST_CACHE], kill_wait=KILL_WAIT,
+                      preempt_grace=60)
     cluster.down()
     cluster.up()
     setup_node_bridges(cluster)
@@ -152,7 +182,11 @@ def main() -> int:
     print(f"drained nodes at the end: {len(drained)} {drained}; nodes drained by injected prolog failures "
           f"(resumed): {sorted(soak.injected_nodes)}")
     injected = sum(n for (ending, _), n in soak.outcomes.items() if ending == "prolog-failure")
-    print(f"drain events resumed: {soak.resumes}; injected prolog failures: {injected}")
+    print(f"drain events resumed: {soak.resumes}; injected prolog failures: {injected}; "
+          f"requeued runs seen: {soak.restored}")
+    checkpoints = os.path.join(directory, "checkpoints")
+    left = [os.path.join(d, n) for d, _, names in os.walk(checkpoints) for n in names]
+    print(f"checkpoint files left: {len(left)} {left[:5]}")
     unfinished = args.jobs - sum(soak.outcomes.values())
     return 0 if not leaks and not drained and not unfinished and soak.resumes <= injected else 1
 

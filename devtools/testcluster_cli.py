@@ -33,6 +33,8 @@ def main(argv: list[str]) -> int:
     up.add_argument("--slurm-vm-config")
     up.add_argument("--bind", action="append", default=[])
     up.add_argument("--kill-wait", type=int, default=10)
+    up.add_argument("--preempt-grace", type=int, default=None,
+                    help="add a partition `urgent` that preempts `main` (PreemptMode=REQUEUE, GraceTime=N)")
     for name in ("down", "status"):
         sub.add_parser(name).add_argument("--name", default="tc")
     ex = sub.add_parser("exec")
@@ -50,7 +52,7 @@ def main(argv: list[str]) -> int:
     try:
         if args.command == "up":
             cluster = Cluster(args.name, args.slurm, args.nodes, args.hooks, args.venv, args.slurm_vm_config,
-                              args.bind, args.kill_wait)
+                              args.bind, args.kill_wait, preempt_grace=args.preempt_grace)
             cluster.up()
             print(cluster.status())
             return 0

@@ -57,6 +57,9 @@ def test_config(directory: str, state_root: str, underlay: str, guests: dict) ->
         "tiny-noacpi": {"path": base, "kernel": tiny["kernel"], "initrd": tiny["initrd"],
                         "cmdline": tiny["cmdline"] + " svmtest.noacpi",
                         "description": "busybox test guest that ignores the ACPI power button"},
+        "tiny-counter": {"path": base, "kernel": tiny["kernel"], "initrd": tiny["initrd"],
+                         "cmdline": tiny["cmdline"] + " svmtest.counter",
+                         "description": "busybox test guest printing a counter, boot_id and uptime every second"},
         "tiny-selfoff": {"path": base, "kernel": tiny["kernel"], "initrd": tiny["initrd"],
                          "cmdline": tiny["cmdline"] + " svmtest.poweroff=3",
                          "description": "busybox test guest that powers off 3 s after it is ready"},
@@ -87,7 +90,16 @@ def test_config(directory: str, state_root: str, underlay: str, guests: dict) ->
         "slurm_vm_command": os.path.join(venv_dir(), "bin", "slurm-vm"),
         "log_file": os.path.join(directory, "hooks.log"),
         "mounts": {"allowed": ["$HOME", os.path.join(directory, "shares")]},
+        "checkpoint": {"dir": os.path.join(checkpoint_root(directory), "%u")},
     }
+
+
+def checkpoint_root(directory: str) -> str:
+    """Checkpoints of the test cluster's users: every node sees it (one machine); users make their own dir."""
+    root = os.path.join(directory, "checkpoints")
+    os.makedirs(root, exist_ok=True)
+    os.chmod(root, 0o1777)
+    return root
 
 
 def write_test_config(directory: str, state_root: str, underlay: str, cache: str = GUEST_CACHE) -> str:

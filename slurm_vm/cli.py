@@ -178,7 +178,10 @@ def status(ref: str, lines: int, as_json: bool, config_path: str | None) -> None
         serial = serial_tail(config, job, lines, config.slurm.command_timeout)
     except SlurmError as exc:
         serial = f"(serial log unavailable: {exc})"
-    print_status(record_of(job, managed_addresses(backend, config, [job]).get(job.job_id, ())), serial, as_json)
+    from .checkpoint.listing import job_checkpoints, owner_uid
+    checkpoints = job_checkpoints(config.checkpoint.user_dir(job.user), job.job_id, owner_uid(job.user))
+    print_status(record_of(job, managed_addresses(backend, config, [job]).get(job.job_id, ())), serial, as_json,
+                 checkpoints)
 
 
 @main.command()

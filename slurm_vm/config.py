@@ -117,6 +117,19 @@ class MountsConfig:
 
 
 @dataclass(frozen=True)
+class CheckpointConfig:
+    dir: str | None = field(AbsPath(), "where VM checkpoints go: storage every node sees; `%u` is replaced by the "
+                            "job's user name. The launcher (as the user) makes the per-user dir with mode 0700 "
+                            "(its parent must let users create it, e.g. mode 1777, or be made by the admin). "
+                            "Unset: specs may not ask for `checkpoint`", None, example="/scratch/slurm-vm/%u")
+    keep: int = field(Int(1, 100), "complete checkpoints kept per job (older ones are removed after a new save)", 1)
+    compress: bool = field(Bool(), "gzip the saved RAM and device state (smaller, slower)", False)
+
+    def user_dir(self, user: str) -> str | None:
+        return None if self.dir is None else self.dir.replace("%u", user)
+
+
+@dataclass(frozen=True)
 class Config:
     images: dict = field(MapOf(Obj(Image)), "the image store: names users may put in `image`")
     networks: dict = field(MapOf(Obj(Network)), "networks users may put in `networks[].network`", {})
@@ -139,6 +152,8 @@ class Config:
                                  None)
     mounts: MountsConfig = field(Obj(MountsConfig), "host directories users may share into their VMs",
                                  MountsConfig())
+    checkpoint: CheckpointConfig = field(Obj(CheckpointConfig), "checkpoints on preemption and time limit",
+                                         CheckpointConfig())
 
     def node_state_dir(self, node: str) -> str:
         return self.state_dir.replace("%n", node)
@@ -164,6 +179,9 @@ def _check_config(cfg: Config, ctx: Context) -> None:
                                                                              "/boot", "/run")):
             ctx.problem(("mounts", "allowed", i), f"{entry} would let users share system files; list data "
                         "directories such as /home, /scratch or $HOME")
+    if cfg.checkpoint.dir is not None and "%u" not in cfg.checkpoint.dir:
+        ctx.problem(("checkpoint", "dir"), "put `%u` (the user name) in the path, e.g. /scratch/slurm-vm/%u: "
+                    "every user needs a directory of their own")
     if cfg.grace_seconds + 5 > cfg.slurm.kill_wait:
         ctx.problem(("grace_seconds",), f"{cfg.grace_seconds}s does not leave 5s before slurm.kill_wait "
                     f"({cfg.slurm.kill_wait}s): lower it or raise KillWait in slurm.conf and slurm.kill_wait here")

@@ -102,10 +102,11 @@ def print_doctor(report: Report, as_json: bool) -> None:
         print_table(COLUMNS, [_row(r) for r in report.vms])
 
 
-def print_status(record: VMRecord, serial: str, as_json: bool) -> None:
+def print_status(record: VMRecord, serial: str, as_json: bool, checkpoints: list[dict] | None = None) -> None:
     if as_json:
         data = record.as_json()
         data["serial_tail"] = serial.splitlines()
+        data["checkpoints"] = checkpoints or []
         click.echo(json.dumps(data, indent=2))
         return
     for label, value in (("VM", record.name), ("Job", record.job_id), ("State", record.state),
@@ -113,6 +114,11 @@ def print_status(record: VMRecord, serial: str, as_json: bool) -> None:
                          ("CPUs", record.cpus), ("Memory", record.memory), ("Uptime", record.uptime),
                          ("Time limit", record.time_limit), ("Addresses", ",".join(record.addresses) or "-")):
         click.echo(f"{label + ':':12} {value}")
+    if checkpoints:
+        from .checkpoint.listing import describe
+        click.echo("Checkpoints:")
+        for entry in checkpoints:
+            click.echo(f"  {describe(entry)}")
     if serial:
         click.echo("Serial console (last lines):")
         for line in serial.splitlines():

@@ -78,6 +78,19 @@ class VMSpec:
     time: str | None = field(SlurmTime(), "Slurm time limit (default: the partition's)", None)
     count: int = field(Int(1, 4096), "VMs in the job, one per node, on a job-private network", 1)
     mounts: tuple = field(ListOf(Obj(Mount), MAX_MOUNTS), "host directories shared into the VM", [])
+    on_preempt: str = field(Str(choices=("shutdown", "checkpoint")),
+                            "on preemption: ACPI shutdown, or save the VM and continue it when Slurm requeues the "
+                            "job (needs the site's `checkpoint.dir`)", "shutdown")
+    on_timeout: str = field(Str(choices=("shutdown", "checkpoint")),
+                            "at the time-limit warning: ACPI shutdown, or save the VM and requeue the job "
+                            "(`slurm-vm submit` adds `--requeue`)", "shutdown")
+    on_restore_failure: str = field(Str(choices=("fail", "boot")),
+                                    "a checkpoint that cannot be used (damaged, foreign, other VMM version): fail "
+                                    "the job and keep the checkpoint, or boot the VM afresh", "fail")
+
+    @property
+    def checkpoints(self) -> bool:
+        return "checkpoint" in (self.on_preempt, self.on_timeout)
 
     def hostname(self, vm_index: int = 0) -> str:
         base = self.cloud_init.hostname or self.name
@@ -151,6 +164,8 @@ def _check_against_config(spec: VMSpec, config: Config, ctx: Context) -> None:
     if spec.mounts and not config.mounts.allowed:
         ctx.problem(("mounts",), "this site shares no host directories (the admins' `mounts.allowed` is empty); "
                     "remove `mounts:` and copy data in over ssh")
+    if spec.checkpoints:
+        _check_checkpoint(spec, config, ctx)
     for i, nic in enumerate(spec.networks):
         if nic.network not in config.networks:
             known = ", ".join(sorted(config.networks)) or "none configured"
@@ -182,6 +197,21 @@ def _check_addressing(spec: VMSpec, i: int, nic: NetworkRef, net, ctx: Context) 
         elif net.vni_range is None and plan.in_range(offset):
             ctx.problem(("networks", i, "address"), f"{nic.address} is in the range slurm-vm hands out "
                         f"({plan.range_text()}); pick an address outside it, or leave `address` out")
+
+
+def _check_checkpoint(spec: VMSpec, config: Config, ctx: Context) -> None:
+    key = ("on_preempt",) if spec.on_preempt == "checkpoint" else ("on_timeout",)
+    if config.checkpoint.dir is None:
+        ctx.problem(key, "this site has no checkpoint storage (`checkpoint.dir` in the admin config); "
+                    "use `shutdown` or ask the admins")
+    hypervisor = spec.hypervisor if spec.hypervisor != "auto" else config.hypervisor.default
+    if hypervisor == "cloud-hypervisor":
+        ctx.problem(key, "checkpoints need `hypervisor: qemu` for now (cloud-hypervisor is not supported yet)")
+    if spec.count > 1:
+        ctx.problem(key, "checkpoints of multi-VM jobs (`count` > 1) are not supported yet")
+    if spec.mounts:
+        ctx.problem(key, "a VM with `mounts` cannot be checkpointed (QEMU cannot save 9p/virtiofs shares); "
+                    "remove `mounts` or use `shutdown`")
 
 
 def check_user_access(spec: VMSpec, config: Config, user: str, source: str) -> None:

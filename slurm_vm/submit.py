@@ -109,5 +109,8 @@ def plan_submission(spec_text: str, spec: VMSpec, config: Config, passthrough: t
     ]
     if spec.time is not None:
         args.append(f"--time={spec.time}")
+    if spec.checkpoints:
+        args.append("--requeue")   # a checkpointed job requeues itself at the time limit (scontrol requeue)
+        args.append("--open-mode=append")   # the output of every run, incl. why a checkpoint was refused
     args.extend(passthrough)
     return SubmitPlan(batch_script(spec_text, spec, config), tuple(args), comment)

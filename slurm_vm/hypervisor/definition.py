@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import MISSING, asdict, dataclass, fields
 
+from ..checkpoint.settings import CheckpointSettings, settings_from_dict
 from ..errors import HypervisorError
 
 HYPERVISORS = ("auto", "qemu", "cloud-hypervisor")
@@ -77,6 +78,7 @@ class VMDefinition:
     share_transport: str = "9p"                       # QEMU's; cloud-hypervisor always uses virtiofs
     virtiofsd_binary: str = "/usr/lib/qemu/virtiofsd"
     memory_overhead_bytes: int = 0   # what the VMM needs beyond guest RAM (the site's hypervisor.memory_overhead)
+    checkpoint: CheckpointSettings | None = None     # slurm_vm.checkpoint: on_preempt/on_timeout, where to save
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -144,4 +146,6 @@ def from_dict(data: object) -> VMDefinition:
         raise HypervisorError("vm.json: memory_overhead_bytes out of range")
     if d["cpus"] < 1 or d["memory_bytes"] < (16 << 20) or d["grace_seconds"] < 0:
         raise HypervisorError("vm.json: cpus, memory_bytes or grace_seconds out of range")
-    return VMDefinition(**{**d, "boot": boot, "disks": disks, "nics": nics, "shares": shares})
+    checkpoint = settings_from_dict(d.get("checkpoint"))
+    return VMDefinition(**{**d, "boot": boot, "disks": disks, "nics": nics, "shares": shares,
+                           "checkpoint": checkpoint})

@@ -15,6 +15,8 @@ import subprocess
 import time
 from dataclasses import replace
 
+from ..checkpoint.control import CheckpointControl, RestoreRefused
+from ..checkpoint.manifest import CheckpointRefused
 from ..errors import HypervisorError, NotEnoughCores, NotEnoughMemory
 from ..limits import LAUNCHER_LOCK, LAUNCHER_PID, VMM_LOG, VMM_PID
 from .cloud_hypervisor import CloudHypervisorRuntime
@@ -42,6 +44,8 @@ class ExitCode(enum.IntEnum):
     CRASHED = 5                # the hypervisor exited on its own with an error or was killed
     FAILED_TO_START = 6        # the hypervisor could not be started or configured
     REFUSED = 7                # another launcher runs for this job, a bad definition, too few cores or memory
+    CHECKPOINTED = 8           # the VM was saved to its checkpoint dir (preemption, time limit) and requeued
+    RESTORE_REFUSED = 9        # the job's checkpoint cannot be used and on_restore_failure is `fail`
 
 
 SIGNAL_RESULTS = {signal.SIGTERM: ExitCode.STOPPED_ON_SIGNAL, signal.SIGINT: ExitCode.STOPPED_ON_SIGNAL,
@@ -55,6 +59,7 @@ class Launcher:
         self.requested: ExitCode | None = None
         self.request_signal = ""
         self.terminated = False
+        self.checkpoint = CheckpointControl(defn)
 
     def _on_signal(self, signum: int, frame) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
@@ -62,6 +67,7 @@ class Launcher:
         if self.requested is None:
             self.requested = SIGNAL_RESULTS[signal.Signals(signum)]
             self.request_signal = signal.Signals(signum).name
+            self.checkpoint.on_signal(signum)
 
     def run(self) -> int:
         lock_fd = self._lock()
@@ -72,7 +78,7 @@ class Launcher:
             signal.signal(sig, self._on_signal)
         try:
             result = self._run_locked()
-            if self.request_signal == "SIGUSR1":
+            if self.request_signal == "SIGUSR1" and result != ExitCode.CHECKPOINTED:
                 self._wait_for_time_limit()
             return result
         finally:
@@ -106,9 +112,10 @@ class Launcher:
         for warning in warnings:
             say(f"warning: {warning}")
         runtime_class = CloudHypervisorRuntime if hypervisor == "cloud-hypervisor" else QemuRuntime
-        say(f"starting VM {self.defn.name} with {hypervisor} ({accelerator}), {self.defn.cpus} vCPU(s), "
-            f"{self.defn.memory_bytes >> 20} MiB")
-        return runtime_class(self.defn, accelerator, cores), open_nics(self.defn)
+        runtime = self.checkpoint.restoring_runtime(accelerator, cores) if hypervisor == "qemu" else None
+        say(f"{'restoring' if runtime else 'starting'} VM {self.defn.name} with {hypervisor} ({accelerator}), "
+            f"{self.defn.cpus} vCPU(s), {self.defn.memory_bytes >> 20} MiB")
+        return runtime or runtime_class(self.defn, accelerator, cores), open_nics(self.defn)
 
     def _run_locked(self) -> int:
         try:
@@ -116,22 +123,32 @@ class Launcher:
         except (NotEnoughCores, NotEnoughMemory) as exc:
             say(str(exc))
             return ExitCode.REFUSED
+        except RestoreRefused as exc:
+            say(str(exc))
+            return ExitCode.RESTORE_REFUSED
         except HypervisorError as exc:
             say(str(exc))
             return ExitCode.FAILED_TO_START
         log_path = self.defn.path(VMM_LOG)
         daemons = share_daemons(self.defn, runtime, log_path)
         try:
-            return self._run_with_shares(runtime, fds, log_path, daemons)
+            result = self._run_with_shares(runtime, fds, log_path, daemons)
         finally:
             daemons.stop()
+        if isinstance(result, str):   # this node's QEMU cannot take the saved state
+            return self._run_locked() if self.checkpoint.cold_boot_instead(result) else ExitCode.RESTORE_REFUSED
+        return result
 
-    def _run_with_shares(self, runtime: Runtime, fds: list[int], log_path: str, daemons: ShareDaemons) -> int:
+    def _run_with_shares(self, runtime: Runtime, fds: list[int], log_path: str, daemons: ShareDaemons) -> int | str:
+        """The exit code, or why a checkpoint was refused once QEMU ran (the caller may boot afresh)."""
         try:
             daemons.start(time.monotonic() + START_TIMEOUT)
             runtime.start(fds, log_path)
             self._write_pid(VMM_PID, runtime.proc.pid)  # type: ignore[union-attr]
             runtime.after_start(time.monotonic() + START_TIMEOUT)
+        except CheckpointRefused as exc:
+            self._kill_now(runtime)
+            return str(exc)
         except HypervisorError as exc:
             say(f"failed to start: {exc}")
             self._kill(runtime)
@@ -140,6 +157,7 @@ class Launcher:
         finally:
             for fd in fds:
                 os.close(fd)
+        self.checkpoint.running(runtime)
         say(f"VM running ({time.monotonic() - self.started:.2f}s after the launcher started)")
         return self._supervise(runtime, log_path)
 
@@ -148,6 +166,11 @@ class Launcher:
         assert proc is not None
         deadline: float | None = None
         while proc.poll() is None:
+            if self.requested is not None and deadline is None and self.checkpoint.wanted():
+                saved = self.checkpoint.save_and_end(runtime)
+                if saved is not None:
+                    self._kill(runtime)
+                    return saved
             if self.requested is not None and deadline is None:
                 say(f"{self.request_signal}: pressing the ACPI power button; hard stop in "
                     f"{self.defn.grace_seconds}s")
@@ -191,6 +214,12 @@ class Launcher:
         self._kill(runtime)
         say("hard-stopped")
         return ExitCode.HARD_STOPPED
+
+    @staticmethod
+    def _kill_now(runtime: Runtime) -> None:
+        if runtime.proc is not None and runtime.proc.poll() is None:
+            runtime.proc.kill()
+            runtime.proc.wait(timeout=HARD_STOP_WAIT)
 
     @staticmethod
     def _kill(runtime: Runtime) -> None:

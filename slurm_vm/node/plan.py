@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..checkpoint.plan import checkpoint_definition, keeps_identity
 from ..config import Config
 from ..hypervisor.definition import Boot, Disk, Nic, VMDefinition
 from ..errors import NodeError
@@ -77,8 +78,9 @@ class NodePlan:
     port_filters: tuple = ()         # networks.portfilter.PortFilter per filtered NIC (node/portfilters.py)
 
 
-def instance_id(ctx: JobContext) -> str:
-    return f"slurm-vm-{ctx.cluster}-{ctx.job_id}-{ctx.restart_count}-{ctx.vm_index}"
+def instance_id(ctx: JobContext, across_requeues: bool = False) -> str:
+    restart = 0 if across_requeues else ctx.restart_count   # a restored VM keeps its identity (checkpoint)
+    return f"slurm-vm-{ctx.cluster}-{ctx.job_id}-{restart}-{ctx.vm_index}"
 
 
 def plan_nics(spec: VMSpec, config: Config, ctx: JobContext, jdir: str, holding: Holding | None = None,
@@ -116,7 +118,8 @@ def plan_seed(spec: VMSpec, config: Config, ctx: JobContext, nics: tuple[NicPlan
     user_data, vendor_data = render_user_data(spec.cloud_init.user_data, list(spec.cloud_init.ssh_authorized_keys),
                                               hostname)
     network_config = render_network_config(spec, nics, plan_addresses(spec, config, ctx.vm_index, holding))
-    return SeedPlan(path=os.path.join(jdir, SEED_FILE), meta_data=render_meta_data(instance_id(ctx), hostname),
+    return SeedPlan(path=os.path.join(jdir, SEED_FILE), meta_data=render_meta_data(
+                        instance_id(ctx, keeps_identity(spec)), hostname),
                     user_data=user_data, network_config=network_config,
                     vendor_data=ready_vendor_data(mounts_vendor_data(
                         plan_shares(spec, user_home(ctx.user)), share_transport(spec, config),
@@ -130,13 +133,16 @@ def plan_definition(spec: VMSpec, config: Config, ctx: JobContext, jdir: str, ov
     disks = (Disk(overlay, "qcow2", readonly=False, role="root", backing=True),
              Disk(seed, "raw", readonly=True, role="seed"),
              *(Disk(v.path, "auto", readonly=v.readonly, role="volume") for v in spec.volumes))
+    hypervisor = spec.hypervisor if spec.hypervisor != "auto" else config.hypervisor.default
+    if spec.checkpoints and hypervisor == "auto":
+        hypervisor = "qemu"          # checkpoints are QEMU-only for now
     return VMDefinition(
         job_id=ctx.job_id,
         name=spec.hostname(ctx.vm_index),
         cpus=spec.cpus,
         memory_bytes=spec.memory,
         memory_overhead_bytes=config.hypervisor.memory_overhead,
-        hypervisor=spec.hypervisor if spec.hypervisor != "auto" else config.hypervisor.default,
+        hypervisor=hypervisor,
         accelerator=config.hypervisor.accelerator,
         boot=Boot(kernel=image.kernel, initrd=image.initrd, cmdline=image.cmdline, firmware=image.firmware),
         disks=disks,
@@ -146,6 +152,8 @@ def plan_definition(spec: VMSpec, config: Config, ctx: JobContext, jdir: str, ov
         qemu_binary=config.hypervisor.qemu_binary,
         cloud_hypervisor_binary=config.hypervisor.cloud_hypervisor_binary,
         **definition_fields(plan_shares(spec, user_home(ctx.user)), config),
+        checkpoint=checkpoint_definition(spec, config, ctx.user, ctx.restart_count,
+                                         instance_id(ctx, keeps_identity(spec))),
     )
 
 

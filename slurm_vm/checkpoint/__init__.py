@@ -1,0 +1,1 @@
+"""Checkpoint and restore of a VM (see docs/checkpoint.md)."""

@@ -1,0 +1,139 @@
+"""The launcher's checkpoint steps (as the job's user): find and put in place a checkpoint to restore, save one
+on preemption or at the time-limit warning, requeue, and tell preemption apart from a plain scancel."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+from ..errors import HypervisorError, SlurmVmError
+from ..hypervisor.definition import VMDefinition
+from . import store
+from .manifest import OVERLAY_NAME, CheckpointRefused, Expected, FileEntry, Manifest, sha256_of, write_manifest
+from .qemu_save import copy_with_digest, restore_file, save_state, state_name
+from .settings import CheckpointSettings
+
+SAVE_TIMEOUT = 600.0
+FRESH_SUFFIX = ".fresh"
+
+
+def root_disk(defn: VMDefinition) -> str:
+    for disk in defn.disks:
+        if disk.role == "root":
+            return disk.path
+    raise HypervisorError("vm.json has no root disk to checkpoint")
+
+
+def expected(defn: VMDefinition, settings: CheckpointSettings, accelerator: str) -> Expected:
+    return Expected(job_id=defn.job_id, uid=os.getuid(), vmm="qemu", accelerator=accelerator, cpus=defn.cpus,
+                    memory_bytes=defn.memory_bytes, macs=tuple(n.mac for n in defn.nics),
+                    base_image=settings.base_image)
+
+
+def find_restore(defn: VMDefinition, settings: CheckpointSettings, accelerator: str) -> tuple[store.Found | None, str]:
+    try:
+        return store.find_for_restore(settings.user_dir, expected(defn, settings, accelerator))
+    except OSError as exc:
+        return None, f"cannot read the checkpoint dir {settings.user_dir}: {exc.strerror}"
+
+
+def put_overlay_in_place(defn: VMDefinition, found: store.Found) -> None:
+    """The saved overlay replaces the fresh one; the fresh one is kept aside for a cold-boot fallback."""
+    disk = root_disk(defn)
+    os.replace(disk, disk + FRESH_SUFFIX)
+    restore_file(os.path.join(found.path, found.manifest.overlay.name), disk)
+
+
+def back_to_fresh_overlay(defn: VMDefinition) -> None:
+    disk = root_disk(defn)
+    if os.path.exists(disk + FRESH_SUFFIX):
+        os.replace(disk + FRESH_SUFFIX, disk)
+
+
+def restored(defn: VMDefinition, found: store.Found) -> None:
+    """The guest runs again from the checkpoint: the job's own checkpoint is no longer needed."""
+    try:
+        os.unlink(root_disk(defn) + FRESH_SUFFIX)
+    except FileNotFoundError:
+        pass
+    store.remove(found.path)
+
+
+def save(defn: VMDefinition, settings: CheckpointSettings, qmp_path: str, accelerator: str, version: str,
+         reason: str, alive) -> tuple[str, Manifest]:
+    """Pause, save RAM and devices, copy the overlay, write the manifest last. The guest stays paused."""
+    jdir = store.job_dir(settings.user_dir, defn.job_id)
+    store.ensure_private_dir(settings.user_dir, os.getuid())
+    path = store.new_checkpoint_dir(jdir, os.getuid())
+    state_path = os.path.join(path, state_name(settings.compress))
+    save_state(qmp_path, state_path, settings.compress, time.monotonic() + SAVE_TIMEOUT, alive)
+    os.chmod(state_path, 0o600)
+    size, digest = sha256_of(state_path)
+    fd = os.open(state_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    overlay = copy_with_digest(root_disk(defn), path, OVERLAY_NAME)
+    manifest = Manifest(job_id=defn.job_id, uid=os.getuid(), user=settings.user,
+                        restart_count=settings.restart_count, reason=reason, created=time.time(),
+                        image=settings.image, base_image=settings.base_image, base_size=_size(settings.base_image),
+                        vmm="qemu", vmm_version=version, accelerator=accelerator, cpus=defn.cpus,
+                        memory_bytes=defn.memory_bytes, macs=tuple(n.mac for n in defn.nics),
+                        instance_id=settings.instance_id, compressed=settings.compress,
+                        state=FileEntry(os.path.basename(state_path), size, digest), overlay=overlay)
+    write_manifest(path, manifest)
+    store.prune(jdir, settings.keep, os.getuid())
+    return path, manifest
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _scontrol(settings: CheckpointSettings, *args: str) -> str:
+    try:
+        proc = subprocess.run([settings.scontrol, *args], capture_output=True, text=True,
+                              timeout=settings.command_timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SlurmVmError(f"scontrol {args[0]}: {exc}") from None
+    if proc.returncode != 0:
+        raise SlurmVmError(f"scontrol {args[0]} failed: {' '.join(proc.stderr.split())}")
+    return proc.stdout
+
+
+def job_fields(text: str) -> dict[str, str]:
+    """`scontrol show job -o` prints one line of Key=Value pairs (the stable form on every Slurm version)."""
+    out = {}
+    for word in text.split():
+        key, sep, value = word.partition("=")
+        if sep and key not in out:
+            out[key] = value
+    return out
+
+
+def is_preemption(job_id: int, settings: CheckpointSettings) -> bool:
+    """During a preemption's GraceTime Slurm has set the job's PreemptTime; at its end Slurm requeues the job
+    (JobState REQUEUED/PENDING, or Restarts beyond this run's) before the SIGTERM. A plain scancel does neither."""
+    return preempted(job_fields(_scontrol(settings, "show", "job", "-o", str(job_id))), settings.restart_count)
+
+
+def preempted(fields: dict[str, str], restart_count: int) -> bool:
+    if fields.get("PreemptTime", "None") not in ("None", "Unknown", ""):
+        return True
+    restarts = fields.get("Restarts", "0")
+    state = fields.get("JobState", "")
+    return state in ("REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "PENDING", "PREEMPTED") or \
+        (restarts.isdigit() and int(restarts) > restart_count)
+
+
+def requeue(job_id: int, settings: CheckpointSettings) -> None:
+    _scontrol(settings, "requeue", str(job_id))
+
+
+__all__ = ["CheckpointRefused", "find_restore", "put_overlay_in_place", "back_to_fresh_overlay", "restored", "save",
+           "is_preemption", "requeue", "job_fields"]

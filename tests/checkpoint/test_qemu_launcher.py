@@ -1,0 +1,197 @@
+"""Checkpoint and restore through the real launcher, real QEMU (TCG) and the tiny guest's counter, as svmtest.
+
+No Slurm here (tests/e2e/test_checkpoint.py has that): the time-limit trigger (SIGUSR1) saves, `scontrol
+requeue` fails for want of a cluster (reported, not fatal), and a second launcher with the same job id
+plays the requeued job on another node (another run dir).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import shutil
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from tests.hypervisor.test_launcher import USER, Run, finish
+
+pytestmark = [pytest.mark.root, pytest.mark.guest]
+COUNT = re.compile(r"SLURM-VM-TEST count=(\d+) boot_id=(\S+) uptime=([\d.]+)")
+
+
+def counters(serial: str) -> list[tuple[int, str, float]]:
+    return [(int(n), b, float(u)) for n, b, u in COUNT.findall(serial)]
+
+
+def checkpointing(run: Run, ckpt_root: str, restart: int, fallback: str = "fail", compress: bool = False) -> None:
+    """Give the run a root overlay and a checkpoint block, as the prolog does for `on_timeout: checkpoint`."""
+    path = os.path.join(run.dir, "vm.json")
+    with open(path) as fh:
+        definition = json.load(fh)
+    base = os.path.join(os.path.dirname(run.base), "base.qcow2")
+    if not os.path.exists(base):
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", base, "64M"], check=True)
+        os.chmod(base, 0o644)
+    overlay = os.path.join(run.dir, "overlay.qcow2")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", overlay], check=True)
+    definition["hypervisor"] = "qemu"
+    definition["disks"].insert(0, {"path": overlay, "format": "qcow2", "readonly": False, "role": "root",
+                                   "backing": True})
+    definition["checkpoint"] = {
+        "user_dir": os.path.join(ckpt_root, USER), "keep": 1, "compress": compress, "on_preempt": "checkpoint",
+        "on_timeout": "checkpoint", "on_restore_failure": fallback, "restart_count": restart, "user": USER,
+        "image": "tiny", "base_image": base, "instance_id": "iid-launcher-test", "scontrol": "/bin/false",
+        "command_timeout": 5}
+    with open(path, "w") as fh:
+        json.dump(definition, fh)
+    uid = int(subprocess.run(["id", "-u", USER], capture_output=True, text=True).stdout)
+    for name in ("vm.json", "overlay.qcow2"):
+        os.chown(os.path.join(run.dir, name), uid, uid)
+
+
+@pytest.fixture
+def make_run():
+    """Like tests/hypervisor/test_launcher.py's fixture, but each run is given its checkpoint block before it
+    starts; runs share the netns (one tap) and so must run one after the other."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    subprocess.run(["id", USER], check=True, capture_output=True)
+    base = tempfile.mkdtemp(prefix="svm-ckpt-", dir="/var/tmp")
+    os.chmod(base, 0o755)
+    netns = f"ck{os.path.basename(base)[-6:]}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    for cmd in (["link", "add", "br0", "type", "bridge"], ["addr", "add", "10.66.0.1/24", "dev", "br0"],
+                ["link", "set", "br0", "up"], ["tuntap", "add", "svm9n0", "mode", "tap", "user", USER, "vnet_hdr"],
+                ["link", "set", "svm9n0", "master", "br0", "up"]):
+        subprocess.run(["ip", "-n", netns, *cmd], check=True)
+    procs: list[subprocess.Popen] = []
+    os.mkdir(os.path.join(base, "ckpt"), 0o1777)
+    os.chmod(os.path.join(base, "ckpt"), 0o1777)
+
+    def make(ckpt_root: str, restart: int, **kw) -> tuple[Run, subprocess.Popen]:
+        home = tempfile.mkdtemp(dir=base)
+        os.chmod(home, 0o755)
+        run = Run(home, netns, cmdline_extra="svmtest.counter", cpus=1)
+        checkpointing(run, ckpt_root, restart, **kw)
+        procs.append(run.start())
+        return run, procs[-1]
+
+    make.ckpt_root = os.path.join(base, "ckpt")
+    yield make
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+    subprocess.run(["pkill", "-9", "-f", base], check=False)
+    subprocess.run(["ip", "netns", "del", netns], check=False)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def start(make_run, ckpt_root: str, restart: int, **kw):
+    return make_run(ckpt_root, restart, **kw)
+
+
+@pytest.fixture
+def ckpt_root(make_run):
+    return make_run.ckpt_root
+
+
+def wait_serial(run: Run, proc, marker: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while marker not in run.serial():
+        if proc.poll() is not None:
+            raise AssertionError(f"launcher exited ({proc.returncode}):\n{proc.stdout.read()}")
+        assert time.monotonic() < deadline, f"{marker!r} not seen:\n{run.serial()[-1500:]}"
+        time.sleep(0.3)
+
+
+def save_on_time_limit(run: Run, proc) -> tuple[int, str, list]:
+    wait_serial(run, proc, "count=3", timeout=120)
+    os.kill(run.launcher_pid(), signal.SIGUSR1)
+    code, out = finish(proc, timeout=240)
+    return code, out, counters(run.serial())
+
+
+def test_time_limit_saves_and_the_next_run_continues_the_same_boot(make_run, ckpt_root):
+    run, proc = start(make_run, ckpt_root, restart=0, compress=True)
+    code, out, before = save_on_time_limit(run, proc)
+    assert code == 8, out
+    assert "checkpoint " in out and "written" in out and "could not requeue" in out, out
+    jdir = os.path.join(ckpt_root, USER, "job-9")
+    (ckpt,) = os.listdir(jdir)
+    assert sorted(os.listdir(os.path.join(jdir, ckpt))) == ["manifest.json", "overlay.qcow2", "state.bin.gz"]
+
+    run2, proc2 = start(make_run, ckpt_root, restart=1)
+    wait_serial(run2, proc2, f"count={before[-1][0] + 3}", timeout=180)
+    after = counters(run2.serial())
+    assert after[0][0] > before[-1][0] >= 3 and after[0][0] <= before[-1][0] + 3, (before[-3:], after[:3])
+    assert {b for _, b, _ in after} == {before[0][1]}                # same boot
+    assert after[0][2] > before[-1][2]                               # uptime went on
+    assert not os.path.exists(jdir)                                  # restored: its checkpoint is gone
+    os.kill(run2.launcher_pid(), signal.SIGTERM)                     # scontrol fails: plain shutdown
+    code, out = finish(proc2, timeout=120)
+    assert code == 3 and "restored from" in out and "taking SIGTERM as a scancel" in out, out
+
+
+def test_damaged_checkpoint_is_refused_and_kept_or_booted_afresh(make_run, ckpt_root):
+    run, proc = start(make_run, ckpt_root, restart=0)
+    code, out, before = save_on_time_limit(run, proc)
+    assert code == 8, out
+    jdir = os.path.join(ckpt_root, USER, "job-9")
+    state = os.path.join(jdir, os.listdir(jdir)[0], "state.bin")
+    with open(state, "r+b") as fh:
+        fh.seek(os.path.getsize(state) // 2)
+        byte = fh.read(1)
+        fh.seek(-1, os.SEEK_CUR)
+        fh.write(bytes([byte[0] ^ 0x10]))
+
+    run2, proc2 = start(make_run, ckpt_root, restart=1)
+    code, out = finish(proc2, timeout=240)
+    assert code == 9 and "state.bin does not match its sha256" in out and "checkpoint stays" in out, out
+    assert os.path.exists(state)
+
+    run3, proc3 = start(make_run, ckpt_root, restart=1, fallback="boot")
+    wait_serial(run3, proc3, "count=2", timeout=180)
+    assert counters(run3.serial())[0][1] != before[0][1]             # a new boot
+    os.kill(run3.launcher_pid(), signal.SIGUSR2)
+    code, out = finish(proc3, timeout=120)
+    assert "booting the VM afresh" in out and code == 0, out
+    assert os.path.exists(state)
+
+
+def test_vmm_killed_during_a_save_leaves_the_previous_checkpoint(make_run, ckpt_root):
+    run, proc = start(make_run, ckpt_root, restart=0)
+    code, out, first = save_on_time_limit(run, proc)
+    assert code == 8, out
+    jdir = os.path.join(ckpt_root, USER, "job-9")
+    (kept,) = os.listdir(jdir)
+
+    # A second run of the job (one that did not restore) is saved, and its VMM dies during the save.
+    run2, proc2 = start(make_run, ckpt_root, restart=0)
+    wait_serial(run2, proc2, "count=3", timeout=120)
+    qemu, launcher = run2.pid("vmm.pid"), run2.launcher_pid()
+    os.kill(launcher, signal.SIGUSR1)
+    deadline = time.monotonic() + 60
+    while len(os.listdir(jdir)) < 2:
+        assert time.monotonic() < deadline, os.listdir(jdir)
+        time.sleep(0.01)
+    os.kill(qemu, signal.SIGKILL)
+    time.sleep(3)
+    os.kill(launcher, signal.SIGTERM)     # after a failed save the launcher waits for the time limit's SIGTERM
+    code, out = finish(proc2, timeout=120)
+    assert "checkpoint failed" in out, out
+    unfinished = sorted(os.listdir(jdir))[-1]
+    assert "manifest.json" not in os.listdir(os.path.join(jdir, unfinished))
+
+    run3, proc3 = start(make_run, ckpt_root, restart=1)
+    wait_serial(run3, proc3, f"count={first[-1][0] + 2}", timeout=180)
+    after = counters(run3.serial())
+    assert after[0][1] == first[0][1] and after[0][0] > first[-1][0], (first[-2:], after[:2])
+    os.kill(run3.launcher_pid(), signal.SIGUSR2)
+    code, out = finish(proc3, timeout=120)
+    assert f"{kept}" in out and "restored from" in out, out

@@ -1,0 +1,109 @@
+"""Checkpoint settings: the admin's `checkpoint` block and the spec's on_preempt/on_timeout/on_restore_failure."""
+
+from __future__ import annotations
+
+import pytest
+
+from slurm_vm.config import parse_config
+from slurm_vm.errors import ValidationError
+from slurm_vm.spec import parse_spec
+from slurm_vm.submit import plan_submission
+
+CONFIG = "images:\n  deb: {path: /img/deb.qcow2}\n"
+WITH_CKPT = CONFIG + "checkpoint: {dir: /scratch/slurm-vm/%u, keep: 2, compress: true}\n"
+OK = "name: web\nimage: deb\n"
+
+
+def test_checkpoint_config_defaults_and_user_dir():
+    plain = parse_config(CONFIG, "c.yaml")
+    assert plain.checkpoint.dir is None and plain.checkpoint.keep == 1 and plain.checkpoint.compress is False
+    cfg = parse_config(WITH_CKPT, "c.yaml")
+    assert cfg.checkpoint.user_dir("alice") == "/scratch/slurm-vm/alice"
+    assert cfg.checkpoint.keep == 2 and cfg.checkpoint.compress is True
+
+
+@pytest.mark.parametrize("text,field", [
+    (CONFIG + "checkpoint: {dir: scratch}\n", "checkpoint.dir"),
+    (CONFIG + "checkpoint: {dir: /scratch/../etc}\n", "checkpoint.dir"),
+    (CONFIG + "checkpoint: {dir: /scratch/shared}\n", "checkpoint.dir"),
+    (CONFIG + "checkpoint: {dir: /s/%u, keep: 0}\n", "checkpoint.keep"),
+    (CONFIG + "checkpoint: {dir: /s/%u, compress: maybe}\n", "checkpoint.compress"),
+    (CONFIG + "checkpoint: {path: /s/%u}\n", "checkpoint.path"),
+])
+def test_bad_checkpoint_config_names_the_field(text, field):
+    with pytest.raises(ValidationError) as info:
+        parse_config(text, "c.yaml")
+    assert any(field in line for line in str(info.value).splitlines()), str(info.value)
+
+
+def test_spec_defaults_keep_todays_behaviour():
+    spec = parse_spec(OK, "vm.yaml", parse_config(CONFIG, "c.yaml"))
+    assert (spec.on_preempt, spec.on_timeout, spec.on_restore_failure) == ("shutdown", "shutdown", "fail")
+    assert not spec.checkpoints
+
+
+@pytest.mark.parametrize("text,field", [
+    (OK + "on_preempt: save\n", "on_preempt"),
+    (OK + "on_timeout: true\n", "on_timeout"),
+    (OK + "on_restore_failure: retry\n", "on_restore_failure"),
+    (OK + "on_preempt: checkpoint\nhypervisor: cloud-hypervisor\n", "on_preempt"),
+    (OK + "on_timeout: checkpoint\ncount: 2\nnetworks: []\n", "on_timeout"),
+])
+def test_bad_checkpoint_specs_name_the_field(text, field):
+    with pytest.raises(ValidationError) as info:
+        parse_spec(text, "vm.yaml", parse_config(WITH_CKPT, "c.yaml"))
+    assert any(line.startswith(f"vm.yaml") and field in line for line in str(info.value).splitlines()), \
+        str(info.value)
+
+
+def test_checkpoint_needs_the_sites_checkpoint_dir():
+    with pytest.raises(ValidationError) as info:
+        parse_spec(OK + "on_preempt: checkpoint\n", "vm.yaml", parse_config(CONFIG, "c.yaml"))
+    assert "checkpoint.dir" in str(info.value) and "on_preempt" in str(info.value)
+
+
+def test_checkpointing_job_is_submitted_requeueable():
+    cfg = parse_config(WITH_CKPT, "c.yaml")
+    text = OK + "on_timeout: checkpoint\non_restore_failure: boot\n"
+    spec = parse_spec(text, "vm.yaml", cfg)
+    assert spec.checkpoints and spec.on_restore_failure == "boot"
+    assert "--requeue" in plan_submission(text, spec, cfg).sbatch_args
+    plain = parse_spec(OK, "vm.yaml", cfg)
+    assert "--requeue" not in plan_submission(OK, plain, cfg).sbatch_args
+
+
+def test_plan_carries_checkpoint_settings_and_a_stable_identity():
+    from slurm_vm.hypervisor.definition import VMDefinition
+    from slurm_vm.node.context import JobContext
+    from slurm_vm.node.plan import make_plan
+    cfg = parse_config(WITH_CKPT.replace("deb: {path: /img/deb.qcow2}", "deb: {path: /img/deb.qcow2, firmware: /f}")
+                       + "slurm: {bin_dir: /opt/slurm/bin}\n", "c.yaml")
+    spec = parse_spec(OK + "on_preempt: checkpoint\n", "vm.yaml", cfg)
+    plans = [make_plan(spec, cfg, JobContext(job_id=77, uid=4201, gid=4201, user="alice", node="n1", nodes=("n1",),
+                                             cluster="c", comment="", restart_count=n)) for n in (0, 3)]
+    ck = plans[1].definition.checkpoint
+    assert ck.user_dir == "/scratch/slurm-vm/alice" and ck.keep == 2 and ck.compress and ck.restart_count == 3
+    assert (ck.on_preempt, ck.on_timeout, ck.on_restore_failure) == ("checkpoint", "shutdown", "fail")
+    assert ck.scontrol == "/opt/slurm/bin/scontrol" and ck.base_image == "/img/deb.qcow2"
+    assert plans[1].definition.hypervisor == "qemu"
+    assert plans[0].seed.meta_data == plans[1].seed.meta_data and "slurm-vm-c-77-0-0" in ck.instance_id
+    again = VMDefinition.from_json(plans[1].definition.to_json())
+    assert again == plans[1].definition
+    plain = make_plan(parse_spec(OK, "vm.yaml", cfg), cfg, JobContext(job_id=77, uid=4201, gid=4201, user="alice",
+                      node="n1", nodes=("n1",), cluster="c", comment="", restart_count=3))
+    assert plain.definition.checkpoint is None and "-77-3-0" in plain.seed.meta_data
+
+
+@pytest.mark.parametrize("fields,restarts,expected", [
+    ({"JobState": "RUNNING", "PreemptTime": "2026-12-01T07:45:15", "Restarts": "0"}, 0, True),
+    ({"JobState": "REQUEUED", "PreemptTime": "None", "Restarts": "1"}, 0, True),
+    ({"JobState": "PENDING", "PreemptTime": "None", "Restarts": "1"}, 0, True),
+    ({"JobState": "RUNNING", "PreemptTime": "None", "Restarts": "2"}, 1, True),
+    ({"JobState": "CANCELLED", "PreemptTime": "None", "Restarts": "1"}, 1, False),
+    ({"JobState": "RUNNING", "PreemptTime": "None", "Restarts": "0"}, 0, False),
+])
+def test_preemption_is_told_apart_from_scancel(fields, restarts, expected):
+    from slurm_vm.checkpoint.flow import job_fields, preempted
+    line = "JobId=5 JobName=vm-x " + " ".join(f"{k}={v}" for k, v in fields.items()) + " Comment=slurm-vm:1:z:eJ="
+    assert job_fields(line)["Comment"] == "slurm-vm:1:z:eJ="
+    assert preempted(job_fields(line), restarts) is expected

@@ -1,0 +1,139 @@
+"""Checkpoint and restore through real Slurm (preemption, time limit, requeue), the real hooks and launcher, and
+the tiny guest's counter (svmtest.counter) read from the serial log on each node."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import pytest
+
+pytestmark = [pytest.mark.cluster, pytest.mark.guest]
+COUNT = re.compile(r"SLURM-VM-TEST count=(\d+) boot_id=(\S+) uptime=([\d.]+)")
+SPEC = """name: {name}
+image: tiny-counter
+memory: 256M
+disk: 128M
+networks:
+  - network: lan
+    address: 10.77.0.10/24
+{extra}"""
+
+
+def counters(serial: str) -> list[tuple[int, str, float]]:
+    return [(int(n), b, float(u)) for n, b, u in COUNT.findall(serial)]
+
+
+def wait_count(vc, node: str, job: int, at_least: int, timeout: float = 180) -> list[tuple[int, str, float]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen = counters(vc.serial_log(node, job))
+        if seen and seen[-1][0] >= at_least:
+            return seen
+        time.sleep(0.5)
+    raise AssertionError(f"count {at_least} not reached on {node}:\n{vc.serial_log(node, job)[-1500:]}\n"
+                         f"output:\n{vc.output(job)[-3000:]}")
+
+
+def wait_running_elsewhere(vc, job: int, first: str, timeout: float = 240) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state, node = vc.job_field(job, "%T"), vc.job_field(job, "%N")
+        if state == "RUNNING" and node and node != first:
+            return node
+        assert state not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), vc.output(job)
+        time.sleep(0.5)
+    raise AssertionError(f"job {job} not running on another node after {timeout}s: {vc.job_field(job, '%T %N %r')}"
+                         f"\n{vc.output(job)[-3000:]}")
+
+
+def wait_output(vc, job: int, marker: str, timeout: float = 180) -> str:
+    deadline = time.monotonic() + timeout
+    while marker not in vc.output(job):
+        assert time.monotonic() < deadline, f"{marker!r} not in the output:\n{vc.output(job)[-3000:]}"
+        time.sleep(0.5)
+    return vc.output(job)
+
+
+def assert_continued(before, after) -> None:
+    assert after, "no counter after the restore"
+    last = before[-1]
+    assert after[0][0] > last[0] and after[0][0] <= last[0] + 5, (before[-3:], after[:3])   # counter went on
+    assert {b for _, b, _ in after} == {last[1]}, (last, after[:3])                         # same boot
+    assert after[0][2] > last[2], (last, after[0])                                          # uptime went on
+
+
+def stop_and_check(vc, job: int, node: str) -> None:
+    ping = vc.cluster.node_exec(node, ["ping", "-c", "2", "-W", "3", "10.77.0.10"], timeout=30)
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    assert vc.slurm_vm("stop", str(job)).returncode == 0
+    assert vc.wait_gone_or_ended(job, timeout=120) == "COMPLETED", vc.output(job)
+    vc.wait_no_leaks(job)
+
+
+def test_preempted_vm_continues_on_another_node(preempt_cluster):
+    vc = preempt_cluster
+    job = vc.submit(SPEC.format(name="pre", extra="on_preempt: checkpoint\n"), "--partition=main", name="pre")
+    vc.wait_state(job, {"RUNNING"}, timeout=120)
+    first = vc.job_field(job, "%N")
+    before = wait_count(vc, first, job, 3)
+    hog = vc.cluster.client(["sbatch", "--parsable", "--partition=urgent", "--exclusive", f"--nodelist={first}",
+                             "--output=/dev/null", "--wrap=sleep 900"], user="svmtest")
+    assert hog.returncode == 0, hog.stderr
+    try:
+        second = wait_running_elsewhere(vc, job, first)
+        out = wait_output(vc, job, "the guest continues")
+        assert "preempt: pausing the guest" in out and "restored from" in out, out
+        before = counters(out.split("restored from")[0]) or before    # the serial tail printed after the save
+        after = wait_count(vc, second, job, before[-1][0] + 2)
+        assert_continued(before, [c for c in after if c[0] > 0])
+        stop_and_check(vc, job, second)
+        assert not os.listdir(os.path.join(vc.directory, "checkpoints", "svmtest")), "checkpoint not removed"
+    finally:
+        vc.cluster.client(["scancel", hog.stdout.strip().split(";")[0]])
+
+
+def test_time_limit_checkpoints_requeues_and_ends_only_at_poweroff(preempt_cluster):
+    vc = preempt_cluster
+    job = vc.submit(SPEC.format(name="tlim", extra="on_timeout: checkpoint\n"), "--time=2", name="tlim")
+    vc.wait_state(job, {"RUNNING"}, timeout=120)
+    first = vc.job_field(job, "%N")
+    wait_count(vc, first, job, 3)
+    out = wait_output(vc, job, "the guest continues", timeout=300)     # the warning, the save, the requeue
+    assert "timeout: pausing the guest" in out and "requeued the job" in out, out
+    before = counters(out.split("restored from")[0])
+    second = vc.job_field(job, "%N")
+    after = wait_count(vc, second, job, before[-1][0] + 2)
+    assert_continued(before, [c for c in after if c[0] > 0])
+    stop_and_check(vc, job, second)
+
+
+def test_damaged_checkpoint_is_refused_and_kept(preempt_cluster):
+    vc = preempt_cluster
+    node = vc.cluster.nodes[-1]
+    job = vc.submit(SPEC.format(name="flip", extra="on_preempt: checkpoint\n"), "--partition=main",
+                    f"--nodelist={node}", name="flip")
+    vc.wait_state(job, {"RUNNING"}, timeout=120)
+    wait_count(vc, node, job, 3)
+    hog = vc.cluster.client(["sbatch", "--parsable", "--partition=urgent", "--exclusive", f"--nodelist={node}",
+                             "--output=/dev/null", "--wrap=sleep 900"], user="svmtest")
+    assert hog.returncode == 0, hog.stderr
+    hog_id = hog.stdout.strip().split(";")[0]
+    try:
+        wait_output(vc, job, "Slurm requeues the preempted job")       # saved; waits for its node
+        jdir = os.path.join(vc.directory, "checkpoints", "svmtest", f"job-{job}")
+        (ckpt,) = os.listdir(jdir)
+        state = os.path.join(jdir, ckpt, "state.bin")
+        with open(state, "r+b") as fh:
+            fh.seek(os.path.getsize(state) // 2)
+            byte = fh.read(1)
+            fh.seek(-1, os.SEEK_CUR)
+            fh.write(bytes([byte[0] ^ 0x04]))
+    finally:
+        vc.cluster.client(["scancel", hog_id])
+    assert vc.wait_gone_or_ended(job, timeout=240) == "FAILED", vc.output(job)
+    out = vc.output(job)
+    assert "state.bin does not match its sha256" in out and "the checkpoint stays" in out, out
+    assert os.path.exists(state)
+    vc.wait_no_leaks(job)
