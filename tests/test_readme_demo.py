@@ -26,7 +26,7 @@ def test_demo_runs_a_vm_through_slurm_and_cleans_up():
                           cwd=REPO)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
-    for expected in ("Submitted VM tiny as job", "VM tiny is up on", "RUNNING", "SLURM-VM-TEST ready",
+    for expected in ("Submitted VM tiny as job", "VM tiny is ready on", "RUNNING", "SLURM-VM-TEST ready",
                      " 0% packet loss", "asked VM tiny", ": COMPLETED", "SLURM-VM-TEST acpi-shutdown",
                      "tearing the cluster down"):
         assert expected in out, (expected, out[-4000:])
