@@ -34,6 +34,7 @@ from .shares import ShareDaemons, effective_transport
 TIME_LIMIT_WAIT_SLACK = 180
 HARD_STOP_WAIT = 5.0
 POLL = 0.1
+REPRESS_SECONDS = 4.0      # the power button again while the grace time runs
 LOG_TAIL_LINES = 15
 
 
@@ -165,6 +166,7 @@ class Launcher:
         proc = runtime.proc
         assert proc is not None
         deadline: float | None = None
+        pressed = 0.0
         while proc.poll() is None:
             if self.requested is not None and deadline is None and self.checkpoint.wanted():
                 saved = self.checkpoint.save_and_end(runtime)
@@ -180,9 +182,17 @@ class Launcher:
                     say(f"power button failed ({exc}); stopping hard")
                     return self._hard_stop(runtime)
                 deadline = time.monotonic() + self.defn.grace_seconds
+                pressed = time.monotonic()
             if deadline is not None and time.monotonic() >= deadline:
                 say(f"the guest did not power off within {self.defn.grace_seconds}s; hard stop")
                 return self._hard_stop(runtime)
+            if deadline is not None and time.monotonic() - pressed >= REPRESS_SECONDS:
+                # A guest can miss one press (its ACPI daemon busy or not yet listening): press again.
+                try:
+                    runtime.power_button()
+                except HypervisorError:
+                    pass   # the VMM is going away; the loop sees it exit
+                pressed = time.monotonic()
             time.sleep(POLL)
         return self._exit_result(proc.returncode, log_path)
 
