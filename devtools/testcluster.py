@@ -555,7 +555,7 @@ class Cluster:
 
 ROOTFS_PACKAGES = ["munge", "slurmctld", "slurmd", "slurm-client", "python3", "python3-venv", "qemu-system-x86",
                    "qemu-utils", "iproute2", "iputils-ping", "util-linux", "procps", "ca-certificates",
-                   "nftables", "busybox"]
+                   "nftables", "busybox", "openssh-client"]
 ROOTFS_CACHE = "/var/cache/slurm-vm"
 
 
