@@ -60,20 +60,24 @@ def test_debian_guest_with_cloud_init_and_ssh(vm_cluster):
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     job = int(submitted.stdout.split()[0])
     node = vc.job_field(job, "%N")
-    assert "SLURM-VM-GUEST-READY" in vc.serial_log(node, job)
-    ssh = vc.slurm_vm("ssh", "-l", "alice", "deb", "-i", key, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-                      "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=20",
-                      "hostname; id -un; cloud-init status; sudo -n true && echo SUDO-OK", timeout=120)
-    assert ssh.returncode == 0, (ssh.stderr, vc.serial_log(node, job)[-3000:])
-    lines = ssh.stdout.split()
-    assert lines[0] == "debhost" and lines[1] == "alice", ssh.stdout
-    assert "status: done" in ssh.stdout and "SUDO-OK" in ssh.stdout, ssh.stdout   # done when --wait returned
-    assert "CLOUD-INIT-RUNCMD-DONE" in vc.serial_log(node, job)
-    copied = vc.slurm_vm("scp", "-i", key, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-                         "-o", "UserKnownHostsFile=/dev/null", "alice@deb:/etc/hostname", os.path.join(keys, "got"),
-                         timeout=120)
-    assert copied.returncode == 0, copied.stderr
-    assert open(os.path.join(keys, "got")).read().strip() == "debhost"
+    try:
+        assert "SLURM-VM-GUEST-READY" in vc.serial_log(node, job)
+        ssh = vc.slurm_vm("ssh", "-l", "alice", "deb", "-i", key, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                          "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=20",
+                          "hostname; id -un; cloud-init status; sudo -n true && echo SUDO-OK", timeout=120)
+        assert ssh.returncode == 0, (ssh.stderr, vc.serial_log(node, job)[-3000:])
+        lines = ssh.stdout.split()
+        assert lines[0] == "debhost" and lines[1] == "alice", ssh.stdout
+        assert "status: done" in ssh.stdout and "SUDO-OK" in ssh.stdout, ssh.stdout   # done when --wait returned
+        assert "CLOUD-INIT-RUNCMD-DONE" in vc.serial_log(node, job)
+        copied = vc.slurm_vm("scp", "-i", key, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                             "-o", "UserKnownHostsFile=/dev/null", "alice@deb:/etc/hostname", os.path.join(keys, "got"),
+                             timeout=120)
+        assert copied.returncode == 0, copied.stderr
+        assert open(os.path.join(keys, "got")).read().strip() == "debhost"
+    except BaseException:
+        vc.cluster.client(["scancel", str(job)])   # a failed check must not leave the VM holding a node
+        raise
     stop = vc.slurm_vm("stop", "deb")
     assert stop.returncode == 0, stop.stderr
     state = vc.wait_gone_or_ended(job, timeout=120)
