@@ -11,14 +11,13 @@ import json
 import os
 import re
 import signal
-import shutil
 import subprocess
 import tempfile
 import time
 
 import pytest
 
-from tests.hypervisor.test_launcher import USER, Run, finish
+from tests.hypervisor.test_launcher import USER, Run, finish, guest_sandbox, remove_guest_sandbox
 
 pytestmark = [pytest.mark.root, pytest.mark.guest]
 COUNT = re.compile(r"SLURM-VM-TEST count=(\d+) boot_id=(\S+) uptime=([\d.]+)")
@@ -58,17 +57,7 @@ def checkpointing(run: Run, ckpt_root: str, restart: int, fallback: str = "fail"
 def make_run():
     """Like tests/hypervisor/test_launcher.py's fixture, but each run is given its checkpoint block before it
     starts; runs share the netns (one tap) and so must run one after the other."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    subprocess.run(["id", USER], check=True, capture_output=True)
-    base = tempfile.mkdtemp(prefix="svm-ckpt-", dir="/var/tmp")
-    os.chmod(base, 0o755)
-    netns = f"ck{os.path.basename(base)[-6:]}"
-    subprocess.run(["ip", "netns", "add", netns], check=True)
-    for cmd in (["link", "add", "br0", "type", "bridge"], ["addr", "add", "10.66.0.1/24", "dev", "br0"],
-                ["link", "set", "br0", "up"], ["tuntap", "add", "svm9n0", "mode", "tap", "user", USER, "vnet_hdr"],
-                ["link", "set", "svm9n0", "master", "br0", "up"]):
-        subprocess.run(["ip", "-n", netns, *cmd], check=True)
+    base, netns = guest_sandbox("svm-ckpt-", "ck")
     procs: list[subprocess.Popen] = []
     os.mkdir(os.path.join(base, "ckpt"), 0o1777)
     os.chmod(os.path.join(base, "ckpt"), 0o1777)
@@ -87,9 +76,7 @@ def make_run():
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=30)
-    subprocess.run(["pkill", "-9", "-f", base], check=False)
-    subprocess.run(["ip", "netns", "del", netns], check=False)
-    shutil.rmtree(base, ignore_errors=True)
+    remove_guest_sandbox(base, netns)
 
 
 def start(make_run, ckpt_root: str, restart: int, **kw):

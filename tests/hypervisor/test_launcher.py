@@ -92,19 +92,31 @@ class Run:
         return self.pid("launcher.pid")
 
 
-@pytest.fixture
-def make_run():
+def guest_sandbox(prefix: str, netns_prefix: str) -> tuple[str, str]:
+    """A scratch dir under /var/tmp and a netns with bridge br0 and the user's tap svm9n0 on it."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
     subprocess.run(["id", USER], check=True, capture_output=True)
-    base = tempfile.mkdtemp(prefix="svm-launch-", dir="/var/tmp")
+    base = tempfile.mkdtemp(prefix=prefix, dir="/var/tmp")
     os.chmod(base, 0o755)
-    netns = f"th{os.path.basename(base)[-6:]}"
+    netns = f"{netns_prefix}{os.path.basename(base)[-6:]}"
     subprocess.run(["ip", "netns", "add", netns], check=True)
     for cmd in (["link", "add", "br0", "type", "bridge"], ["addr", "add", "10.66.0.1/24", "dev", "br0"],
                 ["link", "set", "br0", "up"], ["tuntap", "add", "svm9n0", "mode", "tap", "user", USER, "vnet_hdr"],
                 ["link", "set", "svm9n0", "master", "br0", "up"]):
         subprocess.run(["ip", "-n", netns, *cmd], check=True)
+    return base, netns
+
+
+def remove_guest_sandbox(base: str, netns: str) -> None:
+    subprocess.run(["pkill", "-9", "-f", base], check=False)
+    subprocess.run(["ip", "netns", "del", netns], check=False)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def make_run():
+    base, netns = guest_sandbox("svm-launch-", "th")
     runs: list[tuple[Run, subprocess.Popen]] = []
 
     def make(**kw) -> tuple[Run, subprocess.Popen]:
@@ -118,9 +130,7 @@ def make_run():
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=30)
-    subprocess.run(["pkill", "-9", "-f", base], check=False)
-    subprocess.run(["ip", "netns", "del", netns], check=False)
-    shutil.rmtree(base, ignore_errors=True)
+    remove_guest_sandbox(base, netns)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str]:
