@@ -8,6 +8,8 @@ from __future__ import annotations
 MAX_JOB_ID = 4294967295          # Slurm job ids are uint32
 MAX_NICS = 8                     # NICs per VM (names.nic_name has one hex digit for the index)
 MAX_VMS_PER_JOB = 2048           # networks.names.derive_mac spends 11 bits on the VM index
+# derive_mac's first octet for every local Slurm job id (< 2^26); a spec's static MAC may not start with it
+DERIVED_MAC_FIRST_OCTET = 0x02
 JOB_NAME_PREFIX = "vm-"          # Slurm job name of a VM job: vm-<spec name>
 DEFAULT_CONFIG_PATH = "/etc/slurm-vm/config.yaml"   # the admin config (bin/slurm-vm-prolog spells it too)
 CONFIG_ENV = "SLURM_VM_CONFIG"                      # ... or where this variable points

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from .config import Config, groups_of_user, user_may_use_network
 from .errors import Problem, ValidationError
-from .limits import MAX_NICS, MAX_VMS_PER_JOB
+from .limits import DERIVED_MAC_FIRST_OCTET, MAX_NICS, MAX_VMS_PER_JOB
 from .mounts import HOME, allowed_prefix, expand_home, home_is_usable, is_under, target_problem
 from .schema import (NAME_HELP, NAME_PATTERN, AbsPath, Bool, Context, Int, ListOf, Obj, RawMapping, SharePath, Size,
                      SlurmTime, Str, Text, field, parse_object)
@@ -31,7 +31,7 @@ MAX_MOUNTS = 8
 class NetworkRef:
     network: str = field(Str(pattern=NAME_PATTERN, pattern_help=NAME_HELP), "name of an admin-defined network")
     mac: str | None = field(Str(pattern=MAC_PATTERN, pattern_help="a MAC such as 52:54:00:12:34:56"),
-                            "MAC address (default: derived from the job, locally administered)", None)
+                            "MAC address (default: derived from the job, starting 02:); unique among running VMs", None)
     address: str | None = field(Str(pattern=IPV4_CIDR, pattern_help="an IPv4 address with prefix, e.g. 10.0.0.5/24"),
                                 "static IPv4 address/prefix written to network-config (default: DHCP)", None)
     gateway: str | None = field(Str(pattern=IPV4, pattern_help="an IPv4 address"), "default gateway", None)
@@ -120,6 +120,9 @@ def _check_spec_shape(spec: VMSpec, ctx: Context) -> None:
                             "(even first octet), or leave it out")
             elif nic.mac.lower() == "00:00:00:00:00:00":
                 ctx.problem(("networks", i, "mac"), "the all-zero MAC is not allowed")
+            elif first == DERIVED_MAC_FIRST_OCTET:
+                ctx.problem(("networks", i, "mac"), f"{nic.mac}: MACs starting with 02: are the ones slurm-vm gives "
+                            "VMs; use another (e.g. 52:54:00:…), or leave `mac` out")
             elif nic.mac.lower() in macs:
                 ctx.problem(("networks", i, "mac"), f"same MAC as networks[{macs[nic.mac.lower()]}]")
             else:

@@ -6,7 +6,8 @@ whitespace-free token, e.g. `svm-net=0.k.private:v5001,lan@0:a100-102`:
 - `0`: the job's restart count (a requeued job records anew; its other nodes wait for the new record),
 - `c` candidate (being checked), `k` committed (the job's nodes use it), `x` failed (none free),
 - `NET:vVNI` a job-private segment, `NET@NIC:aOFFSETS` the host offsets of NIC `NIC` of the job's VMs,
-  VM by VM (`3-5+9` is 3,4,5,9), `x.NET` the network that had nothing free.
+  VM by VM (`3-5+9` is 3,4,5,9), `mNIC:HEX12` a static MAC from the spec, `x.NET` the network that had
+  nothing free.
 
 The protocol that makes the choice race-free lives in slurm_vm/node/allocate.py; see docs/architecture.md.
 """
@@ -23,6 +24,7 @@ CANDIDATE, COMMITTED, FAILED = "c", "k", "x"
 _NAME = r"[a-z0-9]([a-z0-9_-]{0,30}[a-z0-9])?"
 _VNI_ENTRY = re.compile(rf"({_NAME}):v([0-9]{{1,8}})")
 _ADDR_ENTRY = re.compile(rf"({_NAME})@([0-7]):a([0-9+-]{{1,20000}})")
+_MAC_ENTRY = re.compile(r"m([0-7]):([0-9a-f]{12})")
 MAX_RECORD = 60000
 
 
@@ -38,9 +40,13 @@ class Holding:
     vnis: dict = field(default_factory=dict)          # network -> VNI
     offsets: dict = field(default_factory=dict)       # (network, nic index) -> tuple of offsets, VM i at [i]
     failed: str = ""                                  # FAILED: the network with nothing free
+    macs: dict = field(default_factory=dict)          # nic index -> static MAC (48-bit int) from the spec
 
     def held_vnis(self) -> set[int]:
         return set() if self.state == FAILED else set(self.vnis.values())
+
+    def held_macs(self) -> set[int]:
+        return set() if self.state == FAILED else set(self.macs.values())
 
     def held_offsets(self, network: str) -> set[int]:
         if self.state == FAILED:
@@ -78,6 +84,7 @@ def _expand(text: str) -> tuple[int, ...]:
 def format_holding(holding: Holding) -> str:
     entries = [f"{net}:v{vni}" for net, vni in sorted(holding.vnis.items())]
     entries += [f"{net}@{nic}:a{_compress(offs)}" for (net, nic), offs in sorted(holding.offsets.items())]
+    entries += [f"m{nic}:{mac:012x}" for nic, mac in sorted(holding.macs.items())]
     if holding.state == FAILED:
         entries = [holding.failed or "-"]
     return f"{TOKEN}{holding.restart}.{holding.state}.{','.join(entries)}"
@@ -103,15 +110,18 @@ def _parse_token(body: str) -> Holding:
         return Holding(restart=int(restart), state=state, failed=entries)
     vnis: dict[str, int] = {}
     offsets: dict[tuple[str, int], tuple[int, ...]] = {}
+    macs: dict[int, int] = {}
     for entry in filter(None, entries.split(",")):
-        vni, addr = _VNI_ENTRY.fullmatch(entry), _ADDR_ENTRY.fullmatch(entry)
+        vni, addr, mac = _VNI_ENTRY.fullmatch(entry), _ADDR_ENTRY.fullmatch(entry), _MAC_ENTRY.fullmatch(entry)
         if vni:
             vnis[vni.group(1)] = int(vni.group(3))
         elif addr:
             offsets[(addr.group(1), int(addr.group(3)))] = _expand(addr.group(4))
+        elif mac:
+            macs[int(mac.group(1))] = int(mac.group(2), 16)
         else:
             raise RecordError(f"bad entry {entry!r}")
-    return Holding(restart=int(restart), state=state, vnis=vnis, offsets=offsets)
+    return Holding(restart=int(restart), state=state, vnis=vnis, offsets=offsets, macs=macs)
 
 
 def with_holding(admin_comment: str, holding: Holding | None) -> str:
@@ -142,12 +152,20 @@ class AddressNeed:
 
 
 @dataclass(frozen=True)
+class MacNeed:
+    """A spec's static MAC: no other running VM may use it, whether another spec's or one slurm-vm derived."""
+    nic: int
+    mac: int
+
+
+@dataclass(frozen=True)
 class Needs:
     vnis: tuple[VniNeed, ...] = ()
     addresses: tuple[AddressNeed, ...] = ()
+    macs: tuple[MacNeed, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.vnis or self.addresses)
+        return bool(self.vnis or self.addresses or self.macs)
 
 
 @dataclass(frozen=True)
@@ -155,20 +173,28 @@ class Taken:
     """What other running jobs hold, from their records."""
     vnis: dict = field(default_factory=dict)          # vni -> job id
     offsets: dict = field(default_factory=dict)       # (network, offset) -> job id
+    macs: dict = field(default_factory=dict)          # static MAC -> job id
+    live: frozenset = frozenset()                     # every other live job (derived MACs come from job ids)
+    # Candidates of higher job ids: they yield to this job, so they cannot make its static MAC or address
+    # taken (else two jobs wanting the same one would refuse each other). Firm holders win in the maps above.
+    yielding: frozenset = frozenset()
 
 
-def taken_by(records: dict[int, Holding], job_id: int) -> Taken:
+def taken_by(records: dict[int, Holding], job_id: int, live: frozenset[int] = frozenset()) -> Taken:
     vnis: dict[int, int] = {}
     offsets: dict[tuple[str, int], int] = {}
-    for other, holding in sorted(records.items()):
-        if other == job_id or holding.state == FAILED:
-            continue
+    macs: dict[int, int] = {}
+    others = {other: h for other, h in records.items() if other != job_id and h.state != FAILED}
+    yielding = frozenset(o for o, h in others.items() if h.state == CANDIDATE and o > job_id)
+    for other, holding in sorted(others.items(), key=lambda item: (item[0] in yielding, item[0])):
         for vni in holding.held_vnis():
             vnis.setdefault(vni, other)
         for (net, _), offs in holding.offsets.items():
             for off in offs:
                 offsets.setdefault((net, off), other)
-    return Taken(vnis=vnis, offsets=offsets)
+        for mac in holding.held_macs():
+            macs.setdefault(mac, other)
+    return Taken(vnis=vnis, offsets=offsets, macs=macs, live=live - {job_id}, yielding=yielding)
 
 
 @dataclass(frozen=True)
@@ -186,8 +212,38 @@ class StaticTaken:
     job_id: int
 
 
-def choose(needs: Needs, taken: Taken, restart: int = 0) -> Holding | Shortage | StaticTaken:
+@dataclass(frozen=True)
+class MacTaken:
+    nic: int
+    mac: int
+    job_id: int
+
+
+def mac_holder(need: MacNeed, taken: Taken) -> MacTaken | None:
+    """Another live job using the MAC: in its record (a static MAC), or as the job slurm-vm derives it for."""
+    holder = taken.macs.get(need.mac)
+    if holder in taken.yielding:
+        holder = None
+    if holder is None:
+        derived = derived_mac_job(need.mac)
+        holder = derived if derived in taken.live else None
+    return MacTaken(need.nic, need.mac, holder) if holder is not None else None
+
+
+def derived_mac_job(mac: int) -> int | None:
+    """The job whose VMs slurm-vm would give this MAC (the inverse of names.derive_mac), or None."""
+    if (mac >> 40) & 0x03 != 0x02:
+        return None     # not locally administered unicast: never derived
+    value = ((mac >> 42) << 40) | (mac & ((1 << 40) - 1))
+    return value >> 14 or None
+
+
+def choose(needs: Needs, taken: Taken, restart: int = 0) -> Holding | Shortage | StaticTaken | MacTaken:
     """The lowest free VNI of each range and the lowest free offsets, as a candidate holding."""
+    for mac_need in needs.macs:
+        mac_taken = mac_holder(mac_need, taken)
+        if mac_taken is not None:
+            return mac_taken
     vnis: dict[str, int] = {}
     used_vnis = set(taken.vnis)
     for need in needs.vnis:
@@ -204,9 +260,9 @@ def choose(needs: Needs, taken: Taken, restart: int = 0) -> Holding | Shortage |
     used = set(taken.offsets)
     for need in needs.addresses:
         if need.static is not None:
-            holder = taken.offsets.get((need.network, need.static))
-            if holder is not None:
-                return StaticTaken(need.network, need.nic, need.static, holder)
+            taken_static = static_holder(need, taken)
+            if taken_static is not None:
+                return taken_static
             offsets[(need.network, need.nic)] = (need.static,)
             used.add((need.network, need.static))
             continue
@@ -221,7 +277,8 @@ def choose(needs: Needs, taken: Taken, restart: int = 0) -> Holding | Shortage |
                             f"few free for {need.count} VM(s): the others are in use by running jobs")
         offsets[(need.network, need.nic)] = tuple(picked)
         used.update((need.network, o) for o in picked)
-    return Holding(restart=restart, state=CANDIDATE, vnis=vnis, offsets=offsets)
+    return Holding(restart=restart, state=CANDIDATE, vnis=vnis, offsets=offsets,
+                   macs={need.nic: need.mac for need in needs.macs})
 
 
 def conflicts(mine: Holding, records: dict[int, Holding], job_id: int) -> dict[int, list[str]]:
@@ -234,17 +291,30 @@ def conflicts(mine: Holding, records: dict[int, Holding], job_id: int) -> dict[i
         what = [f"vni {v}" for v in sorted(mine.held_vnis() & holding.held_vnis())]
         what += [f"{net} {off}" for net, off in sorted(my_offsets)
                  if holding.state != FAILED and off in holding.held_offsets(net)]
+        what += [f"mac {mac:012x}" for mac in sorted(mine.held_macs() & holding.held_macs())]
         if what:
             out[other] = what
     return out
 
 
-def static_conflicts(needs: Needs, records: dict[int, Holding], job_id: int) -> StaticTaken | None:
-    """The first static address of `needs` that another job's record holds."""
+def static_holder(need: AddressNeed, taken: Taken) -> StaticTaken | None:
+    holder = taken.offsets.get((need.network, need.static))
+    if holder is None or holder in taken.yielding:
+        return None
+    return StaticTaken(need.network, need.nic, need.static, holder)  # type: ignore[arg-type]
+
+
+def static_conflicts(needs: Needs, records: dict[int, Holding], job_id: int,
+                     live: frozenset[int] = frozenset()) -> StaticTaken | MacTaken | None:
+    """The first static MAC or address of `needs` that another live job holds (higher candidates yield)."""
+    taken = taken_by(records, job_id, live)
+    for mac_need in needs.macs:
+        mac_taken = mac_holder(mac_need, taken)
+        if mac_taken is not None:
+            return mac_taken
     for need in needs.addresses:
-        if need.static is None:
-            continue
-        for other, holding in sorted(records.items()):
-            if other != job_id and need.static in holding.held_offsets(need.network):
-                return StaticTaken(need.network, need.nic, need.static, other)
+        if need.static is not None:
+            found = static_holder(need, taken)
+            if found is not None:
+                return found
     return None

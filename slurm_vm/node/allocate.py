@@ -17,8 +17,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
 
-from ..networks.allocation import (COMMITTED, FAILED, AddressNeed, Holding, Needs, Shortage, StaticTaken, VniNeed,
-                                   choose, conflicts, parse_holding, static_conflicts, taken_by, with_holding)
+from ..networks.allocation import (COMMITTED, FAILED, AddressNeed, Holding, MacNeed, MacTaken, Needs, Shortage,
+                                   StaticTaken, VniNeed, choose, conflicts, parse_holding, static_conflicts, taken_by,
+                                   with_holding)
 from ..errors import UserFault
 from ..slurm.cli import JobRecord
 
@@ -63,9 +64,11 @@ class SlurmRecords:
 
 
 def needs_of(spec, config) -> Needs:
-    """What the job must agree on cluster-wide: VNIs of job-private segments, addresses on shared subnets."""
+    """What the job must agree on cluster-wide: VNIs of job-private segments, addresses on shared subnets, and
+    the spec's static MACs."""
     from ..networks.addresses import network_address_plan
     vnis, addresses = [], []
+    macs = [MacNeed(i, int(ref.mac.replace(":", ""), 16)) for i, ref in enumerate(spec.networks) if ref.mac]
     for i, ref in enumerate(spec.networks):
         net = config.networks[ref.network]
         if net.kind == "vxlan" and net.vni_range is not None:
@@ -74,7 +77,7 @@ def needs_of(spec, config) -> Needs:
             plan = network_address_plan(net)
             static = plan.offset_of(ref.address) if ref.address else None
             addresses.append(AddressNeed(ref.network, i, plan.first, plan.last, spec.count, static))
-    return Needs(vnis=tuple(vnis), addresses=tuple(addresses))
+    return Needs(vnis=tuple(vnis), addresses=tuple(addresses), macs=tuple(macs))
 
 
 @contextlib.contextmanager
@@ -99,6 +102,7 @@ class Allocator:
     clock: Callable[[], float] = time.monotonic
     rng: random.Random = field(default_factory=random.Random)
     _users: dict = field(default_factory=dict)
+    _live: frozenset = frozenset()
     _written: bool = False
 
     # --- the job's first node ----------------------------------------------------------------------------
@@ -111,8 +115,9 @@ class Allocator:
                 result = self._attempt(needs, base)
             if isinstance(result, Holding):
                 return result
-            if isinstance(result, StaticTaken):
-                self._write(base, Holding(restart=self.restart, state=FAILED, failed=result.network))
+            if isinstance(result, (StaticTaken, MacTaken)):
+                failed = result.network if isinstance(result, StaticTaken) else "-"
+                self._write(base, Holding(restart=self.restart, state=FAILED, failed=failed))
                 raise UserFault(self._static_message(result))
             if isinstance(result, Shortage):
                 if self._written:
@@ -127,17 +132,17 @@ class Allocator:
                 raise UserFault(f"could not agree on network resources with concurrent jobs within "
                                 f"{int(self.timeout)}s: requeue the job")
 
-    def _attempt(self, needs: Needs, base: str) -> Holding | Shortage | StaticTaken | None:
+    def _attempt(self, needs: Needs, base: str) -> Holding | Shortage | StaticTaken | MacTaken | None:
         """One round: choose, record a candidate, re-read; the holding once committed, else why not (None: lost
         a race, choose again)."""
         others = self._others()
-        choice = choose(needs, taken_by(others, self.job_id), self.restart)
+        choice = choose(needs, taken_by(others, self.job_id, self._live), self.restart)
         if not isinstance(choice, Holding):
             return choice
         self._write(base, choice)
         for look in range(2):
             others = self._others()
-            static = static_conflicts(needs, others, self.job_id)
+            static = static_conflicts(needs, others, self.job_id, self._live)
             if static is not None:
                 return static
             clash = conflicts(choice, others, self.job_id)
@@ -152,21 +157,28 @@ class Allocator:
 
     def _others(self) -> dict[int, Holding]:
         out = {}
+        live = set()
         for record in self.store.records():
             if record.job_id == self.job_id or record.state not in LIVE_STATES:
                 continue
+            live.add(record.job_id)
             holding = parse_holding(record.admin_comment)
             if holding is not None:
                 out[record.job_id] = holding
-                self._users[record.job_id] = record.user
+            self._users[record.job_id] = record.user
+        self._live = frozenset(live)
         return out
 
     def _write(self, base: str, holding: Holding | None) -> None:
         self.store.write(self.job_id, with_holding(base, holding))
         self._written = True
 
-    def _static_message(self, taken: StaticTaken) -> str:
+    def _static_message(self, taken: StaticTaken | MacTaken) -> str:
         owner = f" (your job {taken.job_id})" if self._users.get(taken.job_id) == self.user else ""
+        if isinstance(taken, MacTaken):
+            mac = ":".join(f"{(taken.mac >> s) & 0xFF:02x}" for s in range(40, -8, -8))
+            return (f"networks[{taken.nic}].mac: {mac} is in use by another running VM{owner} (a spec's or one "
+                    f"slurm-vm gives); pick another MAC or leave `mac` out")
         return (f"networks[{taken.nic}].address: host {taken.offset} of network {taken.network!r} is in use by "
                 f"another running VM{owner}; pick another address or leave `address` out")
 

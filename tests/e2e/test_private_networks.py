@@ -157,7 +157,7 @@ networks:
 {address}"""
 
 
-def test_managed_addresses_are_distinct_and_a_taken_static_address_is_refused(vm_cluster):
+def test_managed_addresses_are_distinct_and_a_taken_static_address_or_mac_is_refused(vm_cluster):
     vc = vm_cluster
     jobs = []
     try:
@@ -172,14 +172,16 @@ def test_managed_addresses_are_distinct_and_a_taken_static_address_is_refused(vm
         assert listing.returncode == 0, listing.stderr
         shown = {r["job_id"]: r["addresses"] for r in json.loads(listing.stdout)}
         assert [shown[job] for job, _ in jobs] == [[f"10.77.0.{o}"] for o in offsets]
-        static = "    address: 10.77.0.50/24\n"
-        jobs.append(start(vc, MANAGED.format(name="s0", address=static), name="s0"))
+        static, mac = "    address: 10.77.0.50/24\n", "    mac: 52:54:00:77:00:50\n"
+        jobs.append(start(vc, MANAGED.format(name="s0", address=static + mac), name="s0"))
         mine = vc.submit(MANAGED.format(name="s1", address=static), name="s1")
         theirs = vc.submit(MANAGED.format(name="s2", address=static), name="s2", user=OTHER_USER)
-        for job in (mine, theirs):
+        their_mac = vc.submit(MANAGED.format(name="s3", address=mac), name="s3", user=OTHER_USER)
+        for job in (mine, theirs, their_mac):
             assert vc.wait_gone_or_ended(job, timeout=120) == "FAILED"
         assert f"in use by another running VM (your job {jobs[-1][0]})" in vc.output(mine)
         assert "in use by another running VM;" in vc.output(theirs)
         assert str(jobs[-1][0]) not in vc.output(theirs).split("in use by")[1]
+        assert "networks[0].mac: 52:54:00:77:00:50 is in use by another running VM " in vc.output(their_mac)
     finally:
         stop_all(vc, [job for job, _ in jobs])

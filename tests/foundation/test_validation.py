@@ -68,8 +68,9 @@ BAD_SPECS = [
     (OK + "networks: [{network: lan, mac: '01:00:00:00:00:01'}]\n", "networks[0].mac"),
     (OK + "networks: [{network: lan, mac: '00:00:00:00:00:00'}]\n", "networks[0].mac"),
     (OK + "networks: [{network: lan, mac: 'nonsense'}]\n", "networks[0].mac"),
-    (OK + "networks: [{network: lan, mac: '02:00:00:00:00:01'}, {network: lan, mac: '02:00:00:00:00:01'}]\n",
+    (OK + "networks: [{network: lan, mac: '52:54:00:00:00:01'}, {network: lan, mac: '52:54:00:00:00:01'}]\n",
      "networks[1].mac"),
+    (OK + "networks: [{network: lan, mac: '02:00:00:00:40:01'}]\n", "networks[0].mac"),   # slurm-vm's own MACs
     (OK + "networks: [{network: lan, address: 10.0.0.300/24}]\n", "networks[0].address"),
     (OK + "networks: [{network: lan, gateway: 10.0.0.1}]\n", "networks[0].gateway"),
     (OK + "networks:\n" + "".join("  - {network: lan}\n" for _ in range(9)), "networks"),
@@ -82,7 +83,7 @@ BAD_SPECS = [
     (OK + "time: forever\n", "time"),
     (OK + "time: 0\n", "time"),
     (OK + "count: 0\n", "count"),
-    (OK + "count: 3\nnetworks: [{network: priv, mac: '02:00:00:00:00:01'}]\n", "networks[0].mac"),
+    (OK + "count: 3\nnetworks: [{network: priv, mac: '52:54:00:00:00:01'}]\n", "networks[0].mac"),
     (OK + "count: 2\nvolumes: [{path: /d/x}]\n", "volumes[0].readonly"),
     (OK + "count: 7\nnetworks: [{network: small}]\n", "count"),          # /29: 6 hosts
     (OK + "count: 11\nnetworks: [{network: shared}]\n", "count"),        # range of 10

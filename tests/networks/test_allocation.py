@@ -18,9 +18,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slurm_vm.networks.allocation import (COMMITTED, FAILED, AddressNeed, Holding, Needs, Shortage, StaticTaken,
-                                          Taken, VniNeed, choose, conflicts, format_holding, parse_holding,
-                                          taken_by, with_holding)
+from slurm_vm.limits import MAX_JOB_ID
+from slurm_vm.networks.allocation import (COMMITTED, FAILED, AddressNeed, Holding, MacNeed, Needs, Shortage,
+                                          StaticTaken, Taken, VniNeed, choose, conflicts, derived_mac_job,
+                                          format_holding, parse_holding, taken_by, with_holding)
+from slurm_vm.networks.names import derive_mac
 from slurm_vm.node.allocate import Allocator
 from slurm_vm.errors import UserFault
 from slurm_vm.slurm.cli import JobRecord, parse_record_lines
@@ -198,3 +200,65 @@ def test_other_nodes_wait_for_the_committed_record():
     store.comments[9] = "svm-net=1.x.p"
     with pytest.raises(UserFault, match="found no free"):
         alloc.other_node("n1")
+
+
+# --- static MACs -------------------------------------------------------------------------------------------
+
+@given(st.integers(1, MAX_JOB_ID), st.integers(0, 2047), st.integers(0, 7))
+def test_derived_macs_lead_back_to_their_job(job, vm, nic):
+    assert derived_mac_job(int(derive_mac(job, vm, nic).replace(":", ""), 16)) == job
+
+
+def test_universal_macs_are_never_derived():
+    assert derived_mac_job(0x525400123456 & ~(0x02 << 40)) is None       # 50:54:00:...: universal
+    assert derived_mac_job(0x000000000000) is None
+
+
+def test_macs_in_the_record_round_trip():
+    h = Holding(restart=0, state=COMMITTED, macs={0: 0x525400123456, 2: 0x0A0000000001})
+    assert format_holding(h) == "svm-net=0.k.m0:525400123456,m2:0a0000000001"
+    assert parse_holding(format_holding(h)) == h
+    assert parse_holding("svm-net=0.k.m9:525400123456") is None
+    assert parse_holding("svm-net=0.k.m0:5254001234") is None
+
+
+MAC = 0x525400ABCDEF
+
+
+def test_a_static_mac_of_a_running_vm_is_refused_naming_only_own_jobs():
+    store = MemoryStore()
+    assert _run_jobs(store, [3], Needs(macs=(MacNeed(0, MAC),)))[3].macs == {0: MAC}
+    same_user = _run_jobs(store, [6], Needs(macs=(MacNeed(1, MAC),)))[6]
+    other_user = _run_jobs(store, [7], Needs(macs=(MacNeed(0, MAC),)))[7]
+    assert isinstance(same_user, UserFault) and "(your job 3)" in str(same_user)
+    assert isinstance(other_user, UserFault) and "networks[0].mac: 52:54:00:ab:cd:ef is in use" in str(other_user)
+    assert parse_holding(store.comments[7]).state == FAILED
+    store.states[3] = "COMPLETED"
+    assert _run_jobs(store, [8], Needs(macs=(MacNeed(0, MAC),)))[8].macs == {0: MAC}
+
+
+def test_a_static_mac_that_slurm_vm_gives_a_running_job_is_refused():
+    store = MemoryStore()
+    store.comments[40000] = ""                  # a running job with no record: its MACs are derived
+    store.states[40000] = "RUNNING"
+    theirs = int(derive_mac(40000, 0, 1).replace(":", ""), 16)
+    assert isinstance(_run_jobs(store, [9], Needs(macs=(MacNeed(0, theirs),)))[9], UserFault)
+    store.states[40000] = "COMPLETED"
+    assert _run_jobs(store, [10], Needs(macs=(MacNeed(0, theirs),)))[10].macs == {0: theirs}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_concurrent_jobs_never_share_a_static_mac(seed):
+    store = MemoryStore(rng=random.Random(seed))
+    results = _run_jobs(store, list(range(20 + seed * 10, 28 + seed * 10)), Needs(macs=(MacNeed(0, MAC),)))
+    won = [h for h in results.values() if isinstance(h, Holding)]
+    assert len(won) == 1 and won[0].macs == {0: MAC}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_concurrent_jobs_never_share_a_static_address_and_one_gets_it(seed):
+    store = MemoryStore(rng=random.Random(seed))
+    needs = Needs(addresses=(AddressNeed("lan", 0, 10, 20, 1, static=5),))
+    results = _run_jobs(store, list(range(50 + seed * 10, 56 + seed * 10)), needs)
+    won = [h for h in results.values() if isinstance(h, Holding)]
+    assert len(won) == 1 and won[0].offsets == {("lan", 0): (5,)}
