@@ -52,7 +52,7 @@ def test_spec_defaults_keep_todays_behaviour():
 def test_bad_checkpoint_specs_name_the_field(text, field):
     with pytest.raises(ValidationError) as info:
         parse_spec(text, "vm.yaml", parse_config(WITH_CKPT, "c.yaml"))
-    assert any(line.startswith(f"vm.yaml") and field in line for line in str(info.value).splitlines()), \
+    assert any(line.startswith("vm.yaml") and field in line for line in str(info.value).splitlines()), \
         str(info.value)
 
 
