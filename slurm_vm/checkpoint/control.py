@@ -8,9 +8,9 @@ import time
 from ..errors import HypervisorError, SlurmVmError
 from ..hypervisor.definition import VMDefinition
 from ..hypervisor.runtime import say
+from ..hypervisor.runtime import Runtime
 from . import flow
-from .qemu_runtime import RestoringQemuRuntime
-from .qemu_save import qemu_version, resume_after_failed_save
+from .vmm import restoring_runtime, snapshotter
 
 CHECKPOINTED_EXIT = 8        # launcher.ExitCode.CHECKPOINTED
 
@@ -61,11 +61,11 @@ class CheckpointControl:
         return self.trigger != "none"
 
     # -- restore -------------------------------------------------------------------------------------------
-    def restoring_runtime(self, accelerator: str, cores: list[int]) -> RestoringQemuRuntime | None:
+    def restoring_runtime(self, hypervisor: str, accelerator: str, cores: list[int]) -> Runtime | None:
         if self.settings is None or self.checked or self.settings.restart_count == 0:
             return None         # a job's checkpoints are made by its runs: the first run has none
         self.checked, self.accelerator = True, accelerator
-        found, why = flow.find_restore(self.defn, self.settings, accelerator)
+        found, why = flow.find_restore(self.defn, self.settings, hypervisor, accelerator)
         if found is None:
             if why and not self.cold_boot_instead(why):
                 raise RestoreRefused("not starting the VM")
@@ -76,7 +76,7 @@ class CheckpointControl:
         say(f"restart {self.settings.restart_count}: checkpoint {found.path} verified ({size >> 20} MiB)")
         flow.put_overlay_in_place(self.defn, found)
         self.found = found
-        return RestoringQemuRuntime(self.defn, accelerator, cores, found)
+        return restoring_runtime(hypervisor, self.defn, accelerator, cores, found)
 
     def cold_boot_instead(self, why: str) -> bool:
         say(f"checkpoint refused: {why}")
@@ -98,23 +98,21 @@ class CheckpointControl:
     def save_and_end(self, runtime) -> int | None:
         """Save the guest and end the job so that it requeues; None when the save failed (guest resumed)."""
         reason = self.trigger if self.trigger not in (None, "none") else "manual"
-        qmp_path = runtime.qmp_path
-        alive = lambda: runtime.proc.poll() is None  # noqa: E731
+        snap = snapshotter(runtime)
         started = time.monotonic()
         say(f"{reason}: pausing the guest and saving it to {self.settings.user_dir}")
         try:
-            version = qemu_version(qmp_path)
-            path, manifest = flow.save(self.defn, self.settings, qmp_path, runtime.accelerator, version, reason,
-                                       alive)
+            snap.pause()
+            path, manifest = flow.save(self.defn, self.settings, snap, runtime.accelerator, reason)
         except (HypervisorError, SlurmVmError, OSError) as exc:
             say(f"checkpoint failed: {exc}; shutting the guest down instead")
             try:
-                resume_after_failed_save(qmp_path)
+                snap.resume()
             except HypervisorError:
                 pass
             return None
         say(f"checkpoint {path} written in {time.monotonic() - started:.2f}s "
-            f"({manifest.total_size >> 20} MiB: state {manifest.state.size >> 20} MiB, overlay "
+            f"({manifest.total_size >> 20} MiB: state {manifest.state_size >> 20} MiB, overlay "
             f"{manifest.overlay.size >> 20} MiB)")
         try:
             runtime.hard_stop()

@@ -10,9 +10,10 @@ import time
 from ..errors import HypervisorError, SlurmVmError
 from ..hypervisor.definition import VMDefinition
 from . import store
-from .manifest import OVERLAY_NAME, CheckpointRefused, Expected, FileEntry, Manifest, sha256_of, write_manifest
-from .qemu_save import copy_with_digest, restore_file, save_state, state_name
+from .manifest import OVERLAY_NAME, CheckpointRefused, Expected, Manifest, write_manifest
+from .qemu_save import copy_with_digest, restore_file
 from .settings import CheckpointSettings
+from .vmm import Snapshotter
 
 SAVE_TIMEOUT = 600.0
 FRESH_SUFFIX = ".fresh"
@@ -25,15 +26,16 @@ def root_disk(defn: VMDefinition) -> str:
     raise HypervisorError("vm.json has no root disk to checkpoint")
 
 
-def expected(defn: VMDefinition, settings: CheckpointSettings, accelerator: str) -> Expected:
-    return Expected(job_id=defn.job_id, uid=os.getuid(), vmm="qemu", accelerator=accelerator, cpus=defn.cpus,
+def expected(defn: VMDefinition, settings: CheckpointSettings, vmm: str, accelerator: str) -> Expected:
+    return Expected(job_id=defn.job_id, uid=os.getuid(), vmm=vmm, accelerator=accelerator, cpus=defn.cpus,
                     memory_bytes=defn.memory_bytes, macs=tuple(n.mac for n in defn.nics),
                     base_image=settings.base_image)
 
 
-def find_restore(defn: VMDefinition, settings: CheckpointSettings, accelerator: str) -> tuple[store.Found | None, str]:
+def find_restore(defn: VMDefinition, settings: CheckpointSettings, vmm: str,
+                 accelerator: str) -> tuple[store.Found | None, str]:
     try:
-        return store.find_for_restore(settings.user_dir, expected(defn, settings, accelerator))
+        return store.find_for_restore(settings.user_dir, expected(defn, settings, vmm, accelerator))
     except OSError as exc:
         return None, f"cannot read the checkpoint dir {settings.user_dir}: {exc.strerror}"
 
@@ -60,29 +62,23 @@ def restored(defn: VMDefinition, found: store.Found) -> None:
     store.remove(found.path)
 
 
-def save(defn: VMDefinition, settings: CheckpointSettings, qmp_path: str, accelerator: str, version: str,
-         reason: str, alive) -> tuple[str, Manifest]:
-    """Pause, save RAM and devices, copy the overlay, write the manifest last. The guest stays paused."""
+def save(defn: VMDefinition, settings: CheckpointSettings, snap: Snapshotter, accelerator: str,
+         reason: str) -> tuple[str, Manifest]:
+    """The guest is paused (snap.pause()): save RAM and devices, copy the overlay, write the manifest last.
+    The guest stays paused; the caller resumes it or stops the VMM."""
+    version = snap.version()
     jdir = store.job_dir(settings.user_dir, defn.job_id)
     store.ensure_private_dir(settings.user_dir, os.getuid())
     path = store.new_checkpoint_dir(jdir, os.getuid())
-    state_path = os.path.join(path, state_name(settings.compress))
-    save_state(qmp_path, state_path, settings.compress, time.monotonic() + SAVE_TIMEOUT, alive)
-    os.chmod(state_path, 0o600)
-    size, digest = sha256_of(state_path)
-    fd = os.open(state_path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    states = snap.save(path, settings.compress, time.monotonic() + SAVE_TIMEOUT)
     overlay = copy_with_digest(root_disk(defn), path, OVERLAY_NAME)
     manifest = Manifest(job_id=defn.job_id, uid=os.getuid(), user=settings.user,
                         restart_count=settings.restart_count, reason=reason, created=time.time(),
                         image=settings.image, base_image=settings.base_image, base_size=_size(settings.base_image),
-                        vmm="qemu", vmm_version=version, accelerator=accelerator, cpus=defn.cpus,
+                        vmm=snap.vmm, vmm_version=version, accelerator=accelerator, cpus=defn.cpus,
                         memory_bytes=defn.memory_bytes, macs=tuple(n.mac for n in defn.nics),
                         instance_id=settings.instance_id, compressed=settings.compress,
-                        state=FileEntry(os.path.basename(state_path), size, digest), overlay=overlay)
+                        states=tuple(states), overlay=overlay)
     write_manifest(path, manifest)
     store.prune(jdir, settings.keep, os.getuid())
     return path, manifest

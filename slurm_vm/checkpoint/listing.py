@@ -33,7 +33,7 @@ def job_checkpoints(user_dir: str | None, job_id: int, uid: int | None = None) -
             out.append({"path": path, "complete": False, "problem": str(exc)})
             continue
         out.append({"path": path, "complete": True, "reason": m.reason, "created": m.created, "run": m.restart_count,
-                    "size_bytes": m.total_size, "state_bytes": m.state.size, "overlay_bytes": m.overlay.size,
+                    "size_bytes": m.total_size, "state_bytes": m.state_size, "overlay_bytes": m.overlay.size,
                     "vmm": f"{m.vmm} {m.vmm_version}"})
     return out
 

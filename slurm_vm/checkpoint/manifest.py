@@ -3,6 +3,9 @@
 A checkpoint directory is complete only when its manifest exists: the manifest is written last, atomically
 (temporary file, fsync, rename, fsync of the directory), so a VMM killed mid-save leaves a directory without
 a manifest, which is never used.
+
+The VMM's saved state is a list of files (`states`): one migration stream for QEMU, config.json, state.json
+and memory-ranges for cloud-hypervisor. Format 1 manifests (one `state` file, QEMU only) are still read.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from dataclasses import asdict, dataclass, fields
 from ..errors import SlurmVmError
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2
+READABLE_FORMATS = (1, 2)     # 1: a single `state` entry instead of `states`
 STATE_NAME = "state.bin"
 STATE_NAME_GZ = "state.bin.gz"
 OVERLAY_NAME = "overlay.qcow2"
@@ -54,7 +58,7 @@ class Manifest:
     macs: tuple[str, ...]
     instance_id: str
     compressed: bool
-    state: FileEntry
+    states: tuple[FileEntry, ...]   # the VMM's saved state, one or more files
     overlay: FileEntry
     format: int = MANIFEST_FORMAT
 
@@ -62,8 +66,16 @@ class Manifest:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 
     @property
+    def state_size(self) -> int:
+        return sum(e.size for e in self.states)
+
+    @property
     def total_size(self) -> int:
-        return self.state.size + self.overlay.size
+        return self.state_size + self.overlay.size
+
+    @property
+    def files(self) -> tuple[FileEntry, ...]:
+        return (*self.states, self.overlay)
 
 
 @dataclass(frozen=True)
@@ -105,20 +117,32 @@ def parse_manifest(text: str | bytes) -> Manifest:
         raise CheckpointRefused("manifest is not JSON (damaged)") from None
     if not isinstance(data, dict):
         raise CheckpointRefused("manifest is not a JSON object (damaged)")
+    if data.get("format") not in READABLE_FORMATS or isinstance(data.get("format"), bool):
+        raise CheckpointRefused(f"manifest format {data.get('format')!r} is not one of {READABLE_FORMATS}")
     names = {f.name for f in fields(Manifest)}
+    if data["format"] == 1:
+        names = (names - {"states"}) | {"state"}
     if set(data) != names:
         odd = sorted(set(data) ^ names)[0]
         raise CheckpointRefused(f"manifest has an unexpected or missing key {odd!r} (damaged or another version)")
-    if data["format"] != MANIFEST_FORMAT:
-        raise CheckpointRefused(f"manifest format {data['format']!r} is not {MANIFEST_FORMAT}")
     for key, kind in TYPES.items():
         value = data[key]
         if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
             raise CheckpointRefused(f"manifest: {key} has the wrong type (damaged)")
     if not all(isinstance(m, str) for m in data["macs"]):
         raise CheckpointRefused("manifest: macs has the wrong type (damaged)")
-    return Manifest(**{**data, "macs": tuple(data["macs"]), "state": _entry(data["state"], "state"),
-                       "overlay": _entry(data["overlay"], "overlay")})
+    if data["format"] == 1:
+        states = (_entry(data.pop("state"), "state"),)
+    elif isinstance(data["states"], list) and data["states"]:
+        states = tuple(_entry(item, f"states[{i}]") for i, item in enumerate(data["states"]))
+    else:
+        raise CheckpointRefused("manifest: states is not a list of files (damaged)")
+    overlay = _entry(data["overlay"], "overlay")
+    names = [e.name for e in (*states, overlay)]
+    if len(set(names)) != len(names):
+        raise CheckpointRefused("manifest: two files have the same name (damaged)")
+    return Manifest(**{**data, "format": MANIFEST_FORMAT, "macs": tuple(data["macs"]), "states": states,
+                       "overlay": overlay})
 
 
 def mismatches(manifest: Manifest, expected: Expected) -> list[str]:
@@ -165,7 +189,7 @@ def sha256_of(path: str, dir_fd: int | None = None) -> tuple[int, str]:
 
 def verify_files(directory: str, manifest: Manifest, uid: int) -> None:
     """Sizes, owners and sha256 of the checkpoint's files. Raises CheckpointRefused naming the file."""
-    for entry in (manifest.state, manifest.overlay):
+    for entry in manifest.files:
         path = os.path.join(directory, entry.name)
         try:
             st = os.lstat(path)

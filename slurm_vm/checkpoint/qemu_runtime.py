@@ -47,7 +47,9 @@ class RestoringQemuRuntime(QemuRuntime):
             os.sched_setaffinity(tid, {self.cores[index]})
         started = time.monotonic()
         manifest = self.found.manifest
-        load_state(self.qmp_path, os.path.join(self.found.path, manifest.state.name), manifest.compressed,
+        if len(manifest.states) != 1:
+            raise CheckpointRefused(f"a QEMU checkpoint has one state file, this one {len(manifest.states)}")
+        load_state(self.qmp_path, os.path.join(self.found.path, manifest.states[0].name), manifest.compressed,
                    started + LOAD_TIMEOUT, alive)
         qmp(self.qmp_path, ("cont", None))
         say(f"restored from {self.found.path} in {time.monotonic() - started:.2f}s (saved by job "

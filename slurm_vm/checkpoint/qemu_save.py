@@ -15,7 +15,7 @@ import time
 
 from ..errors import HypervisorError
 from ..hypervisor.qemu import qmp
-from .manifest import CHUNK, STATE_NAME, STATE_NAME_GZ, CheckpointRefused, FileEntry
+from .manifest import CHUNK, STATE_NAME, STATE_NAME_GZ, CheckpointRefused, FileEntry, sha256_of
 
 MAX_BANDWIDTH = 1 << 40          # bytes/s: the guest is stopped, nothing to throttle for
 POLL = 0.1
@@ -58,14 +58,51 @@ def wait_migration(qmp_path: str, deadline: float, alive) -> None:
 
 def save_state(qmp_path: str, path: str, compress: bool, deadline: float, alive) -> None:
     """Pause the guest and write its RAM and device state to `path`. The guest stays paused."""
-    qmp(qmp_path, ("stop", None), ("migrate-set-parameters", {"max-bandwidth": MAX_BANDWIDTH}),
+    qmp(qmp_path, ("stop", None))
+    write_state(qmp_path, path, compress, deadline, alive)
+
+
+def write_state(qmp_path: str, path: str, compress: bool, deadline: float, alive) -> None:
+    """The guest is paused (`stop`): write its RAM and device state to `path`."""
+    qmp(qmp_path, ("migrate-set-parameters", {"max-bandwidth": MAX_BANDWIDTH}),
         ("migrate", {"uri": save_uri(path, compress)}))
     wait_migration(qmp_path, deadline, alive)
 
 
-def resume_after_failed_save(qmp_path: str) -> None:
-    """A failed or cancelled migration leaves the source able to run again."""
-    qmp(qmp_path, ("cont", None))
+class QemuSnapshotter:
+    """The Snapshotter (vmm.py) of a running QEMU, over QMP."""
+    vmm = "qemu"
+
+    def __init__(self, qmp_path: str, alive):
+        self.qmp_path, self.alive = qmp_path, alive
+
+    def version(self) -> str:
+        return qemu_version(self.qmp_path)
+
+    def pause(self) -> None:
+        qmp(self.qmp_path, ("stop", None))
+
+    def save(self, directory: str, compress: bool, deadline: float) -> list[FileEntry]:
+        """One migration stream; QEMU flushes and inactivates the disks when it completes."""
+        path = os.path.join(directory, state_name(compress))
+        write_state(self.qmp_path, path, compress, deadline, self.alive)
+        return [seal(path)]
+
+    def resume(self) -> None:
+        """Also after a failed or cancelled migration: the source can run again."""
+        qmp(self.qmp_path, ("cont", None))
+
+
+def seal(path: str) -> FileEntry:
+    """A state file the VMM wrote: private, on disk (fsync), hashed for the manifest."""
+    os.chmod(path, 0o600)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    size, digest = sha256_of(path)
+    return FileEntry(os.path.basename(path), size, digest)
 
 
 def load_state(qmp_path: str, path: str, compress: bool, deadline: float, alive) -> None:

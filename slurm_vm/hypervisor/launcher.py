@@ -113,7 +113,7 @@ class Launcher:
         for warning in warnings:
             say(f"warning: {warning}")
         runtime_class = CloudHypervisorRuntime if hypervisor == "cloud-hypervisor" else QemuRuntime
-        runtime = self.checkpoint.restoring_runtime(accelerator, cores) if hypervisor == "qemu" else None
+        runtime = self.checkpoint.restoring_runtime(hypervisor, accelerator, cores)
         say(f"{'restoring' if runtime else 'starting'} VM {self.defn.name} with {hypervisor} ({accelerator}), "
             f"{self.defn.cpus} vCPU(s), {self.defn.memory_bytes >> 20} MiB")
         return runtime or runtime_class(self.defn, accelerator, cores), open_nics(self.defn)

@@ -34,7 +34,7 @@ def save(user_dir: str, job_id: int = 42, uid: int = UID, payload: bytes = b"ram
     manifest = Manifest(job_id=job_id, uid=uid, user="u", restart_count=0, reason="preempt", created=1.0,
                         image="tiny", base_image="/img/base.qcow2", base_size=1 << 26, vmm="qemu",
                         vmm_version="7.2.15", accelerator="tcg", cpus=1, memory_bytes=256 << 20, macs=MACS,
-                        instance_id="slurm-vm-c-42-0-0", compressed=False, state=entries[0], overlay=entries[1])
+                        instance_id="slurm-vm-c-42-0-0", compressed=False, states=(entries[0],), overlay=entries[1])
     write_manifest(path, manifest)
     return path
 
@@ -120,9 +120,15 @@ def test_shape_mismatch_lists_every_reason(tmp_path):
     lambda d: d.update(extra=1),
     lambda d: d.update(uid="1000"),
     lambda d: d.update(uid=True),
-    lambda d: d.update(format=2),
-    lambda d: d["state"].update(name="../../etc/passwd"),
-    lambda d: d["state"].update(name="manifest.json"),
+    lambda d: d.update(format=3),
+    lambda d: d.update(format=True),
+    lambda d: d["states"][0].update(name="../../etc/passwd"),
+    lambda d: d["states"][0].update(name="manifest.json"),
+    lambda d: d["states"][0].update(name="overlay.qcow2"),
+    lambda d: d.update(states=[]),
+    lambda d: d.update(states=d["states"][0]),
+    lambda d: d.update(state=d["states"][0]),
+    lambda d: d.update(format=1),
     lambda d: d["overlay"].update(sha256="zz" * 32),
     lambda d: d["overlay"].update(size=-1),
     lambda d: d.update(macs=[1]),
@@ -132,6 +138,35 @@ def test_parse_manifest_is_strict(tmp_path, change):
     change(data)
     with pytest.raises(CheckpointRefused):
         parse_manifest(json.dumps(data))
+
+
+def test_a_format_1_manifest_with_one_state_file_is_still_read(tmp_path):
+    path = save(str(tmp_path))
+    data = json.loads(read_manifest(path, UID).to_json())
+    data.update(format=1, state=data.pop("states")[0])
+    with open(os.path.join(path, MANIFEST_NAME), "w") as fh:
+        json.dump(data, fh)
+    manifest = read_manifest(path, UID)
+    assert [e.name for e in manifest.states] == ["state.bin"] and manifest.state_size == 3000
+    found, why = store.find_for_restore(str(tmp_path), expected())
+    assert found is not None and why == ""
+
+
+def test_every_state_file_is_verified(tmp_path):
+    path = save(str(tmp_path))
+    manifest = read_manifest(path, UID)
+    extra = os.path.join(path, "memory-ranges")
+    with open(extra, "wb") as fh:
+        fh.write(b"m" * 10)
+    size, digest = sha256_of(extra)
+    two = Manifest(**{**manifest.__dict__, "states": (*manifest.states, FileEntry("memory-ranges", size, digest))})
+    write_manifest(path, two)
+    assert read_manifest(path, UID).state_size == 3010
+    verify_files(path, two, UID)
+    with open(extra, "r+b") as fh:
+        fh.write(b"x")
+    with pytest.raises(CheckpointRefused, match="memory-ranges does not match its sha256"):
+        verify_files(path, two, UID)
 
 
 def test_prune_keeps_the_newest_and_removes_unfinished_older_saves(tmp_path):

@@ -1,0 +1,64 @@
+"""The VMM-neutral side of checkpoints: what the launcher (and a manual or multi-VM checkpoint) asks of a VMM.
+
+Saving is three separate steps so that callers can compose them: a preemption pauses, saves and stops; a
+manual checkpoint pauses, saves and resumes; a multi-VM job pauses every VM before any of them saves.
+
+    snap = snapshotter(runtime)            # QemuSnapshotter or CloudHypervisorSnapshotter
+    snap.pause()
+    entries = snap.save(directory, compress, deadline)   # the state files, for the manifest
+    snap.resume()                          # or runtime.hard_stop()
+
+flow.save() writes a whole checkpoint (state, overlay, manifest last) around snap.save(). Restoring is a
+runtime that starts the VMM from the saved state instead of booting (restoring_runtime).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..errors import HypervisorError
+from ..hypervisor.definition import VMDefinition
+from ..hypervisor.runtime import Runtime
+from .manifest import FileEntry
+from .store import Found
+
+
+class Snapshotter(Protocol):
+    vmm: str            # qemu | cloud-hypervisor: the manifest's `vmm`
+
+    def version(self) -> str:
+        """The running VMM's version, for the manifest (a restore needs the same one)."""
+
+    def pause(self) -> None:
+        """Stop the guest's vCPUs; it stays paused until resume() or the VMM ends."""
+
+    def save(self, directory: str, compress: bool, deadline: float) -> list[FileEntry]:
+        """The guest is paused: write its RAM and device state into `directory` (private, fsynced files) and
+        flush its disks. Returns the files written, with sizes and sha256."""
+
+    def resume(self) -> None:
+        """Let the guest run again (after a manual checkpoint, or a failed save)."""
+
+
+def hypervisor_of(runtime: Runtime) -> str:
+    from ..hypervisor.cloud_hypervisor import CloudHypervisorRuntime
+    return "cloud-hypervisor" if isinstance(runtime, CloudHypervisorRuntime) else "qemu"
+
+
+def snapshotter(runtime: Runtime) -> Snapshotter:
+    """The Snapshotter of a started runtime."""
+    alive = lambda: runtime.proc is not None and runtime.proc.poll() is None  # noqa: E731
+    if hypervisor_of(runtime) == "cloud-hypervisor":
+        raise HypervisorError("cloud-hypervisor checkpoints are not supported yet")
+    from .qemu_save import QemuSnapshotter
+    return QemuSnapshotter(runtime.qmp_path, alive)  # type: ignore[attr-defined]
+
+
+def restoring_runtime(hypervisor: str, defn: VMDefinition, accelerator: str, cores: list[int],
+                      found: Found) -> Runtime:
+    """A runtime that continues the verified checkpoint `found` instead of booting. Its after_start raises
+    CheckpointRefused when this node's VMM cannot take the state (the caller may boot afresh)."""
+    if hypervisor == "cloud-hypervisor":
+        raise HypervisorError("cloud-hypervisor checkpoints are not supported yet")
+    from .qemu_runtime import RestoringQemuRuntime
+    return RestoringQemuRuntime(defn, accelerator, cores, found)
