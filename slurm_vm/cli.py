@@ -154,11 +154,14 @@ def launch(definition: str | None, grace_seconds: int | None, config_path: str |
 @config_option
 def list_cmd(all_users: bool, ended: bool, as_json: bool, config_path: str | None) -> None:
     """List your VM jobs."""
+    from .checkpoint.listing import unlisted_note
     from .lifecycle import current_user, list_vms
     from .output import print_records
     config = _config(config_path)
     user = None if all_users else current_user()
-    print_records(list_vms(_backend(config), user, ended, config), as_json, user, ended)
+    records = list_vms(_backend(config), user, ended, config)
+    note = unlisted_note(config.checkpoint.user_dir(current_user()), {r.job_id for r in records})
+    print_records(records, as_json, user, ended, note)
 
 
 @main.command()

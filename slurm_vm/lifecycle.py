@@ -5,7 +5,7 @@ from __future__ import annotations
 import getpass
 import os
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from . import transport
 from .config import Config
@@ -30,6 +30,8 @@ class VMRecord:
     reason: str
     addresses: tuple[str, ...]
     user: str
+    checkpoints: int = 0            # complete checkpoints in the owner's checkpoint dir (when readable)
+    checkpoint_bytes: int = 0
 
     def as_json(self) -> dict:
         data = asdict(self)
@@ -91,7 +93,22 @@ def list_vms(backend: SlurmBackend, user: str | None, include_ended: bool = Fals
              config: Config | None = None) -> list[VMRecord]:
     jobs = [j for j in backend.jobs(user=user) if j.is_vm and (include_ended or j.state in ACTIVE_STATES)]
     managed = managed_addresses(backend, config, jobs)
-    return [record_of(j, managed.get(j.job_id, ())) for j in sorted(jobs, key=lambda j: j.job_id)]
+    records = [record_of(j, managed.get(j.job_id, ())) for j in sorted(jobs, key=lambda j: j.job_id)]
+    return with_checkpoints(records, config)
+
+
+def with_checkpoints(records: list[VMRecord], config: Config | None) -> list[VMRecord]:
+    """Each record with the count and size of its job's checkpoints, read from its owner's checkpoint dir
+    (other users' dirs are private: their VMs show none)."""
+    from .checkpoint.listing import owner_uid, user_checkpoints
+    if config is None or config.checkpoint.dir is None:
+        return records
+    found = {u: user_checkpoints(config.checkpoint.user_dir(u), owner_uid(u)) for u in {r.user for r in records}}
+    out = []
+    for r in records:
+        c = found[r.user].get(r.job_id)
+        out.append(replace(r, checkpoints=c.count, checkpoint_bytes=c.size_bytes) if c else r)
+    return out
 
 
 def find_vm(backend: SlurmBackend, ref: str, user: str | None) -> JobInfo:

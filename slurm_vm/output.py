@@ -15,12 +15,13 @@ if TYPE_CHECKING:
     from .catalog import ImageInfo, NetworkInfo
     from .userdoctor import Report
 
-COLUMNS = ("NAME", "JOBID", "STATE", "NODES", "CPUS", "MEMORY", "UPTIME", "ADDRESS")
+COLUMNS = ("NAME", "JOBID", "STATE", "NODES", "CPUS", "MEMORY", "UPTIME", "ADDRESS", "CHECKPOINTS")
 
 
 def _row(r: VMRecord) -> tuple[str, ...]:
+    from .checkpoint.listing import summary
     return (r.name, str(r.job_id), r.state, ",".join(r.nodes) or r.reason, str(r.cpus), r.memory, r.uptime,
-            ",".join(r.addresses) or "-")
+            ",".join(r.addresses) or "-", summary(r.checkpoints, r.checkpoint_bytes, r.state))
 
 
 def column_widths(rows: list[tuple[str, ...]], columns: tuple[str, ...] = COLUMNS) -> list[int]:
@@ -54,14 +55,18 @@ def empty_listing(whose: str | None, ended: bool) -> str:
     return f"no running or pending VMs{who}; `slurm-vm list --ended` adds the ones that ended recently"
 
 
-def print_records(records: list[VMRecord], as_json: bool, whose: str | None = None, ended: bool = False) -> None:
+def print_records(records: list[VMRecord], as_json: bool, whose: str | None = None, ended: bool = False,
+                  note: str = "") -> None:
+    """`note`: a line after the listing (checkpoints of jobs not listed); not in the JSON form."""
     if as_json:
         click.echo(json.dumps([r.as_json() for r in records], indent=2))
         return
     if not records:
         click.echo(empty_listing(whose, ended))
-        return
-    print_table(COLUMNS, [_row(r) for r in records])
+    else:
+        print_table(COLUMNS, [_row(r) for r in records])
+    if note:
+        click.echo(note)
 
 
 def _size(n: int | None) -> str:

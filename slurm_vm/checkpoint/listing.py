@@ -1,12 +1,16 @@
-"""The checkpoints of a VM job, for `slurm-vm status` (read as the user who asks, from their checkpoint dir)."""
+"""The checkpoints of a user's VM jobs, for `slurm-vm status`, `list` and `checkpoint --list` (read as the user who
+asks, from their own checkpoint dir)."""
 
 from __future__ import annotations
 
 import os
 import pwd
+from dataclasses import asdict, dataclass
 
 from . import store
 from .manifest import CheckpointRefused, read_manifest
+
+QUEUED_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"}
 
 
 def owner_uid(user: str) -> int:
@@ -34,7 +38,7 @@ def job_checkpoints(user_dir: str | None, job_id: int, uid: int | None = None) -
             continue
         out.append({"path": path, "complete": True, "reason": m.reason, "created": m.created, "run": m.restart_count,
                     "size_bytes": m.total_size, "state_bytes": m.state_size, "overlay_bytes": m.overlay.size,
-                    "vmm": f"{m.vmm} {m.vmm_version}"})
+                    "vmm": f"{m.vmm} {m.vmm_version}", "image": m.image})
     return out
 
 
@@ -45,3 +49,62 @@ def describe(entry: dict) -> str:
     return (f"{name}: {entry['size_bytes'] / 2**20:.1f} MiB (state {entry['state_bytes'] / 2**20:.1f} MiB, overlay "
             f"{entry['overlay_bytes'] / 2**20:.1f} MiB), saved at {entry['reason']} of run {entry['run']}, "
             f"{entry['vmm']}")
+
+
+@dataclass(frozen=True)
+class JobCheckpoints:
+    """One job's directory in a user's checkpoint dir, summed up (for `list` and `checkpoint --list`)."""
+    job_id: int
+    count: int                  # complete checkpoints (with a manifest that reads)
+    size_bytes: int             # their total size
+    unfinished: int             # directories without a usable manifest (a save under way or interrupted)
+    newest: float | None        # when the newest complete one was saved (seconds since the epoch)
+    image: str
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+
+def job_ids_in(user_dir: str) -> list[int]:
+    """The job ids that have a directory in the user's checkpoint dir (empty when it does not exist)."""
+    try:
+        names = os.listdir(user_dir)
+    except OSError:
+        return []
+    prefix = "job-"
+    return sorted(int(n[len(prefix):]) for n in names if n.startswith(prefix) and n[len(prefix):].isdigit())
+
+
+def user_checkpoints(user_dir: str | None, uid: int | None = None) -> dict[int, JobCheckpoints]:
+    """Every job's checkpoints in `user_dir`, by job id; only what `uid` owns counts as complete."""
+    if user_dir is None:
+        return {}
+    out = {}
+    for job_id in job_ids_in(user_dir):
+        entries = job_checkpoints(user_dir, job_id, uid)
+        done = [e for e in entries if e["complete"]]
+        out[job_id] = JobCheckpoints(job_id=job_id, count=len(done), size_bytes=sum(e["size_bytes"] for e in done),
+                                     unfinished=len(entries) - len(done),
+                                     newest=max((e["created"] for e in done), default=None),
+                                     image=done[0]["image"] if done else "")
+    return out
+
+
+def summary(count: int, size_bytes: int, state: str) -> str:
+    """The CHECKPOINTS column of `slurm-vm list`: '-', '1 (101 MiB)', and for a queued job that will continue
+    from its checkpoint when it starts again, ', restores'."""
+    if count == 0:
+        return "-"
+    restores = ", restores" if state in QUEUED_STATES else ""
+    return f"{count} ({size_bytes / 2**20:.0f} MiB){restores}"
+
+
+def unlisted_note(user_dir: str | None, listed: set[int]) -> str:
+    """One line about the caller's checkpoints whose jobs `list` did not show (ended, cancelled while pending,
+    forgotten by Slurm): slurm-vm never removes those by itself. Empty when there are none."""
+    rest = [c for job_id, c in user_checkpoints(user_dir).items() if job_id not in listed and c.count + c.unfinished]
+    if not rest:
+        return ""
+    size = sum(c.size_bytes for c in rest) / 2**20
+    return (f"{len(rest)} job(s) not listed here still have checkpoints ({size:.0f} MiB): see `slurm-vm checkpoint "
+            "--list`; `slurm-vm checkpoint --drop JOBID` removes them")

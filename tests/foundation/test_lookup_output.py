@@ -82,6 +82,7 @@ def test_a_listing_of_one_pending_vm_has_aligned_columns():
     with runner.isolation() as (out, _err, *_):
         print_records([record_of(job(7, state="PENDING", reason="Resources"))], False)
     header, row = out.getvalue().decode().splitlines()
-    assert header.split() == ["NAME", "JOBID", "STATE", "NODES", "CPUS", "MEMORY", "UPTIME", "ADDRESS"]
+    assert header.split() == ["NAME", "JOBID", "STATE", "NODES", "CPUS", "MEMORY", "UPTIME", "ADDRESS",
+                              "CHECKPOINTS"]
     assert row.split()[:4] == ["web", "7", "PENDING", "Resources"]
     assert header.index("JOBID") == row.index("7")
