@@ -17,6 +17,7 @@ DEMO_DIR = "/var/lib/slurm-vm-demo"
 CLUSTER_NAME = "demo"
 USER = "svmtest"
 EXAMPLE = os.path.join(REPO, "etc", "examples", "tiny.yaml")
+PREEMPT_GRACE = 60   # partition `urgent` preempts `main` (requeue) with this GraceTime: try checkpoints
 
 
 def say(text: str) -> None:
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     say("starting a 3-node Slurm cluster in network namespaces, Prolog/Epilog = slurm-vm's")
     cluster = Cluster(CLUSTER_NAME, slurm="22.05", nodes_count=3, hooks="slurm-vm", venv=venv_dir(),
-                      slurm_vm_config=config, bind=[REPO, directory], kill_wait=KILL_WAIT)
+                      slurm_vm_config=config, bind=[REPO, directory], kill_wait=KILL_WAIT,
+                      preempt_grace=PREEMPT_GRACE)
     cluster.up()
     setup_node_bridges(cluster)
     env = {"SLURM_VM_CONFIG": config}
