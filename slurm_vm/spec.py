@@ -207,14 +207,11 @@ def _check_checkpoint(spec: VMSpec, config: Config, ctx: Context) -> None:
     if config.checkpoint.dir is None:
         ctx.problem(key, "this site has no checkpoint storage (`checkpoint.dir` in the admin config); "
                     "use `shutdown` or ask the admins")
-    hypervisor = spec.hypervisor if spec.hypervisor != "auto" else config.hypervisor.default
-    if hypervisor == "cloud-hypervisor":
-        ctx.problem(key, "checkpoints need `hypervisor: qemu` for now (cloud-hypervisor is not supported yet)")
     if spec.count > 1:
         ctx.problem(key, "checkpoints of multi-VM jobs (`count` > 1) are not supported yet")
     if spec.mounts:
-        ctx.problem(key, "a VM with `mounts` cannot be checkpointed (QEMU cannot save 9p/virtiofs shares); "
-                    "remove `mounts` or use `shutdown`")
+        ctx.problem(key, "a VM with `mounts` cannot be checkpointed (neither QEMU nor cloud-hypervisor can save "
+                    "9p/virtiofs shares); remove `mounts` or use `shutdown`")
 
 
 def check_user_access(spec: VMSpec, config: Config, user: str, source: str) -> None:

@@ -65,19 +65,20 @@ def restored(defn: VMDefinition, found: store.Found) -> None:
 def save(defn: VMDefinition, settings: CheckpointSettings, snap: Snapshotter, accelerator: str,
          reason: str) -> tuple[str, Manifest]:
     """The guest is paused (snap.pause()): save RAM and devices, copy the overlay, write the manifest last.
-    The guest stays paused; the caller resumes it or stops the VMM."""
+    The guest stays paused; the caller resumes it (if snap.keeps_running) or stops the VMM."""
     version = snap.version()
     jdir = store.job_dir(settings.user_dir, defn.job_id)
     store.ensure_private_dir(settings.user_dir, os.getuid())
     path = store.new_checkpoint_dir(jdir, os.getuid())
-    states = snap.save(path, settings.compress, time.monotonic() + SAVE_TIMEOUT)
+    compress = settings.compress and snap.can_compress
+    states = snap.save(path, compress, time.monotonic() + SAVE_TIMEOUT)
     overlay = copy_with_digest(root_disk(defn), path, OVERLAY_NAME)
     manifest = Manifest(job_id=defn.job_id, uid=os.getuid(), user=settings.user,
                         restart_count=settings.restart_count, reason=reason, created=time.time(),
                         image=settings.image, base_image=settings.base_image, base_size=_size(settings.base_image),
                         vmm=snap.vmm, vmm_version=version, accelerator=accelerator, cpus=defn.cpus,
                         memory_bytes=defn.memory_bytes, macs=tuple(n.mac for n in defn.nics),
-                        instance_id=settings.instance_id, compressed=settings.compress,
+                        instance_id=settings.instance_id, compressed=compress,
                         states=tuple(states), overlay=overlay)
     write_manifest(path, manifest)
     store.prune(jdir, settings.keep, os.getuid())

@@ -72,6 +72,8 @@ def write_state(qmp_path: str, path: str, compress: bool, deadline: float, alive
 class QemuSnapshotter:
     """The Snapshotter (vmm.py) of a running QEMU, over QMP."""
     vmm = "qemu"
+    can_compress = True
+    keeps_running = True       # `cont` after a completed migration re-activates the disks
 
     def __init__(self, qmp_path: str, alive):
         self.qmp_path, self.alive = qmp_path, alive

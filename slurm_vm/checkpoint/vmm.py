@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from ..errors import HypervisorError
 from ..hypervisor.definition import VMDefinition
 from ..hypervisor.runtime import Runtime
 from .manifest import FileEntry
@@ -24,7 +23,10 @@ from .store import Found
 
 
 class Snapshotter(Protocol):
-    vmm: str            # qemu | cloud-hypervisor: the manifest's `vmm`
+    vmm: str              # qemu | cloud-hypervisor: the manifest's `vmm`
+    can_compress: bool    # save() honours `compress`
+    keeps_running: bool   # the VMM lives on after save(), so resume() can continue the guest; cloud-hypervisor
+                          # ends in save() (its qcow2 cache is flushed only on close: see ch_snapshot.py)
 
     def version(self) -> str:
         """The running VMM's version, for the manifest (a restore needs the same one)."""
@@ -37,7 +39,7 @@ class Snapshotter(Protocol):
         flush its disks. Returns the files written, with sizes and sha256."""
 
     def resume(self) -> None:
-        """Let the guest run again (after a manual checkpoint, or a failed save)."""
+        """Let the guest run again (after a failed save; after a successful one only if keeps_running)."""
 
 
 def hypervisor_of(runtime: Runtime) -> str:
@@ -49,7 +51,8 @@ def snapshotter(runtime: Runtime) -> Snapshotter:
     """The Snapshotter of a started runtime."""
     alive = lambda: runtime.proc is not None and runtime.proc.poll() is None  # noqa: E731
     if hypervisor_of(runtime) == "cloud-hypervisor":
-        raise HypervisorError("cloud-hypervisor checkpoints are not supported yet")
+        from .ch_snapshot import CloudHypervisorSnapshotter
+        return CloudHypervisorSnapshotter(runtime.api, alive)  # type: ignore[attr-defined]
     from .qemu_save import QemuSnapshotter
     return QemuSnapshotter(runtime.qmp_path, alive)  # type: ignore[attr-defined]
 
@@ -59,6 +62,7 @@ def restoring_runtime(hypervisor: str, defn: VMDefinition, accelerator: str, cor
     """A runtime that continues the verified checkpoint `found` instead of booting. Its after_start raises
     CheckpointRefused when this node's VMM cannot take the state (the caller may boot afresh)."""
     if hypervisor == "cloud-hypervisor":
-        raise HypervisorError("cloud-hypervisor checkpoints are not supported yet")
+        from .ch_restore import RestoringCloudHypervisorRuntime
+        return RestoringCloudHypervisorRuntime(defn, accelerator, cores, found)
     from .qemu_runtime import RestoringQemuRuntime
     return RestoringQemuRuntime(defn, accelerator, cores, found)

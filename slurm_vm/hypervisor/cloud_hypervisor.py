@@ -99,10 +99,11 @@ class CloudHypervisorAPI:
     def close(self) -> None:
         self._client.close()
 
-    def _request(self, method: str, endpoint: str, body: dict | None = None):
+    def _request(self, method: str, endpoint: str, body: dict | None = None, timeout: float | None = None):
         import httpx
         try:
-            response = self._client.request(method, f"/{endpoint}", json=body)
+            response = self._client.request(method, f"/{endpoint}", json=body,
+                                            **({"timeout": timeout} if timeout is not None else {}))
         except httpx.HTTPError as exc:
             raise HypervisorError(f"cloud-hypervisor API {endpoint}: {exc}") from None
         if response.status_code >= 400:
@@ -123,6 +124,21 @@ class CloudHypervisorAPI:
 
     def shutdown_vmm(self) -> None:
         self._request("PUT", "vmm.shutdown")
+
+    def pause(self) -> None:
+        self._request("PUT", "vm.pause")
+
+    def resume(self) -> None:
+        self._request("PUT", "vm.resume")
+
+    def snapshot(self, directory: str, timeout: float) -> None:
+        """The paused VM's config.json, state.json and memory-ranges into `directory` (which must exist)."""
+        self._request("PUT", "vm.snapshot", snapshot_config(directory), timeout=max(timeout, 1.0))
+
+
+def snapshot_config(directory: str) -> dict:
+    """The VmSnapshotConfig body of PUT /vm.snapshot."""
+    return {"destination_url": f"file://{directory}"}
 
 
 class CloudHypervisorRuntime(Runtime):

@@ -36,6 +36,12 @@ def test_bad_checkpoint_config_names_the_field(text, field):
     assert any(field in line for line in str(info.value).splitlines()), str(info.value)
 
 
+def test_cloud_hypervisor_vms_may_checkpoint():
+    spec = parse_spec(OK + "on_preempt: checkpoint\nhypervisor: cloud-hypervisor\n", "vm.yaml",
+                      parse_config(WITH_CKPT, "c.yaml"))
+    assert spec.checkpoints and spec.hypervisor == "cloud-hypervisor"
+
+
 def test_spec_defaults_keep_todays_behaviour():
     spec = parse_spec(OK, "vm.yaml", parse_config(CONFIG, "c.yaml"))
     assert (spec.on_preempt, spec.on_timeout, spec.on_restore_failure) == ("shutdown", "shutdown", "fail")
@@ -46,7 +52,6 @@ def test_spec_defaults_keep_todays_behaviour():
     (OK + "on_preempt: save\n", "on_preempt"),
     (OK + "on_timeout: true\n", "on_timeout"),
     (OK + "on_restore_failure: retry\n", "on_restore_failure"),
-    (OK + "on_preempt: checkpoint\nhypervisor: cloud-hypervisor\n", "on_preempt"),
     (OK + "on_timeout: checkpoint\ncount: 2\nnetworks: []\n", "on_timeout"),
 ])
 def test_bad_checkpoint_specs_name_the_field(text, field):
