@@ -118,12 +118,13 @@ class CheckpointControl:
             runtime.hard_stop()
         except HypervisorError:
             pass
+        decision = flow.requeue_decision(self.defn.job_id, reason, self.settings)
+        if not decision.by_launcher:
+            say(f"{decision.why}: it continues from the checkpoint when it starts again")
+            return CHECKPOINTED_EXIT
         try:
             flow.requeue(self.defn.job_id, self.settings)
             say("requeued the job: it continues from the checkpoint when it starts again")
         except SlurmVmError as exc:
-            if reason == "preempt":
-                say("Slurm requeues the preempted job: it continues from the checkpoint when it starts again")
-            else:
-                say(f"could not requeue the job ({exc}); the checkpoint stays for a later requeue")
+            say(f"could not requeue the job ({exc}); the checkpoint stays for a later requeue")
         return CHECKPOINTED_EXIT

@@ -9,6 +9,7 @@ import time
 
 from ..errors import HypervisorError, SlurmVmError
 from ..hypervisor.definition import VMDefinition
+from . import requeue as requeue_rules
 from . import store
 from .manifest import OVERLAY_NAME, CheckpointRefused, Expected, Manifest, write_manifest
 from .qemu_save import copy_with_digest, restore_file
@@ -116,16 +117,30 @@ def job_fields(text: str) -> dict[str, str]:
 def is_preemption(job_id: int, settings: CheckpointSettings) -> bool:
     """During a preemption's GraceTime Slurm has set the job's PreemptTime; at its end Slurm requeues the job
     (JobState REQUEUED/PENDING, or Restarts beyond this run's) before the SIGTERM. A plain scancel does neither."""
-    return preempted(job_fields(_scontrol(settings, "show", "job", "-o", str(job_id))), settings.restart_count)
+    return preempted(job_state(job_id, settings), settings.restart_count)
+
+
+def job_state(job_id: int, settings: CheckpointSettings) -> dict[str, str]:
+    return job_fields(_scontrol(settings, "show", "job", "-o", str(job_id)))
 
 
 def preempted(fields: dict[str, str], restart_count: int) -> bool:
     if fields.get("PreemptTime", "None") not in ("None", "Unknown", ""):
         return True
-    restarts = fields.get("Restarts", "0")
-    state = fields.get("JobState", "")
-    return state in ("REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "PENDING", "PREEMPTED") or \
-        (restarts.isdigit() and int(restarts) > restart_count)
+    return requeue_rules.already_requeued(fields, restart_count)
+
+
+def requeue_decision(job_id: int, reason: str, settings: CheckpointSettings) -> requeue_rules.RequeueDecision:
+    """After a save: requeue the job here, or leave it to Slurm (requeue.py)."""
+    try:
+        fields: dict[str, str] | None = job_state(job_id, settings)
+    except SlurmVmError:
+        fields = None
+    try:
+        version = requeue_rules.slurm_version(_scontrol(settings, "--version"))
+    except SlurmVmError:
+        version = None
+    return requeue_rules.decide(reason, fields, settings.restart_count, version)
 
 
 def requeue(job_id: int, settings: CheckpointSettings) -> None:
@@ -133,4 +148,4 @@ def requeue(job_id: int, settings: CheckpointSettings) -> None:
 
 
 __all__ = ["CheckpointRefused", "find_restore", "put_overlay_in_place", "back_to_fresh_overlay", "restored", "save",
-           "is_preemption", "requeue", "job_fields"]
+           "is_preemption", "requeue", "requeue_decision", "job_fields"]

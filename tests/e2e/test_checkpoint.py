@@ -9,13 +9,7 @@ import time
 
 import pytest
 
-pytestmark = [
-    pytest.mark.cluster, pytest.mark.guest,
-    # Verified on 22.05 only: on 24.11 the save and restore run (the checkpoint is verified and the guest
-    # continues) but the preemption/requeue sequence differs and these tests fail; issue 13 is open for it.
-    pytest.mark.skipif(os.environ.get("SLURM_VM_TEST_SLURM", "22.05") != "22.05",
-                       reason="checkpoint through Slurm is verified on the 22.05 flavour only (issue 13 open)"),
-]
+pytestmark = [pytest.mark.cluster, pytest.mark.guest]
 COUNT = re.compile(r"SLURM-VM-TEST count=(\d+) boot_id=(\S+) uptime=([\d.]+)")
 SPEC = """name: {name}
 image: tiny-counter
@@ -127,7 +121,7 @@ def test_damaged_checkpoint_is_refused_and_kept(preempt_cluster):
     assert hog.returncode == 0, hog.stderr
     hog_id = hog.stdout.strip().split(";")[0]
     try:
-        wait_output(vc, job, "Slurm requeues the preempted job")       # saved; waits for its node
+        wait_output(vc, job, "continues from the checkpoint when it starts again")   # saved; waits for its node
         jdir = os.path.join(vc.directory, "checkpoints", "svmtest", f"job-{job}")
         (ckpt,) = os.listdir(jdir)
         state = os.path.join(jdir, ckpt, "state.bin")
