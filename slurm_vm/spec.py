@@ -210,8 +210,6 @@ def _check_checkpoint(spec: VMSpec, config: Config, ctx: Context) -> None:
     hypervisor = spec.hypervisor if spec.hypervisor != "auto" else config.hypervisor.default
     if hypervisor == "cloud-hypervisor":
         ctx.problem(key, "checkpoints need `hypervisor: qemu` for now (cloud-hypervisor is not supported yet)")
-    if spec.count > 1:
-        ctx.problem(key, "checkpoints of multi-VM jobs (`count` > 1) are not supported yet")
     if spec.mounts:
         ctx.problem(key, "a VM with `mounts` cannot be checkpointed (QEMU cannot save 9p/virtiofs shares); "
                     "remove `mounts` or use `shutdown`")

@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+from ..errors import SlurmVmError
 from . import barrier, store
 from .manifest import CheckpointRefused, Expected, Manifest, MANIFEST_NAME, mismatches, read_manifest, sha256_of, \
     verify_files
@@ -30,7 +31,7 @@ BARRIER_TIMEOUT = 60.0      # the launchers of a job get the same signal within 
 MAX_VERDICT_BYTES = 64 * 1024
 
 
-class RoundAborted(Exception):
+class RoundAborted(SlurmVmError):
     """The job's launchers did not all save: no checkpoint; the caller resumes its guest."""
 
 
