@@ -162,7 +162,8 @@ def _why(verdict: bytes | None, fallback: str) -> str:
 def find_for_restore(user_dir: str, expected: Expected, index: int, count: int) -> tuple[store.Found | None, str]:
     """VM `index`'s part of the job's newest committed round, verified: the job manifest (owner, job, count,
     the sha256 of this part's manifest) and the part itself as a single VM's checkpoint. Rounds that were
-    aborted or never decided are skipped; the newest committed one is used or refused (no rollback)."""
+    aborted (every guest resumed: not a checkpoint) or never decided are skipped; the newest committed one is
+    used or refused (no rollback). (None, "") when the job has no checkpoint, aborted rounds only included."""
     jdir = store.job_dir(user_dir, expected.job_id)
     rounds = store.checkpoint_dirs(jdir)
     if not rounds:
@@ -173,7 +174,9 @@ def find_for_restore(user_dir: str, expected: Expected, index: int, count: int) 
         try:
             job = read_verdict(rnd, expected.uid)
         except CheckpointRefused as exc:
-            if "aborted" in str(exc) or "did not finish" in str(exc):
+            if "aborted" in str(exc):
+                continue
+            if "did not finish" in str(exc):
                 skipped.append(f"{name}: {exc}")
                 continue
             return None, f"{name}: {exc}"
@@ -194,7 +197,7 @@ def find_for_restore(user_dir: str, expected: Expected, index: int, count: int) 
         except CheckpointRefused as exc:
             return None, f"{name}/vm-{index}: {exc}"
         return store.Found(part, manifest), ""
-    return None, "; ".join(skipped) or "no complete checkpoint"
+    return None, "; ".join(skipped)
 
 
 def _job_mismatch(job: JobManifest, expected: Expected, count: int) -> str:

@@ -96,13 +96,15 @@ def test_a_missing_participant_leaves_no_valid_checkpoint(tmp_path):
     assert "VM(s) 1 did not pause" in str(results[0])
     rnd = os.path.join(jdir, "ckpt-000000")
     assert not any(name.startswith("vm-") for name in os.listdir(rnd))        # nobody saved
-    found, why = group.find_for_restore(str(tmp_path), expected(0), 0, 3)
-    assert found is None and "aborted" in why
+    assert group.find_for_restore(str(tmp_path), expected(0), 0, 3) == (None, "")   # no checkpoint: boot
     # the late launcher skips the decided round and, alone in the next one, gives up too: nothing commits
     with pytest.raises(group.RoundAborted, match="ckpt-000001"):
         group.save_together(jdir, 0, 1, 3, "preempt", JOB, pause=lambda: None,
                             save_part=lambda p: write_part(p, 1), save_timeout=5, barrier_timeout=0.5)
-    assert group.find_for_restore(str(tmp_path), expected(1), 1, 3)[0] is None
+    assert group.find_for_restore(str(tmp_path), expected(1), 1, 3) == (None, "")
+    os.mkdir(os.path.join(jdir, "ckpt-000002"))          # a round whose launchers were killed: not decided
+    found, why = group.find_for_restore(str(tmp_path), expected(1), 1, 3)
+    assert found is None and "ckpt-000002: no job manifest (the save did not finish)" in why
 
 
 def test_a_failed_save_aborts_every_launcher_and_an_older_checkpoint_stays_the_one(tmp_path):
