@@ -151,3 +151,15 @@ def test_an_aborted_verdict_is_refused_with_its_reason(tmp_path):
     barrier.decide(str(tmp_path), group.abort_content(1, "disk full"), 1)
     with pytest.raises(group.CheckpointRefused, match="aborted"):
         group.read_verdict(str(tmp_path), UID)
+
+
+def test_status_lists_a_job_checkpoint_with_summed_sizes_and_an_aborted_round_as_unusable(tmp_path):
+    from slurm_vm.checkpoint.listing import describe, job_checkpoints
+    jdir = store.job_dir(str(tmp_path), JOB)
+    os.makedirs(jdir)
+    run_launchers(jdir, 2, [0], barrier_timeout=0.3)                   # aborted: VM 1 never came
+    (rnd,) = set(run_launchers(jdir, 2, [0, 1], restart_count=1).values())
+    newest, aborted = job_checkpoints(str(tmp_path), JOB)
+    assert newest["path"] == rnd and newest["complete"] and newest["vms"] == 2
+    assert newest["size_bytes"] == sum(500 * 4 + 300 * 5 for _ in range(2))
+    assert "2 VMs" in describe(newest) and not aborted["complete"] and "aborted" in aborted["problem"]
