@@ -35,7 +35,7 @@ def write_part(path: str, index: int) -> Manifest:
     manifest = Manifest(job_id=JOB, uid=UID, user="u", restart_count=0, reason="preempt", created=1.0,
                         image="tiny", base_image="/img/base.qcow2", base_size=1 << 26, vmm="qemu",
                         vmm_version="7.2.15", accelerator="tcg", cpus=1, memory_bytes=256 << 20, macs=macs(index),
-                        instance_id=f"i-{index}", compressed=False, state=entries[0], overlay=entries[1])
+                        instance_id=f"i-{index}", compressed=False, states=(entries[0],), overlay=entries[1])
     write_manifest(path, manifest)
     return manifest
 
