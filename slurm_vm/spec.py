@@ -207,8 +207,6 @@ def _check_checkpoint(spec: VMSpec, config: Config, ctx: Context) -> None:
     if config.checkpoint.dir is None:
         ctx.problem(key, "this site has no checkpoint storage (`checkpoint.dir` in the admin config); "
                     "use `shutdown` or ask the admins")
-    if spec.count > 1:
-        ctx.problem(key, "checkpoints of multi-VM jobs (`count` > 1) are not supported yet")
     if spec.mounts:
         ctx.problem(key, "a VM with `mounts` cannot be checkpointed (neither QEMU nor cloud-hypervisor can save "
                     "9p/virtiofs shares); remove `mounts` or use `shutdown`")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
@@ -90,8 +91,11 @@ class CheckpointControl:
 
     def running(self, runtime) -> None:
         if self.found is not None:
-            flow.restored(self.defn, self.found)
-            say(f"the guest continues; removed its checkpoint {self.found.path}")
+            if flow.restored(self.defn, self.found):
+                whole = os.path.dirname(self.found.path) if self.settings.vm_count > 1 else self.found.path
+                say(f"the guest continues; removed its checkpoint {whole}")
+            else:
+                say(f"the guest continues; its checkpoint {self.found.path} goes once every VM of the job runs")
             self.found = None
 
     # -- save ----------------------------------------------------------------------------------------------
@@ -103,7 +107,7 @@ class CheckpointControl:
         say(f"{reason}: pausing the guest and saving it to {self.settings.user_dir}")
         try:
             snap.pause()
-            path, manifest = flow.save(self.defn, self.settings, snap, runtime.accelerator, reason)
+            path, manifest = flow.save(self.defn, self.settings, snap, runtime.accelerator, reason, say)
         except (HypervisorError, SlurmVmError, OSError) as exc:
             say(f"checkpoint failed: {exc}; shutting the guest down instead")
             try:
@@ -118,6 +122,9 @@ class CheckpointControl:
             runtime.hard_stop()
         except HypervisorError:
             pass
+        if self.settings.vm_index > 0:      # a multi-VM job: its first launcher requeues it
+            say("the job's checkpoint is complete; VM 0's launcher requeues the job")
+            return CHECKPOINTED_EXIT
         decision = flow.requeue_decision(self.defn.job_id, reason, self.settings)
         if not decision.by_launcher:
             say(f"{decision.why}: it continues from the checkpoint when it starts again")

@@ -9,9 +9,9 @@ import time
 
 from ..errors import HypervisorError, SlurmVmError
 from ..hypervisor.definition import VMDefinition
+from . import group, store
 from . import requeue as requeue_rules
-from . import store
-from .manifest import OVERLAY_NAME, CheckpointRefused, Expected, Manifest, write_manifest
+from .manifest import OVERLAY_NAME, CheckpointRefused, Expected, Manifest, read_manifest, write_manifest
 from .qemu_save import copy_with_digest, restore_file
 from .settings import CheckpointSettings
 from .vmm import Snapshotter
@@ -36,6 +36,9 @@ def expected(defn: VMDefinition, settings: CheckpointSettings, vmm: str, acceler
 def find_restore(defn: VMDefinition, settings: CheckpointSettings, vmm: str,
                  accelerator: str) -> tuple[store.Found | None, str]:
     try:
+        if settings.vm_count > 1:
+            return group.find_for_restore(settings.user_dir, expected(defn, settings, vmm, accelerator),
+                                          settings.vm_index, settings.vm_count)
         return store.find_for_restore(settings.user_dir, expected(defn, settings, vmm, accelerator))
     except OSError as exc:
         return None, f"cannot read the checkpoint dir {settings.user_dir}: {exc.strerror}"
@@ -54,23 +57,48 @@ def back_to_fresh_overlay(defn: VMDefinition) -> None:
         os.replace(disk + FRESH_SUFFIX, disk)
 
 
-def restored(defn: VMDefinition, found: store.Found) -> None:
-    """The guest runs again from the checkpoint: the job's own checkpoint is no longer needed."""
+def restored(defn: VMDefinition, found: store.Found) -> bool:
+    """The guest runs again from the checkpoint: the job's own checkpoint is no longer needed. A multi-VM job's
+    checkpoint goes once every VM runs again. True if this call removed it."""
     try:
         os.unlink(root_disk(defn) + FRESH_SUFFIX)
     except FileNotFoundError:
         pass
+    settings = defn.checkpoint
+    if settings is not None and settings.vm_count > 1:
+        return group.continued(os.path.dirname(found.path), settings.vm_index, settings.vm_count)
     store.remove(found.path)
+    return True
 
 
 def save(defn: VMDefinition, settings: CheckpointSettings, snap: Snapshotter, accelerator: str,
-         reason: str) -> tuple[str, Manifest]:
+         reason: str, say=lambda _: None) -> tuple[str, Manifest]:
     """The guest is paused (snap.pause()): save RAM and devices, copy the overlay, write the manifest last.
-    The guest stays paused; the caller resumes it (if snap.keeps_running) or stops the VMM."""
-    version = snap.version()
+    The guest stays paused; the caller resumes it (if snap.keeps_running) or stops the VMM. A multi-VM job
+    saves only once every VM of the job is paused, and only a whole job's save counts (group.py): RoundAborted
+    otherwise."""
     jdir = store.job_dir(settings.user_dir, defn.job_id)
     store.ensure_private_dir(settings.user_dir, os.getuid())
+    if settings.vm_count > 1:
+        store.ensure_private_dir(jdir, os.getuid())
+        part = lambda path: save_part(defn, settings, snap, path, accelerator, reason)  # noqa: E731
+        rnd = group.save_together(jdir, settings.restart_count, settings.vm_index, settings.vm_count, reason,
+                                  defn.job_id, pause=lambda: None, save_part=part, save_timeout=SAVE_TIMEOUT,
+                                  say=say)
+        if settings.vm_index == 0:
+            group.prune(jdir, settings.keep, os.getuid())
+        path = group.part_dir(rnd, settings.vm_index)
+        return path, read_manifest(path, os.getuid())
     path = store.new_checkpoint_dir(jdir, os.getuid())
+    manifest = save_part(defn, settings, snap, path, accelerator, reason)
+    store.prune(jdir, settings.keep, os.getuid())
+    return path, manifest
+
+
+def save_part(defn: VMDefinition, settings: CheckpointSettings, snap: Snapshotter, path: str, accelerator: str,
+              reason: str) -> Manifest:
+    """One VM's checkpoint into the empty directory `path`, its manifest last."""
+    version = snap.version()
     compress = settings.compress and snap.can_compress
     states = snap.save(path, compress, time.monotonic() + SAVE_TIMEOUT)
     overlay = copy_with_digest(root_disk(defn), path, OVERLAY_NAME)
@@ -82,8 +110,7 @@ def save(defn: VMDefinition, settings: CheckpointSettings, snap: Snapshotter, ac
                         instance_id=settings.instance_id, compressed=compress,
                         states=tuple(states), overlay=overlay)
     write_manifest(path, manifest)
-    store.prune(jdir, settings.keep, os.getuid())
-    return path, manifest
+    return manifest
 
 
 def _size(path: str) -> int:

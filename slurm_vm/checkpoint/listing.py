@@ -7,7 +7,7 @@ import os
 import pwd
 from dataclasses import asdict, dataclass
 
-from . import store
+from . import barrier, group, store
 from .manifest import CheckpointRefused, read_manifest
 
 QUEUED_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"}
@@ -31,6 +31,9 @@ def job_checkpoints(user_dir: str | None, job_id: int, uid: int | None = None) -
     except OSError:
         return []
     for path in reversed(dirs):
+        if os.path.isdir(group.part_dir(path, 0)) or os.path.exists(os.path.join(path, barrier.VERDICT)):
+            out.append(_job_round(path, uid))
+            continue
         try:
             m = read_manifest(path, uid)
         except (CheckpointRefused, OSError) as exc:
@@ -42,13 +45,26 @@ def job_checkpoints(user_dir: str | None, job_id: int, uid: int | None = None) -
     return out
 
 
+def _job_round(path: str, uid: int) -> dict:
+    """A multi-VM job's checkpoint: complete only with its job manifest; sizes summed over the VMs."""
+    try:
+        job = group.read_verdict(path, uid)
+        parts = [read_manifest(group.part_dir(path, i), uid) for i in range(job.count)]
+    except (CheckpointRefused, OSError) as exc:
+        return {"path": path, "complete": False, "problem": str(exc)}
+    return {"path": path, "complete": True, "reason": job.reason, "created": job.created, "run": job.restart_count,
+            "size_bytes": sum(m.total_size for m in parts), "state_bytes": sum(m.state_size for m in parts),
+            "overlay_bytes": sum(m.overlay.size for m in parts), "vms": job.count,
+            "vmm": f"{parts[0].vmm} {parts[0].vmm_version}", "image": parts[0].image}
+
+
 def describe(entry: dict) -> str:
     name = os.path.basename(entry["path"])
     if not entry["complete"]:
         return f"{name}: unusable ({entry['problem']})"
     return (f"{name}: {entry['size_bytes'] / 2**20:.1f} MiB (state {entry['state_bytes'] / 2**20:.1f} MiB, overlay "
             f"{entry['overlay_bytes'] / 2**20:.1f} MiB), saved at {entry['reason']} of run {entry['run']}, "
-            f"{entry['vmm']}")
+            f"{entry['vmm']}" + (f", {entry['vms']} VMs" if "vms" in entry else ""))
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ def keeps_identity(spec: VMSpec) -> bool:
     return spec.checkpoints
 
 
-def checkpoint_definition(spec: VMSpec, config: Config, user: str, restart_count: int, instance_id: str) -> CheckpointSettings | None:
+def checkpoint_definition(spec: VMSpec, config: Config, user: str, restart_count: int, instance_id: str,
+                          vm_index: int = 0) -> CheckpointSettings | None:
     if not spec.checkpoints or config.checkpoint.dir is None:
         return None
     bin_dir = config.slurm.bin_dir
@@ -37,4 +38,6 @@ def checkpoint_definition(spec: VMSpec, config: Config, user: str, restart_count
         instance_id=instance_id,
         scontrol=os.path.join(bin_dir, "scontrol") if bin_dir else "scontrol",
         command_timeout=config.slurm.command_timeout,
+        vm_index=vm_index,
+        vm_count=spec.count,
     )

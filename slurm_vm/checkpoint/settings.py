@@ -25,11 +25,13 @@ class CheckpointSettings:
     instance_id: str
     scontrol: str = "scontrol"
     command_timeout: int = 30
+    vm_index: int = 0          # this VM in a multi-VM job (the node's place in the job's node list)
+    vm_count: int = 1          # the job's VMs: with more than one, all pause before any saves (group.py)
 
 
 TYPES = {"user_dir": str, "keep": int, "compress": bool, "on_preempt": str, "on_timeout": str,
          "on_restore_failure": str, "restart_count": int, "user": str, "image": str, "base_image": str,
-         "instance_id": str, "scontrol": str, "command_timeout": int}
+         "instance_id": str, "scontrol": str, "command_timeout": int, "vm_index": int, "vm_count": int}
 
 
 def settings_from_dict(data: object) -> CheckpointSettings | None:
@@ -48,6 +50,7 @@ def settings_from_dict(data: object) -> CheckpointSettings | None:
     except TypeError:
         raise HypervisorError("vm.json: checkpoint is missing a key") from None
     if settings.on_preempt not in TRIGGERS or settings.on_timeout not in TRIGGERS or \
-            settings.on_restore_failure not in FALLBACKS or not settings.user_dir.startswith("/"):
+            settings.on_restore_failure not in FALLBACKS or not settings.user_dir.startswith("/") or \
+            not 0 <= settings.vm_index < settings.vm_count:
         raise HypervisorError("vm.json: checkpoint has a value out of range")
     return settings

@@ -153,7 +153,7 @@ def plan_definition(spec: VMSpec, config: Config, ctx: JobContext, jdir: str, ov
         cloud_hypervisor_binary=config.hypervisor.cloud_hypervisor_binary,
         **definition_fields(plan_shares(spec, user_home(ctx.user)), config),
         checkpoint=checkpoint_definition(spec, config, ctx.user, ctx.restart_count,
-                                         instance_id(ctx, keeps_identity(spec))),
+                                         instance_id(ctx, keeps_identity(spec)), ctx.vm_index),
     )
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pytest
 
 from slurm_vm.config import parse_config
-from slurm_vm.errors import ValidationError
+from slurm_vm.errors import HypervisorError, ValidationError
 from slurm_vm.spec import parse_spec
 from slurm_vm.submit import plan_submission
 
@@ -52,7 +54,6 @@ def test_spec_defaults_keep_todays_behaviour():
     (OK + "on_preempt: save\n", "on_preempt"),
     (OK + "on_timeout: true\n", "on_timeout"),
     (OK + "on_restore_failure: retry\n", "on_restore_failure"),
-    (OK + "on_timeout: checkpoint\ncount: 2\nnetworks: []\n", "on_timeout"),
 ])
 def test_bad_checkpoint_specs_name_the_field(text, field):
     with pytest.raises(ValidationError) as info:
@@ -97,6 +98,26 @@ def test_plan_carries_checkpoint_settings_and_a_stable_identity():
     plain = make_plan(parse_spec(OK, "vm.yaml", cfg), cfg, JobContext(job_id=77, uid=4201, gid=4201, user="alice",
                       node="n1", nodes=("n1",), cluster="c", comment="", restart_count=3))
     assert plain.definition.checkpoint is None and "-77-3-0" in plain.seed.meta_data
+
+
+def test_multi_vm_job_checkpoints_and_each_vm_knows_its_index():
+    from slurm_vm.checkpoint.settings import settings_from_dict
+    from slurm_vm.hypervisor.definition import VMDefinition
+    from slurm_vm.node.context import JobContext
+    from slurm_vm.node.plan import make_plan
+    cfg = parse_config(WITH_CKPT.replace("deb: {path: /img/deb.qcow2}", "deb: {path: /img/deb.qcow2, firmware: /f}"),
+                       "c.yaml")
+    spec = parse_spec(OK + "on_preempt: checkpoint\ncount: 3\nnetworks: []\n", "vm.yaml", cfg)
+    nodes = ("n1", "n2", "n3")
+    cks = [make_plan(spec, cfg, JobContext(job_id=77, uid=4201, gid=4201, user="alice", node=n, nodes=nodes,
+                                           cluster="c", comment="")).definition for n in nodes]
+    assert [(d.checkpoint.vm_index, d.checkpoint.vm_count) for d in cks] == [(0, 3), (1, 3), (2, 3)]
+    assert VMDefinition.from_json(cks[2].to_json()) == cks[2]
+    saved = asdict(cks[0].checkpoint)
+    old = {k: v for k, v in saved.items() if k not in ("vm_index", "vm_count")}
+    assert settings_from_dict(old).vm_count == 1          # a vm.json written before multi-VM checkpoints
+    with pytest.raises(HypervisorError, match="out of range"):
+        settings_from_dict({**saved, "vm_index": 3})
 
 
 @pytest.mark.parametrize("fields,restarts,expected", [

@@ -1,0 +1,149 @@
+"""Checkpoint and restore of a two-VM job through real Slurm 22.05 (preemption, requeue), the real hooks and
+launchers (one per node, tasks of one srun step), QEMU and the tiny guest's counter; the VMs ping each other
+over their job-private segment before and after the restore."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import hostlist
+import pytest
+
+from slurm_vm.checkpoint import barrier
+from tests.e2e.test_checkpoint import counters, wait_count, wait_output
+
+pytestmark = [
+    pytest.mark.cluster, pytest.mark.guest,
+    pytest.mark.skipif(os.environ.get("SLURM_VM_TEST_SLURM", "22.05") != "22.05",
+                       reason="checkpoint through Slurm is verified on the 22.05 flavour only (issue 13 open)"),
+]
+SPEC = """name: {name}
+image: tiny-counter
+count: 2
+memory: 256M
+disk: 128M
+networks:
+  - network: private
+{extra}cloud_init:
+  user_data: |
+    #cloud-config
+    runcmd:
+      - (n=0; while true; do n=$((n+1)); for h in {name}-0 {name}-1; do ping -c1 -W1 $h >/dev/null && echo "SLURM-VM-TEST ping $h n=$n ok"; done; sleep 2; done) &
+"""
+PING = re.compile(r"SLURM-VM-TEST ping (\S+) n=(\d+) ok")
+
+
+def job_nodes(vc, job: int) -> list[str]:
+    """The job's nodes in Slurm's order: VM i runs on the i-th (node/context.py)."""
+    return hostlist.expand_hostlist(vc.job_field(job, "%N"))
+
+
+def pings(serial: str, host: str) -> list[int]:
+    return [int(n) for h, n in PING.findall(serial) if h == host]
+
+
+def wait_pings(vc, node: str, job: int, host: str, timeout: float = 180) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen = pings(vc.serial_log(node, job), host)
+        if seen:
+            return seen
+        time.sleep(1)
+    raise AssertionError(f"no ping of {host} on {node}:\n{vc.serial_log(node, job)[-1500:]}\n"
+                         f"output:\n{vc.output(job)[-3000:]}")
+
+
+def run_dir_files(vc, node: str, job: int) -> str:
+    return os.path.join(vc.node_state(node), "jobs", str(job))
+
+
+def test_two_vm_job_is_preempted_and_both_vms_continue(preempt_cluster):
+    vc = preempt_cluster
+    name = "mp"
+    job = vc.submit(SPEC.format(name=name, extra="on_preempt: checkpoint\n"), "--partition=main", name=name)
+    vc.wait_state(job, {"RUNNING"}, timeout=120)
+    first = job_nodes(vc, job)
+    assert len(first) == 2
+    for i, node in enumerate(first):
+        wait_count(vc, node, job, 3, timeout=240)
+        wait_pings(vc, node, job, f"{name}-{1 - i}")                      # the VMs reach each other
+    hog = vc.cluster.client(["sbatch", "--parsable", "--partition=urgent", "--exclusive", f"--nodelist={first[0]}",
+                             "--output=/dev/null", "--wrap=sleep 900"], user="svmtest")
+    assert hog.returncode == 0, hog.stderr
+    try:
+        # the serial logs go with the first run's run dirs: keep the last counters seen before the pause
+        before: dict[int, list] = {}
+        deadline = time.monotonic() + 300
+        while True:
+            for i, node in enumerate(first):
+                seen = counters(vc.serial_log(node, job))
+                if seen:
+                    before[i] = seen
+            state, nodes = vc.job_field(job, "%T"), job_nodes(vc, job)
+            if state == "RUNNING" and nodes != first:
+                break
+            assert state not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), vc.output(job)
+            assert time.monotonic() < deadline, f"not requeued onto other nodes: {state} {nodes}\n{vc.output(job)}"
+            time.sleep(0.5)
+        second = nodes
+        assert first[0] not in second
+        out = wait_output(vc, job, "the guest continues", timeout=300)
+        deadline = time.monotonic() + 120
+        while out.count("the guest continues") < 2:
+            assert time.monotonic() < deadline, out
+            time.sleep(1)
+            out = vc.output(job)
+        assert out.count("preempt: pausing the guest") == 2, out
+        assert "all 2 VMs of the job are paused" in out and "restored from" in out, out
+        for i, node in enumerate(second):
+            last = before[i][-1]
+            after = [c for c in wait_count(vc, node, job, last[0] + 2, timeout=240) if c[0] > 0]
+            assert after[0][0] > last[0] and after[0][0] <= last[0] + 5, (i, before[i][-3:], after[:3])
+            assert {b for _, b, _ in after} == {last[1]}, (i, last, after[:3])          # same boot
+            assert after[0][2] > last[2], (i, last, after[0])                          # uptime went on
+            wait_pings(vc, node, job, f"{name}-{1 - i}")                             # the peer still answers
+        udir = os.path.join(vc.directory, "checkpoints", "svmtest")
+        deadline = time.monotonic() + 30
+        while os.listdir(udir):                 # removed once both VMs continue
+            assert time.monotonic() < deadline, os.listdir(udir)
+            time.sleep(1)
+        assert vc.slurm_vm("stop", str(job)).returncode == 0
+        assert vc.wait_gone_or_ended(job, timeout=180) == "COMPLETED", vc.output(job)
+        vc.wait_no_leaks(job)
+    finally:
+        vc.cluster.client(["scancel", hog.stdout.strip().split(";")[0]])
+        vc.cluster.client(["scancel", str(job)])
+
+
+def test_a_missing_participant_leaves_no_valid_checkpoint(preempt_cluster):
+    """Only VM 0's launcher gets the time-limit warning: it pauses, VM 1 never does; after the barrier's
+    timeout VM 0 resumes (then shuts down, as without a checkpoint) and the round is aborted: no checkpoint."""
+    vc = preempt_cluster
+    name = "mq"
+    job = vc.submit(SPEC.format(name=name, extra="on_timeout: checkpoint\n"), "--partition=main", name=name)
+    vc.wait_state(job, {"RUNNING"}, timeout=120)
+    nodes = job_nodes(vc, job)
+    try:
+        for node in nodes:
+            wait_count(vc, node, job, 3, timeout=240)
+        with open(os.path.join(run_dir_files(vc, nodes[0], job), "launcher.pid")) as fh:
+            pid = fh.read().strip()
+        kill = vc.cluster.node_exec(nodes[0], ["kill", "-USR1", pid], timeout=20)
+        assert kill.returncode == 0, kill.stderr
+        out = wait_output(vc, job, "checkpoint failed", timeout=240)
+        assert "VM(s) 1 did not pause within 60s" in out, out
+        jdir = os.path.join(vc.directory, "checkpoints", "svmtest", f"job-{job}")
+        (rnd,) = os.listdir(jdir)
+        files = sorted(os.listdir(os.path.join(jdir, rnd)))
+        assert files == ["paused-0", barrier.VERDICT], files          # nobody saved, no job manifest
+        with open(os.path.join(jdir, rnd, barrier.VERDICT)) as fh:
+            assert '"kind": "aborted"' in fh.read()
+        # VM 1 ran on throughout
+        n = counters(vc.serial_log(nodes[1], job))[-1][0]
+        wait_count(vc, nodes[1], job, n + 3)
+    finally:
+        vc.cluster.client(["scancel", str(job)])
+    vc.wait_gone_or_ended(job, timeout=240)
+    vc.wait_no_leaks(job)
