@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
@@ -10,6 +11,7 @@ from ..hypervisor.definition import VMDefinition
 from ..hypervisor.runtime import say
 from ..hypervisor.runtime import Runtime
 from . import flow
+from .drop import saving
 from .vmm import restoring_runtime, snapshotter
 
 CHECKPOINTED_EXIT = 8        # launcher.ExitCode.CHECKPOINTED
@@ -102,8 +104,9 @@ class CheckpointControl:
         started = time.monotonic()
         say(f"{reason}: pausing the guest and saving it to {self.settings.user_dir}")
         try:
-            snap.pause()
-            path, manifest = flow.save(self.defn, self.settings, snap, runtime.accelerator, reason)
+            with saving(self.settings.user_dir, self.defn.job_id, os.getuid()):     # one save at a time
+                snap.pause()
+                path, manifest = flow.save(self.defn, self.settings, snap, runtime.accelerator, reason)
         except (HypervisorError, SlurmVmError, OSError) as exc:
             say(f"checkpoint failed: {exc}; shutting the guest down instead")
             try:
