@@ -188,6 +188,43 @@ def status(ref: str, lines: int, as_json: bool, config_path: str | None) -> None
 
 
 @main.command()
+@click.argument("ref", metavar="NAME|JOBID", required=False, shell_complete=_complete_vm)
+@click.option("--stop", is_flag=True, help="save, then end the run: the job waits requeued and held "
+                                           "(`scontrol release` continues the VM)")
+@click.option("--drop", is_flag=True, help="remove the job's checkpoints (also of jobs Slurm no longer knows)")
+@click.option("--list", "list_all", is_flag=True, help="every checkpoint in your checkpoint dir and its job's state")
+@json_option
+@config_option
+def checkpoint(ref: str | None, stop: bool, drop: bool, list_all: bool, as_json: bool, config_path: str | None) -> None:
+    """Save a running VM (it keeps running); --stop, --drop, --list: see docs/checkpoint.md."""
+    from .checkpoint import command
+    from .lifecycle import current_user
+    if sum((stop, drop, list_all)) > 1 or (ref is None) != list_all:
+        raise click.UsageError("give NAME|JOBID with at most one of --stop and --drop, or --list alone")
+    config = _config(config_path)
+    backend = _backend(config)
+    if list_all:
+        command.print_listing(command.listing(backend, config, current_user()), as_json)
+    elif drop:
+        click.echo(command.drop(backend, config, ref, current_user()))
+    else:
+        click.echo(command.checkpoint_vm(backend, config, ref, current_user(), stop))
+
+
+@main.command("checkpoint-relay", hidden=True)
+@click.argument("job_id", type=int)
+@click.option("--stop", is_flag=True)
+@config_option
+def checkpoint_relay(job_id: int, stop: bool, config_path: str | None) -> None:
+    """The node end of `slurm-vm checkpoint` (run by srun inside the job): asks the launcher, prints its answer."""
+    import os
+    from .checkpoint.command import relay
+    from .node.layout import job_dir
+    config = _config(config_path)
+    sys.exit(relay(job_dir(config.node_state_dir(os.environ.get("SLURMD_NODENAME", "")), job_id), stop))
+
+
+@main.command()
 @click.argument("ref", metavar="NAME|JOBID", shell_complete=_complete_vm)
 @click.option("--log", "log_only", is_flag=True, help="print the serial log (read-only) instead of attaching")
 @click.option("--follow", "-f", is_flag=True, help="with --log: keep printing new output until interrupted")

@@ -22,6 +22,7 @@ SERIAL_LOG = "serial.log"
 SERIAL_SOCKET = "serial.sock"    # the serial port, the user's (slurm-vm console attaches here)
 VMM_SERIAL_SOCKET = "serial-vmm.sock"  # cloud-hypervisor's own serial socket; the launcher is its one client
 CONSOLE_LOCK = "console.lock"
+CONTROL_SOCKET = "control.sock"   # the launcher's requests (slurm-vm checkpoint), the user's
 # The line a guest prints on its serial console when it is up: cloud-init's final message (set in the
 # vendor-data slurm-vm writes); slurm-vm's tiny test guest prints it too. `submit --wait` and `wait` look for it.
 GUEST_READY_MARKER = "SLURM-VM-GUEST-READY"    # one interactive console session at a time

@@ -11,6 +11,7 @@ from ..hypervisor.definition import VMDefinition
 from ..hypervisor.runtime import say
 from ..hypervisor.runtime import Runtime
 from . import flow
+from .drop import saving
 from .vmm import restoring_runtime, snapshotter
 
 CHECKPOINTED_EXIT = 8        # launcher.ExitCode.CHECKPOINTED
@@ -106,8 +107,9 @@ class CheckpointControl:
         started = time.monotonic()
         say(f"{reason}: pausing the guest and saving it to {self.settings.user_dir}")
         try:
-            snap.pause()
-            path, manifest = flow.save(self.defn, self.settings, snap, runtime.accelerator, reason, say)
+            with saving(self.settings.user_dir, self.defn.job_id, os.getuid()):     # one save at a time
+                snap.pause()
+                path, manifest = flow.save(self.defn, self.settings, snap, runtime.accelerator, reason, say)
         except (HypervisorError, SlurmVmError, OSError) as exc:
             say(f"checkpoint failed: {exc}; shutting the guest down instead")
             try:

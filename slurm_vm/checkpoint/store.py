@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from .manifest import CheckpointRefused, Expected, Manifest, mismatches, read_manifest, verify_files
 
 PREFIX = "ckpt-"
+SAVE_LOCK = ".saving"         # the job's save lock (drop.py)
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,12 @@ def drop(user_dir: str, job_id: int) -> bool:
 def remove(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
     parent = os.path.dirname(path)
+    if checkpoint_dirs(parent):
+        return
+    try:
+        os.unlink(os.path.join(parent, SAVE_LOCK))
+    except FileNotFoundError:
+        pass
     try:
         os.rmdir(parent)       # the job's dir, once it holds no checkpoint
     except OSError:

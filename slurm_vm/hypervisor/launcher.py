@@ -15,16 +15,18 @@ import subprocess
 import time
 from dataclasses import replace
 
+from ..checkpoint import manual
 from ..checkpoint.control import CheckpointControl, RestoreRefused
 from ..checkpoint.manifest import CheckpointRefused
 from ..errors import HypervisorError, NotEnoughCores, NotEnoughMemory
-from ..limits import LAUNCHER_LOCK, LAUNCHER_PID, VMM_LOG, VMM_PID
+from ..limits import CONTROL_SOCKET, LAUNCHER_LOCK, LAUNCHER_PID, VMM_LOG, VMM_PID
 from .cloud_hypervisor import CloudHypervisorRuntime
 from .cores import allowed_cores, vcpu_map
 from .definition import VMDefinition
 from .kvm import choose_backend
 from .memlimit import cgroup_memory_limit, check_memory
 from .qemu import QemuRuntime
+from .requests import ControlServer
 from .runtime import START_TIMEOUT, Runtime, open_nics, say
 from .shares import ShareDaemons, effective_transport
 
@@ -61,6 +63,7 @@ class Launcher:
         self.request_signal = ""
         self.terminated = False
         self.checkpoint = CheckpointControl(defn)
+        self.control: ControlServer | None = None
 
     def _on_signal(self, signum: int, frame) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
@@ -160,7 +163,12 @@ class Launcher:
                 os.close(fd)
         self.checkpoint.running(runtime)
         say(f"VM running ({time.monotonic() - self.started:.2f}s after the launcher started)")
-        return self._supervise(runtime, log_path)
+        self.control = ControlServer(self.defn.path(CONTROL_SOCKET))
+        self.control.start()
+        try:
+            return self._supervise(runtime, log_path)
+        finally:
+            self.control.stop()
 
     def _supervise(self, runtime: Runtime, log_path: str) -> int:
         proc = runtime.proc
@@ -168,6 +176,10 @@ class Launcher:
         deadline: float | None = None
         pressed = 0.0
         while proc.poll() is None:
+            request = self.control.take() if self.control is not None else None
+            if request is not None and (ended := manual.handle(request, self, runtime)) is not None:
+                self._kill(runtime)
+                return ended
             if self.requested is not None and deadline is None and self.checkpoint.wanted():
                 saved = self.checkpoint.save_and_end(runtime)
                 if saved is not None:

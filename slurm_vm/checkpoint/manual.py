@@ -1,0 +1,124 @@
+"""`slurm-vm checkpoint` in the launcher: save the running guest and resume it, or (`--stop`) save it and end the
+run with the job requeued and held, so that `scontrol release` continues the VM later (any node).
+
+Runs in the launcher's main loop (hypervisor/requests.py hands it the request), so it never overlaps a
+preemption's or time limit's save. A stop signal that arrives during a manual save is handled after it: when
+the signal asks for a checkpoint (preemption, `on_timeout: checkpoint`), the guest is still paused in exactly the
+state just saved, so the job ends with this checkpoint instead of saving again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from ..errors import HypervisorError, SlurmVmError
+from ..hypervisor.requests import Request
+from ..hypervisor.runtime import say
+from . import flow
+from .drop import saving
+from .vmm import Snapshotter, snapshotter
+
+CHECKPOINTED_EXIT = 8        # launcher.ExitCode.CHECKPOINTED
+
+
+def refusal(launcher, runtime) -> str | None:
+    """Why this VM cannot be checkpointed by hand now (None: it can)."""
+    defn, control = launcher.defn, launcher.checkpoint
+    if control.settings is None:
+        return (f"VM {defn.name} runs without checkpoints (its spec has neither `on_preempt: checkpoint` nor "
+                "`on_timeout: checkpoint`, or this site has no checkpoint.dir): add one to the spec and resubmit")
+    if launcher.requested is not None:
+        return f"VM {defn.name} is already stopping ({launcher.request_signal}); no checkpoint now"
+    try:
+        snapshotter(runtime)
+    except HypervisorError as exc:
+        return f"VM {defn.name}: {exc}"
+    return None
+
+
+def handle(request: Request, launcher, runtime) -> int | None:
+    """Work on one control request; the launcher's exit code when the run ends here (None: it goes on)."""
+    try:
+        if request.op != "checkpoint":
+            request.fail(f"unknown request {request.op!r}")
+            return None
+        why = refusal(launcher, runtime)
+        if why:
+            request.fail(why)
+            return None
+        return _checkpoint(request, launcher, runtime, bool(request.args.get("stop", False)))
+    finally:
+        request.fail("the launcher could not finish the request")      # a no-op once answered
+
+
+def _checkpoint(request: Request, launcher, runtime, stop: bool) -> int | None:
+    defn, control = launcher.defn, launcher.checkpoint
+    settings = control.settings
+    snap = snapshotter(runtime)
+    started = time.monotonic()
+    say(f"manual checkpoint{' and stop' if stop else ''}: pausing the guest and saving it to {settings.user_dir}")
+    try:
+        with saving(settings.user_dir, defn.job_id, os.getuid()):
+            snap.pause()
+            path, manifest = flow.save(defn, settings, snap, runtime.accelerator, "manual")
+    except (HypervisorError, SlurmVmError, OSError) as exc:
+        resumed = _resume(snap)
+        say(f"manual checkpoint failed: {exc}; " + ("the guest was resumed" if resumed else "cannot resume it"))
+        request.fail(f"the save failed ({exc}); " + ("the guest was resumed and keeps running" if resumed else
+                                                     "the guest could not be resumed: see the job's output"))
+        return None
+    saved = time.monotonic() - started
+    facts = {"path": path, "size_bytes": manifest.total_size, "seconds": round(saved, 2)}
+    say(f"checkpoint {path} written in {saved:.2f}s ({manifest.total_size >> 20} MiB)")
+    if stop:
+        _end(runtime)
+        held = _requeue(defn.job_id, settings, hold=True)
+        request.answer(**facts, paused_seconds=round(saved, 2), ended=True, held=held)
+        return CHECKPOINTED_EXIT
+    if launcher.requested is not None and control.wanted():
+        say(f"{control.trigger} during the manual save: the job ends with this checkpoint")
+        _end(runtime)
+        if control.trigger == "timeout":
+            _requeue(defn.job_id, settings, hold=False)
+        request.answer(**facts, paused_seconds=round(saved, 2), ended=True, held=False, because=control.trigger)
+        return CHECKPOINTED_EXIT
+    if not _resume(snap):
+        request.answer(**facts, paused_seconds=round(saved, 2), ended=False, resumed=False)
+        return None
+    paused = time.monotonic() - started
+    say(f"the guest continues (paused {paused:.2f}s)")
+    request.answer(**facts, paused_seconds=round(paused, 2), ended=False, resumed=True)
+    return None
+
+
+def _resume(snap: Snapshotter) -> bool:
+    """After a completed (or failed) save: the VMM takes its disks back and the vCPUs run on."""
+    try:
+        snap.resume()
+        return True
+    except HypervisorError as exc:
+        say(f"cannot resume the guest: {exc}")
+        return False
+
+
+def _end(runtime) -> None:
+    try:
+        runtime.hard_stop()
+    except HypervisorError:
+        pass
+
+
+def _requeue(job_id: int, settings, hold: bool) -> bool:
+    """`scontrol requeuehold` (--stop: the job waits, held, until `scontrol release`) or `requeue`."""
+    try:
+        if hold:
+            flow._scontrol(settings, "requeuehold", str(job_id))
+            say("requeued the job, held: `scontrol release` continues the VM from its checkpoint")
+        else:
+            flow.requeue(job_id, settings)
+            say("requeued the job: it continues from the checkpoint when it starts again")
+        return True
+    except SlurmVmError as exc:
+        say(f"could not requeue the job ({exc}); the checkpoint stays")
+        return False
