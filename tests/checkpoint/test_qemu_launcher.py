@@ -23,6 +23,11 @@ pytestmark = [pytest.mark.root, pytest.mark.guest]
 COUNT = re.compile(r"SLURM-VM-TEST count=(\d+) boot_id=(\S+) uptime=([\d.]+)")
 
 
+def entries(jdir: str) -> list[str]:
+    """A job's checkpoint dir without its save lock (`.saving`)."""
+    return sorted(n for n in os.listdir(jdir) if not n.startswith("."))
+
+
 def counters(serial: str) -> list[tuple[int, str, float]]:
     return [(int(n), b, float(u)) for n, b, u in COUNT.findall(serial)]
 
@@ -110,7 +115,7 @@ def test_time_limit_saves_and_the_next_run_continues_the_same_boot(make_run, ckp
     assert code == 8, out
     assert "checkpoint " in out and "written" in out and "could not requeue" in out, out
     jdir = os.path.join(ckpt_root, USER, "job-9")
-    (ckpt,) = os.listdir(jdir)
+    (ckpt,) = entries(jdir)
     assert sorted(os.listdir(os.path.join(jdir, ckpt))) == ["manifest.json", "overlay.qcow2", "state.bin.gz"]
 
     run2, proc2 = start(make_run, ckpt_root, restart=1)
@@ -130,7 +135,7 @@ def test_damaged_checkpoint_is_refused_and_kept_or_booted_afresh(make_run, ckpt_
     code, out, before = save_on_time_limit(run, proc)
     assert code == 8, out
     jdir = os.path.join(ckpt_root, USER, "job-9")
-    state = os.path.join(jdir, os.listdir(jdir)[0], "state.bin")
+    state = os.path.join(jdir, entries(jdir)[0], "state.bin")
     with open(state, "r+b") as fh:
         fh.seek(os.path.getsize(state) // 2)
         byte = fh.read(1)
@@ -156,7 +161,7 @@ def test_vmm_killed_during_a_save_leaves_the_previous_checkpoint(make_run, ckpt_
     code, out, first = save_on_time_limit(run, proc)
     assert code == 8, out
     jdir = os.path.join(ckpt_root, USER, "job-9")
-    (kept,) = os.listdir(jdir)
+    (kept,) = entries(jdir)
 
     # A second run of the job (one that did not restore) is saved, and its VMM dies during the save.
     run2, proc2 = start(make_run, ckpt_root, restart=0)
@@ -164,15 +169,15 @@ def test_vmm_killed_during_a_save_leaves_the_previous_checkpoint(make_run, ckpt_
     qemu, launcher = run2.pid("vmm.pid"), run2.launcher_pid()
     os.kill(launcher, signal.SIGUSR1)
     deadline = time.monotonic() + 60
-    while len(os.listdir(jdir)) < 2:
-        assert time.monotonic() < deadline, os.listdir(jdir)
+    while len(entries(jdir)) < 2:
+        assert time.monotonic() < deadline, entries(jdir)
         time.sleep(0.01)
     os.kill(qemu, signal.SIGKILL)
     time.sleep(3)
     os.kill(launcher, signal.SIGTERM)     # after a failed save the launcher waits for the time limit's SIGTERM
     code, out = finish(proc2, timeout=120)
     assert "checkpoint failed" in out, out
-    unfinished = sorted(os.listdir(jdir))[-1]
+    unfinished = sorted(entries(jdir))[-1]
     assert "manifest.json" not in os.listdir(os.path.join(jdir, unfinished))
 
     run3, proc3 = start(make_run, ckpt_root, restart=1)

@@ -21,6 +21,11 @@ networks:
 {extra}"""
 
 
+def entries(jdir: str) -> list[str]:
+    """A job's checkpoint dir without its save lock (`.saving`)."""
+    return sorted(n for n in os.listdir(jdir) if not n.startswith("."))
+
+
 def counters(serial: str) -> list[tuple[int, str, float]]:
     return [(int(n), b, float(u)) for n, b, u in COUNT.findall(serial)]
 
@@ -123,7 +128,7 @@ def test_damaged_checkpoint_is_refused_and_kept(preempt_cluster):
     try:
         wait_output(vc, job, "continues from the checkpoint when it starts again")   # saved; waits for its node
         jdir = os.path.join(vc.directory, "checkpoints", "svmtest", f"job-{job}")
-        (ckpt,) = os.listdir(jdir)
+        (ckpt,) = entries(jdir)
         state = os.path.join(jdir, ckpt, "state.bin")
         with open(state, "r+b") as fh:
             fh.seek(os.path.getsize(state) // 2)

@@ -35,6 +35,11 @@ networks:
 PING = re.compile(r"SLURM-VM-TEST ping (\S+) n=(\d+) ok")
 
 
+def entries(jdir: str) -> list[str]:
+    """A job's checkpoint dir without its save lock (`.saving`)."""
+    return sorted(n for n in os.listdir(jdir) if not n.startswith("."))
+
+
 def job_nodes(vc, job: int) -> list[str]:
     """The job's nodes in Slurm's order: VM i runs on the i-th (node/context.py)."""
     return hostlist.expand_hostlist(vc.job_field(job, "%N"))
@@ -135,7 +140,7 @@ def test_a_missing_participant_leaves_no_valid_checkpoint(preempt_cluster):
         out = wait_output(vc, job, "checkpoint failed", timeout=240)
         assert "VM(s) 1 did not pause within 60s" in out, out
         jdir = os.path.join(vc.directory, "checkpoints", "svmtest", f"job-{job}")
-        (rnd,) = os.listdir(jdir)
+        (rnd,) = entries(jdir)
         files = sorted(os.listdir(os.path.join(jdir, rnd)))
         assert files == ["paused-0", barrier.VERDICT], files          # nobody saved, no job manifest
         with open(os.path.join(jdir, rnd, barrier.VERDICT)) as fh:

@@ -39,6 +39,11 @@ from tests.hypervisor.test_cloud_hypervisor_contract import load_subset
 jsonschema = pytest.importorskip("jsonschema")
 
 
+def entries(jdir: str) -> list[str]:
+    """A job's checkpoint dir without its save lock (`.saving`)."""
+    return sorted(n for n in os.listdir(jdir) if not n.startswith("."))
+
+
 @pytest.fixture(scope="module")
 def subset():
     return load_subset()
@@ -233,7 +238,7 @@ def test_contract_sequence_save_pauses_snapshots_ends_the_vmm_then_writes_the_ma
                              ("PUT", "/vmm.shutdown")]
     assert ("PUT", "/vm.resume") not in fake.seen
     assert fake.listing_at["/vmm.shutdown"] == ["config.json", "memory-ranges", "state.json"]  # no overlay yet
-    (path,) = [os.path.join(job_dir(settings.user_dir, 42), n) for n in os.listdir(job_dir(settings.user_dir, 42))]
+    (path,) = [os.path.join(job_dir(settings.user_dir, 42), n) for n in entries(job_dir(settings.user_dir, 42))]
     manifest = read_manifest(path, os.getuid())
     assert [e.name for e in manifest.states] == ["config.json", "memory-ranges", "state.json"]
     assert manifest.vmm == "cloud-hypervisor" and manifest.vmm_version == "v53.0"
@@ -252,7 +257,7 @@ def test_contract_sequence_failed_snapshot_resumes_and_writes_no_manifest(subset
         fake.close()
     assert fake.seen == [("PUT", "/vm.pause"), ("GET", "/vmm.ping"), ("PUT", "/vm.snapshot"), ("PUT", "/vm.resume")]
     jdir = job_dir(settings.user_dir, 42)
-    assert all(MANIFEST_NAME not in os.listdir(os.path.join(jdir, n)) for n in os.listdir(jdir))
+    assert all(MANIFEST_NAME not in os.listdir(os.path.join(jdir, n)) for n in entries(jdir))
     assert vmm_proc.poll() is None
 
 
