@@ -20,6 +20,8 @@ from .drop import saving
 from .vmm import Snapshotter, snapshotter
 
 CHECKPOINTED_EXIT = 8        # launcher.ExitCode.CHECKPOINTED
+ANSWER_WAIT = 10.0           # seconds for the control socket to send the answer
+RELAY_GRACE = 1.0            # ... and for the relay to print it before the requeue ends its step
 
 
 def refusal(launcher, runtime) -> str | None:
@@ -71,17 +73,18 @@ def _checkpoint(request: Request, launcher, runtime, stop: bool) -> int | None:
     saved = time.monotonic() - started
     facts = {"path": path, "size_bytes": manifest.total_size, "seconds": round(saved, 2)}
     say(f"checkpoint {path} written in {saved:.2f}s ({manifest.total_size >> 20} MiB)")
+    # Answer before a requeue: it ends every step of the job, the relay's (`srun --overlap`) too.
     if stop:
         _end(runtime)
-        held = _requeue(defn.job_id, settings, hold=True)
-        request.answer(**facts, paused_seconds=round(saved, 2), ended=True, held=held)
+        _answer_and_wait(request, **facts, paused_seconds=round(saved, 2), ended=True)
+        _requeue(defn.job_id, settings, hold=True)
         return CHECKPOINTED_EXIT
     if launcher.requested is not None and control.wanted():
         say(f"{control.trigger} during the manual save: the job ends with this checkpoint")
         _end(runtime)
+        _answer_and_wait(request, **facts, paused_seconds=round(saved, 2), ended=True, because=control.trigger)
         if control.trigger == "timeout":
             _requeue(defn.job_id, settings, hold=False)
-        request.answer(**facts, paused_seconds=round(saved, 2), ended=True, held=False, because=control.trigger)
         return CHECKPOINTED_EXIT
     if not _resume(snap):
         request.answer(**facts, paused_seconds=round(saved, 2), ended=False, resumed=False)
@@ -90,6 +93,13 @@ def _checkpoint(request: Request, launcher, runtime, stop: bool) -> int | None:
     say(f"the guest continues (paused {paused:.2f}s)")
     request.answer(**facts, paused_seconds=round(paused, 2), ended=False, resumed=True)
     return None
+
+
+def _answer_and_wait(request: Request, **facts: object) -> None:
+    """Answer, and give the relay a moment to print it and end its step."""
+    request.answer(**facts)
+    request.sent.wait(ANSWER_WAIT)
+    time.sleep(RELAY_GRACE)
 
 
 def _resume(snap: Snapshotter) -> bool:
@@ -109,7 +119,7 @@ def _end(runtime) -> None:
         pass
 
 
-def _requeue(job_id: int, settings, hold: bool) -> bool:
+def _requeue(job_id: int, settings, hold: bool) -> None:
     """`scontrol requeuehold` (--stop: the job waits, held, until `scontrol release`) or `requeue`."""
     try:
         if hold:
@@ -118,7 +128,5 @@ def _requeue(job_id: int, settings, hold: bool) -> bool:
         else:
             flow.requeue(job_id, settings)
             say("requeued the job: it continues from the checkpoint when it starts again")
-        return True
     except SlurmVmError as exc:
         say(f"could not requeue the job ({exc}); the checkpoint stays")
-        return False

@@ -140,7 +140,7 @@ def test_answers_become_one_line():
     line = describe_answer(JOB, {**SAVED, "paused_seconds": 2.4, "ended": False, "resumed": True})
     assert line == ("checkpoint of VM web (job 12): /ck/alice/job-12/ckpt-000001, 101.0 MiB, saved in 2.3s; "
                     "the guest was paused 2.4s and keeps running")
-    held = describe_answer(JOB, {**SAVED, "paused_seconds": 2.3, "ended": True, "held": True})
+    held = describe_answer(JOB, {**SAVED, "paused_seconds": 2.3, "ended": True})
     assert "`scontrol release 12` continues it" in held and "`slurm-vm checkpoint --drop 12`" in held
     assert "preempted meanwhile" in describe_answer(JOB, {**SAVED, "ended": True, "because": "preempt"})
     with pytest.raises(CheckpointFailed, match=r"VM web \(job 12\): the save failed \(x\); the guest was resumed"):
