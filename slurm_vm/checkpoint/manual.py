@@ -24,7 +24,7 @@ ANSWER_WAIT = 10.0           # seconds for the control socket to send the answer
 RELAY_GRACE = 1.0            # ... and for the relay to print it before the requeue ends its step
 
 
-def refusal(launcher, runtime) -> str | None:
+def refusal(launcher, runtime, stop: bool) -> str | None:
     """Why this VM cannot be checkpointed by hand now (None: it can)."""
     defn, control = launcher.defn, launcher.checkpoint
     if control.settings is None:
@@ -32,10 +32,16 @@ def refusal(launcher, runtime) -> str | None:
                 "`on_timeout: checkpoint`, or this site has no checkpoint.dir): add one to the spec and resubmit")
     if launcher.requested is not None:
         return f"VM {defn.name} is already stopping ({launcher.request_signal}); no checkpoint now"
+    if control.settings.vm_count > 1:
+        return (f"VM {defn.name} is one of {control.settings.vm_count} VMs of its job: `slurm-vm checkpoint` saves "
+                "single-VM jobs only for now")
     try:
-        snapshotter(runtime)
+        snap = snapshotter(runtime)
     except HypervisorError as exc:
         return f"VM {defn.name}: {exc}"
+    if not stop and not snap.keeps_running:
+        return (f"VM {defn.name} runs on {snap.vmm}, which cannot continue the guest after a save: "
+                "use `slurm-vm checkpoint --stop`")
     return None
 
 
@@ -45,11 +51,12 @@ def handle(request: Request, launcher, runtime) -> int | None:
         if request.op != "checkpoint":
             request.fail(f"unknown request {request.op!r}")
             return None
-        why = refusal(launcher, runtime)
+        stop = bool(request.args.get("stop", False))
+        why = refusal(launcher, runtime, stop)
         if why:
             request.fail(why)
             return None
-        return _checkpoint(request, launcher, runtime, bool(request.args.get("stop", False)))
+        return _checkpoint(request, launcher, runtime, stop)
     finally:
         request.fail("the launcher could not finish the request")      # a no-op once answered
 
@@ -63,7 +70,7 @@ def _checkpoint(request: Request, launcher, runtime, stop: bool) -> int | None:
     try:
         with saving(settings.user_dir, defn.job_id, os.getuid()):
             snap.pause()
-            path, manifest = flow.save(defn, settings, snap, runtime.accelerator, "manual")
+            path, manifest = flow.save(defn, settings, snap, runtime.accelerator, "manual", say)
     except (HypervisorError, SlurmVmError, OSError) as exc:
         resumed = _resume(snap)
         say(f"manual checkpoint failed: {exc}; " + ("the guest was resumed" if resumed else "cannot resume it"))
@@ -83,8 +90,11 @@ def _checkpoint(request: Request, launcher, runtime, stop: bool) -> int | None:
         say(f"{control.trigger} during the manual save: the job ends with this checkpoint")
         _end(runtime)
         _answer_and_wait(request, **facts, paused_seconds=round(saved, 2), ended=True, because=control.trigger)
-        if control.trigger == "timeout":
+        decision = flow.requeue_decision(defn.job_id, control.trigger, settings)
+        if decision.by_launcher:
             _requeue(defn.job_id, settings, hold=False)
+        else:
+            say(f"{decision.why}: it continues from the checkpoint when it starts again")
         return CHECKPOINTED_EXIT
     if not _resume(snap):
         request.answer(**facts, paused_seconds=round(saved, 2), ended=False, resumed=False)

@@ -114,7 +114,7 @@ def test_drop_is_refused_while_a_save_holds_the_lock_and_works_after(tmp_path):
             drop_job(root, 42, UID)
         assert len(store.checkpoint_dirs(store.job_dir(root, 42))) == 1
     assert [os.path.basename(p) for p in drop_job(root, 42, UID)] == ["ckpt-000001"]
-    assert not os.path.exists(store.job_dir(root, 42)) and drop_job(root, 42, UID) == []
+    assert os.listdir(root) == [] and drop_job(root, 42, UID) == []
 
 
 def test_drop_never_follows_a_symlinked_job_dir(tmp_path):
@@ -132,8 +132,9 @@ def test_a_restore_removes_the_job_dir_with_its_lock(tmp_path):
     path = save(str(tmp_path), 42)
     with saving(str(tmp_path), 42, UID):
         pass
+    assert os.path.exists(store.save_lock(store.job_dir(str(tmp_path), 42)))
     store.remove(path)
-    assert not os.path.exists(store.job_dir(str(tmp_path), 42))
+    assert os.listdir(tmp_path) == []
 
 
 def test_answers_become_one_line():
