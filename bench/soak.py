@@ -9,6 +9,12 @@ Afterwards every node must be
 free of slurm-vm objects (job dirs, journals, notes, links, VMM processes) and no node may be drained
 except by the injected prolog failures (those are resumed as they happen).
 
+Checkpoints: a job that restored removes its checkpoint, so a job that ended COMPLETED or TIMEOUT must leave
+none. A job that ended otherwise after a save (cancelled while requeued, its launcher killed or the job
+cancelled during a save) keeps its checkpoint on purpose (slurm-vm never deletes one it did not restore):
+those are listed with their job's ending and then removed with `slurm-vm checkpoint --drop`, as a user would.
+Jobs still queued at the deadline are cancelled (their checkpoints stay, on purpose, and are dropped too).
+
 Usage: bench/soak.py [--jobs 200] [--seed 1] [--concurrency 6]      (about 15-25 min for 200 jobs)
 """
 
@@ -33,6 +39,8 @@ from devtools.vmcluster import VMCluster  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENDINGS = ("poweroff", "stop", "scancel", "timeout", "prolog-failure", "launcher-killed", "preempted")
 HOG_SECONDS = 30
+PREEMPTED_SETTLE = 30      # PREEMPTED is final only if it lasts (a requeued job passes through it)
+KEEPS_NO_CHECKPOINT = {"COMPLETED", "TIMEOUT"}
 ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "OUT_OF_MEMORY"}
 
 
@@ -49,6 +57,7 @@ class Soak:
         self.injected_nodes: set[str] = set()
         self.resumes = 0
         self.restored = 0
+        self.final: dict[int, tuple[str, str]] = {}       # job -> (ending, final state)
 
     def inject(self, job_hint: str) -> None:
         for node in self.vc.cluster.nodes:
@@ -127,12 +136,51 @@ class Soak:
                 started += 1
             for job, info in list(self.active.items()):
                 state = self.vc.job_field(job, "%T")
+                if state == "PREEMPTED":
+                    info.setdefault("preempted_since", time.monotonic())
+                    if time.monotonic() - info["preempted_since"] < PREEMPTED_SETTLE:
+                        continue
+                else:
+                    info.pop("preempted_since", None)
                 if state in ENDED or (state == "" and time.monotonic() - info["since"] > 30):
-                    self.outcomes[(info["ending"], state or "gone")] += 1
-                    del self.active[job]
+                    self.ended(job, state or "gone")
                 else:
                     self.poke(job, info)
             time.sleep(0.5)
+        for job in list(self.active):           # the deadline: cancel what is left (requeued jobs included)
+            state = self.vc.job_field(job, "%T")
+            self.vc.cluster.client(["scancel", str(job)])
+            self.ended(job, f"cancelled at the deadline ({state or 'gone'})")
+
+    def ended(self, job: int, state: str) -> None:
+        ending = self.active.pop(job)["ending"]
+        self.outcomes[(ending, state)] += 1
+        self.final[job] = (ending, state)
+
+    def account_checkpoints(self, user_dir: str) -> tuple[list[str], list[str]]:
+        """(kept on purpose, unexpected): one line per job that still has checkpoints; the kept ones are then
+        dropped with `slurm-vm checkpoint --drop` as the user (a failed drop is unexpected too)."""
+        kept, unexpected = [], []
+        names = sorted(os.listdir(user_dir)) if os.path.isdir(user_dir) else []
+        for name in names:
+            if not (name.startswith("job-") and name[4:].isdigit()):
+                continue
+            job = int(name[4:])
+            ending, state = self.final.get(job, ("?", "not seen ending"))
+            line = f"job {job} (ending {ending}, {state}): {sorted(os.listdir(os.path.join(user_dir, name)))}"
+            if state in KEEPS_NO_CHECKPOINT:
+                unexpected.append(line + ": the job ended normally, its checkpoint should be gone")
+                continue
+            kept.append(line + "; " + self.output_reason(job))
+            dropped = self.vc.slurm_vm("checkpoint", "--drop", str(job))
+            if dropped.returncode != 0 or os.path.exists(os.path.join(user_dir, name)):
+                unexpected.append(f"job {job}: --drop failed: {dropped.stderr.strip()}")
+        return kept, unexpected
+
+    def output_reason(self, job: int) -> str:
+        """The job output's last launcher line: why the job ended where it did."""
+        lines = [line for line in self.vc.output(job).splitlines() if line.startswith("slurm-vm launch:")]
+        return lines[-1] if lines else "(no launcher output)"
 
 
 def main() -> int:
@@ -171,6 +219,7 @@ def main() -> int:
         leaks = vc.leaks()
         drained = [line for line in cluster.client(["sinfo", "-h", "-R", "-o", "%N|%E"]).stdout.splitlines()
                    if line.strip()]
+        kept, unexpected = soak.account_checkpoints(os.path.join(directory, "checkpoints", "svmtest"))
     finally:
         cluster.down()
     print(f"{sum(soak.outcomes.values())} of {args.jobs} jobs ended in {time.monotonic() - began:.0f}s "
@@ -184,11 +233,21 @@ def main() -> int:
     injected = sum(n for (ending, _), n in soak.outcomes.items() if ending == "prolog-failure")
     print(f"drain events resumed: {soak.resumes}; injected prolog failures: {injected}; "
           f"requeued runs seen: {soak.restored}")
+    restored = sum(1 for ending, state in soak.final.values() if ending == "preempted" and state == "COMPLETED")
+    print(f"preempted jobs restored and then stopped (COMPLETED): {restored}")
+    print(f"checkpoints kept on purpose (jobs that ended without a restore), then dropped: {len(kept)}")
+    for line in kept:
+        print(f"  {line}")
+    print(f"unexpected checkpoints: {len(unexpected)}")
+    for line in unexpected:
+        print(f"  {line}")
     checkpoints = os.path.join(directory, "checkpoints")
     left = [os.path.join(d, n) for d, _, names in os.walk(checkpoints) for n in names]
-    print(f"checkpoint files left: {len(left)} {left[:5]}")
-    unfinished = args.jobs - sum(soak.outcomes.values())
-    return 0 if not leaks and not drained and not unfinished and soak.resumes <= injected else 1
+    print(f"checkpoint files left after the drops: {len(left)} {left[:5]}")
+    unfinished = args.jobs - sum(soak.outcomes.values()) + \
+        sum(n for (_, state), n in soak.outcomes.items() if state.startswith("cancelled at the deadline"))
+    return 0 if not leaks and not drained and not unfinished and not unexpected and not left and \
+        soak.resumes <= injected else 1
 
 
 if __name__ == "__main__":

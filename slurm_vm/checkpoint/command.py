@@ -82,8 +82,6 @@ def describe_answer(job: JobInfo, answer: dict) -> str:
     if answer.get("because"):
         return head + f"; the job was {answer['because']}ed meanwhile and continues from it after its requeue"
     if answer.get("ended"):
-        if not answer.get("held"):
-            return head + "; the VM stopped but the job could not be requeued (see its output); the checkpoint stays"
         j = job.job_id
         return head + (f"; the VM stopped and job {j} waits, held: `scontrol release {j}` continues it "
                        f"(any node); `scancel {j}` then `slurm-vm checkpoint --drop {j}` gives it up")

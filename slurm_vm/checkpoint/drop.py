@@ -1,9 +1,10 @@
 """One save at a time per job, and `slurm-vm checkpoint --drop` (as the user, in their own checkpoint dir only).
 
-Every save (preemption, time limit, manual) holds an exclusive flock on `<job dir>/.saving` from before its
-checkpoint directory is made until its manifest is written. `--drop` takes the same lock without waiting:
-while a save is under way it refuses, so a drop never removes a checkpoint half-way through its save, and a
-save never writes into a directory being removed. Linux NFS clients map flock to POSIX locks, which the
+Every save (preemption, time limit, manual) holds a shared flock on `<user dir>/.job-<id>.saving` from before its
+checkpoint directory is made until its manifest is written (shared: the launchers of a multi-VM job save into
+the same job dir at once). `--drop` takes the lock exclusively without waiting: while a save is under way it
+refuses, so a drop never removes a checkpoint half-way through its save, and a save never writes into a
+directory being removed. (One save at a time per launcher is the launcher's main loop's doing.) Linux NFS clients map flock to POSIX locks, which the
 server arbitrates: the lock holds across nodes on shared storage.
 """
 
@@ -19,29 +20,25 @@ from typing import Iterator
 from ..errors import SlurmVmError
 from . import store
 
-LOCK_NAME = store.SAVE_LOCK
-
-
 class SaveInProgress(SlurmVmError):
     """A save of the job is under way: its checkpoints are not dropped now."""
 
 
 def _open_lock(jdir: str) -> int:
-    return os.open(os.path.join(jdir, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    return os.open(store.save_lock(jdir), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
 
 @contextlib.contextmanager
 def saving(user_dir: str, job_id: int, uid: int) -> Iterator[None]:
-    """Hold the job's save lock (waiting for a drop to finish); makes the user's and the job's dirs (0700)."""
+    """Hold the job's save lock, shared (waiting for a drop to finish); makes the user's dir (0700)."""
     jdir = store.job_dir(user_dir, job_id)
     while True:
         store.ensure_private_dir(user_dir, uid)
-        store.ensure_private_dir(jdir, uid)
         fd = _open_lock(jdir)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_SH)
         if os.fstat(fd).st_nlink > 0:
             break
-        os.close(fd)            # a drop removed the lock file while we waited: take the new one
+        os.close(fd)            # a drop or a restore removed the lock file meanwhile: take the new one
     try:
         yield
     finally:
@@ -71,10 +68,9 @@ def drop_job(user_dir: str, job_id: int, uid: int) -> list[str]:
         for path in removed:
             shutil.rmtree(path)        # rmtree does not follow symlinks inside
         for name in os.listdir(jdir):
-            if name != LOCK_NAME:
-                _remove(os.path.join(jdir, name))
-        os.unlink(os.path.join(jdir, LOCK_NAME))
+            _remove(os.path.join(jdir, name))
         os.rmdir(jdir)
+        os.unlink(store.save_lock(jdir))
         return removed
     finally:
         os.close(fd)

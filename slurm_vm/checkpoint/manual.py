@@ -20,9 +20,11 @@ from .drop import saving
 from .vmm import Snapshotter, snapshotter
 
 CHECKPOINTED_EXIT = 8        # launcher.ExitCode.CHECKPOINTED
+ANSWER_WAIT = 10.0           # seconds for the control socket to send the answer
+RELAY_GRACE = 1.0            # ... and for the relay to print it before the requeue ends its step
 
 
-def refusal(launcher, runtime) -> str | None:
+def refusal(launcher, runtime, stop: bool) -> str | None:
     """Why this VM cannot be checkpointed by hand now (None: it can)."""
     defn, control = launcher.defn, launcher.checkpoint
     if control.settings is None:
@@ -30,10 +32,16 @@ def refusal(launcher, runtime) -> str | None:
                 "`on_timeout: checkpoint`, or this site has no checkpoint.dir): add one to the spec and resubmit")
     if launcher.requested is not None:
         return f"VM {defn.name} is already stopping ({launcher.request_signal}); no checkpoint now"
+    if control.settings.vm_count > 1:
+        return (f"VM {defn.name} is one of {control.settings.vm_count} VMs of its job: `slurm-vm checkpoint` saves "
+                "single-VM jobs only for now")
     try:
-        snapshotter(runtime)
+        snap = snapshotter(runtime)
     except HypervisorError as exc:
         return f"VM {defn.name}: {exc}"
+    if not stop and not snap.keeps_running:
+        return (f"VM {defn.name} runs on {snap.vmm}, which cannot continue the guest after a save: "
+                "use `slurm-vm checkpoint --stop`")
     return None
 
 
@@ -43,11 +51,12 @@ def handle(request: Request, launcher, runtime) -> int | None:
         if request.op != "checkpoint":
             request.fail(f"unknown request {request.op!r}")
             return None
-        why = refusal(launcher, runtime)
+        stop = bool(request.args.get("stop", False))
+        why = refusal(launcher, runtime, stop)
         if why:
             request.fail(why)
             return None
-        return _checkpoint(request, launcher, runtime, bool(request.args.get("stop", False)))
+        return _checkpoint(request, launcher, runtime, stop)
     finally:
         request.fail("the launcher could not finish the request")      # a no-op once answered
 
@@ -61,7 +70,7 @@ def _checkpoint(request: Request, launcher, runtime, stop: bool) -> int | None:
     try:
         with saving(settings.user_dir, defn.job_id, os.getuid()):
             snap.pause()
-            path, manifest = flow.save(defn, settings, snap, runtime.accelerator, "manual")
+            path, manifest = flow.save(defn, settings, snap, runtime.accelerator, "manual", say)
     except (HypervisorError, SlurmVmError, OSError) as exc:
         resumed = _resume(snap)
         say(f"manual checkpoint failed: {exc}; " + ("the guest was resumed" if resumed else "cannot resume it"))
@@ -71,17 +80,21 @@ def _checkpoint(request: Request, launcher, runtime, stop: bool) -> int | None:
     saved = time.monotonic() - started
     facts = {"path": path, "size_bytes": manifest.total_size, "seconds": round(saved, 2)}
     say(f"checkpoint {path} written in {saved:.2f}s ({manifest.total_size >> 20} MiB)")
+    # Answer before a requeue: it ends every step of the job, the relay's (`srun --overlap`) too.
     if stop:
         _end(runtime)
-        held = _requeue(defn.job_id, settings, hold=True)
-        request.answer(**facts, paused_seconds=round(saved, 2), ended=True, held=held)
+        _answer_and_wait(request, **facts, paused_seconds=round(saved, 2), ended=True)
+        _requeue(defn.job_id, settings, hold=True)
         return CHECKPOINTED_EXIT
     if launcher.requested is not None and control.wanted():
         say(f"{control.trigger} during the manual save: the job ends with this checkpoint")
         _end(runtime)
-        if control.trigger == "timeout":
+        _answer_and_wait(request, **facts, paused_seconds=round(saved, 2), ended=True, because=control.trigger)
+        decision = flow.requeue_decision(defn.job_id, control.trigger, settings)
+        if decision.by_launcher:
             _requeue(defn.job_id, settings, hold=False)
-        request.answer(**facts, paused_seconds=round(saved, 2), ended=True, held=False, because=control.trigger)
+        else:
+            say(f"{decision.why}: it continues from the checkpoint when it starts again")
         return CHECKPOINTED_EXIT
     if not _resume(snap):
         request.answer(**facts, paused_seconds=round(saved, 2), ended=False, resumed=False)
@@ -90,6 +103,13 @@ def _checkpoint(request: Request, launcher, runtime, stop: bool) -> int | None:
     say(f"the guest continues (paused {paused:.2f}s)")
     request.answer(**facts, paused_seconds=round(paused, 2), ended=False, resumed=True)
     return None
+
+
+def _answer_and_wait(request: Request, **facts: object) -> None:
+    """Answer, and give the relay a moment to print it and end its step."""
+    request.answer(**facts)
+    request.sent.wait(ANSWER_WAIT)
+    time.sleep(RELAY_GRACE)
 
 
 def _resume(snap: Snapshotter) -> bool:
@@ -109,7 +129,7 @@ def _end(runtime) -> None:
         pass
 
 
-def _requeue(job_id: int, settings, hold: bool) -> bool:
+def _requeue(job_id: int, settings, hold: bool) -> None:
     """`scontrol requeuehold` (--stop: the job waits, held, until `scontrol release`) or `requeue`."""
     try:
         if hold:
@@ -118,7 +138,5 @@ def _requeue(job_id: int, settings, hold: bool) -> bool:
         else:
             flow.requeue(job_id, settings)
             say("requeued the job: it continues from the checkpoint when it starts again")
-        return True
     except SlurmVmError as exc:
         say(f"could not requeue the job ({exc}); the checkpoint stays")
-        return False

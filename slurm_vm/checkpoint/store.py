@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from .manifest import CheckpointRefused, Expected, Manifest, mismatches, read_manifest, verify_files
 
 PREFIX = "ckpt-"
-SAVE_LOCK = ".saving"         # the job's save lock (drop.py)
 
 
 @dataclass(frozen=True)
@@ -29,6 +28,11 @@ class Found:
 
 def job_dir(user_dir: str, job_id: int) -> str:
     return os.path.join(user_dir, f"job-{job_id}")
+
+
+def save_lock(jdir: str) -> str:
+    """The job's save lock (drop.py), beside its job dir: `.job-<id>.saving`."""
+    return os.path.join(os.path.dirname(jdir), f".{os.path.basename(jdir)}.saving")
 
 
 def _sequence(name: str) -> int | None:
@@ -129,13 +133,8 @@ def drop(user_dir: str, job_id: int) -> bool:
 def remove(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
     parent = os.path.dirname(path)
-    if checkpoint_dirs(parent):
-        return
-    try:
-        os.unlink(os.path.join(parent, SAVE_LOCK))
-    except FileNotFoundError:
-        pass
     try:
         os.rmdir(parent)       # the job's dir, once it holds no checkpoint
+        os.unlink(save_lock(parent))
     except OSError:
         pass

@@ -35,6 +35,7 @@ class Request:
     op: str
     args: dict
     done: threading.Event = field(default_factory=threading.Event)
+    sent: threading.Event = field(default_factory=threading.Event)     # the answer went out (or could not)
     reply: dict | None = None
 
     def answer(self, **data: object) -> None:
@@ -127,6 +128,7 @@ class ControlServer(threading.Thread):
                         request.fail("the VM is ending")
                 _send(conn, request.reply or {"ok": False, "error": "no answer"})
             finally:
+                request.sent.set()
                 self.busy.release()
 
 

@@ -114,7 +114,7 @@ def test_drop_is_refused_while_a_save_holds_the_lock_and_works_after(tmp_path):
             drop_job(root, 42, UID)
         assert len(store.checkpoint_dirs(store.job_dir(root, 42))) == 1
     assert [os.path.basename(p) for p in drop_job(root, 42, UID)] == ["ckpt-000001"]
-    assert not os.path.exists(store.job_dir(root, 42)) and drop_job(root, 42, UID) == []
+    assert os.listdir(root) == [] and drop_job(root, 42, UID) == []
 
 
 def test_drop_never_follows_a_symlinked_job_dir(tmp_path):
@@ -132,15 +132,16 @@ def test_a_restore_removes_the_job_dir_with_its_lock(tmp_path):
     path = save(str(tmp_path), 42)
     with saving(str(tmp_path), 42, UID):
         pass
+    assert os.path.exists(store.save_lock(store.job_dir(str(tmp_path), 42)))
     store.remove(path)
-    assert not os.path.exists(store.job_dir(str(tmp_path), 42))
+    assert os.listdir(tmp_path) == []
 
 
 def test_answers_become_one_line():
     line = describe_answer(JOB, {**SAVED, "paused_seconds": 2.4, "ended": False, "resumed": True})
     assert line == ("checkpoint of VM web (job 12): /ck/alice/job-12/ckpt-000001, 101.0 MiB, saved in 2.3s; "
                     "the guest was paused 2.4s and keeps running")
-    held = describe_answer(JOB, {**SAVED, "paused_seconds": 2.3, "ended": True, "held": True})
+    held = describe_answer(JOB, {**SAVED, "paused_seconds": 2.3, "ended": True})
     assert "`scontrol release 12` continues it" in held and "`slurm-vm checkpoint --drop 12`" in held
     assert "preempted meanwhile" in describe_answer(JOB, {**SAVED, "ended": True, "because": "preempt"})
     with pytest.raises(CheckpointFailed, match=r"VM web \(job 12\): the save failed \(x\); the guest was resumed"):
