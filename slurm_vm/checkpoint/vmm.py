@@ -6,7 +6,7 @@ manual checkpoint pauses, saves and resumes; a multi-VM job pauses every VM befo
     snap = snapshotter(runtime)            # QemuSnapshotter or CloudHypervisorSnapshotter
     snap.pause()
     entries = snap.save(directory, compress, deadline)   # the state files, for the manifest
-    snap.resume()                          # or runtime.hard_stop()
+    snap.resume()                          # only if snap.keeps_running; else, or to end: runtime.hard_stop()
 
 flow.save() writes a whole checkpoint (state, overlay, manifest last) around snap.save(). Restoring is a
 runtime that starts the VMM from the saved state instead of booting (restoring_runtime).

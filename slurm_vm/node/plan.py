@@ -135,7 +135,7 @@ def plan_definition(spec: VMSpec, config: Config, ctx: JobContext, jdir: str, ov
              *(Disk(v.path, "auto", readonly=v.readonly, role="volume") for v in spec.volumes))
     hypervisor = spec.hypervisor if spec.hypervisor != "auto" else config.hypervisor.default
     if spec.checkpoints and hypervisor == "auto":
-        hypervisor = "qemu"          # checkpoints are QEMU-only for now
+        hypervisor = "qemu"   # a checkpoint restores only into the same VMM; `auto` picks per node (docs/checkpoint.md)
     return VMDefinition(
         job_id=ctx.job_id,
         name=spec.hostname(ctx.vm_index),
