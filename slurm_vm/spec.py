@@ -207,6 +207,10 @@ def _check_checkpoint(spec: VMSpec, config: Config, ctx: Context) -> None:
     if config.checkpoint.dir is None:
         ctx.problem(key, "this site has no checkpoint storage (`checkpoint.dir` in the admin config); "
                     "use `shutdown` or ask the admins")
+    hypervisor = spec.hypervisor if spec.hypervisor != "auto" else config.hypervisor.default
+    if hypervisor == "cloud-hypervisor" and spec.count > 1:
+        ctx.problem(key, "checkpoints of multi-VM jobs need `hypervisor: qemu`: a cloud-hypervisor guest ends with its "
+                    "save, so a round that another VM fails could not resume it")
     if spec.mounts:
         ctx.problem(key, "a VM with `mounts` cannot be checkpointed (neither QEMU nor cloud-hypervisor can save "
                     "9p/virtiofs shares); remove `mounts` or use `shutdown`")

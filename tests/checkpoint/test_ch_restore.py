@@ -158,3 +158,18 @@ def test_a_qemu_checkpoint_is_not_a_cloud_hypervisor_snapshot(tmp_path):
     found = write_checkpoint(str(tmp_path / "ckpt"), {"state.bin": b"x", "overlay.qcow2": b"q"})
     with pytest.raises(CheckpointRefused, match="no cloud-hypervisor config.json"):
         build_restore_dir(found, defn, [2])
+
+
+def test_a_manual_checkpoint_that_continues_is_refused_for_cloud_hypervisor():
+    from types import SimpleNamespace
+
+    from slurm_vm.checkpoint.manual import refusal
+    from slurm_vm.hypervisor.cloud_hypervisor import CloudHypervisorRuntime
+    from slurm_vm.hypervisor.qemu import QemuRuntime
+    defn = definition()
+    launcher = SimpleNamespace(defn=defn, checkpoint=SimpleNamespace(settings=SimpleNamespace(vm_count=1)),
+                               requested=None)
+    ch = CloudHypervisorRuntime(defn, "kvm", [0])
+    assert "cannot continue the guest after a save" in refusal(launcher, ch, stop=False)
+    assert refusal(launcher, ch, stop=True) is None
+    assert refusal(launcher, QemuRuntime(defn, "tcg", [0]), stop=False) is None

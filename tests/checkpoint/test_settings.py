@@ -44,6 +44,16 @@ def test_cloud_hypervisor_vms_may_checkpoint():
     assert spec.checkpoints and spec.hypervisor == "cloud-hypervisor"
 
 
+@pytest.mark.parametrize("text", [
+    OK + "on_preempt: checkpoint\nhypervisor: cloud-hypervisor\ncount: 2\nnetworks: []\n",
+])
+def test_multi_vm_cloud_hypervisor_checkpoints_are_refused(text):
+    with pytest.raises(ValidationError, match="on_preempt.*multi-VM jobs need `hypervisor: qemu`"):
+        parse_spec(text, "vm.yaml", parse_config(WITH_CKPT, "c.yaml"))
+    qemu = parse_spec(text.replace("cloud-hypervisor", "qemu"), "vm.yaml", parse_config(WITH_CKPT, "c.yaml"))
+    assert qemu.count == 2
+
+
 def test_spec_defaults_keep_todays_behaviour():
     spec = parse_spec(OK, "vm.yaml", parse_config(CONFIG, "c.yaml"))
     assert (spec.on_preempt, spec.on_timeout, spec.on_restore_failure) == ("shutdown", "shutdown", "fail")
