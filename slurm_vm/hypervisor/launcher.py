@@ -11,6 +11,7 @@ import enum
 import fcntl
 import os
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import replace
@@ -117,8 +118,8 @@ class Launcher:
             say(f"warning: {warning}")
         runtime_class = CloudHypervisorRuntime if hypervisor == "cloud-hypervisor" else QemuRuntime
         runtime = self.checkpoint.restoring_runtime(hypervisor, accelerator, cores)
-        say(f"{'restoring' if runtime else 'starting'} VM {self.defn.name} with {hypervisor} ({accelerator}), "
-            f"{self.defn.cpus} vCPU(s), {self.defn.memory_bytes >> 20} MiB")
+        say(f"{'restoring' if runtime else 'starting'} VM {self.defn.name} on {node_name()} with {hypervisor} "
+            f"({accelerator}), {self.defn.cpus} vCPU(s), {self.defn.memory_bytes >> 20} MiB")
         return runtime or runtime_class(self.defn, accelerator, cores), open_nics(self.defn)
 
     def _run_locked(self) -> int:
@@ -263,6 +264,11 @@ class Launcher:
             return
         for line in lines:
             say(f"hypervisor: {line}")
+
+
+def node_name() -> str:
+    """Slurm's name of this node (a job's output then says where each run of a requeued job ran)."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
 
 
 def share_daemons(defn: VMDefinition, runtime: Runtime, log_path: str) -> ShareDaemons:

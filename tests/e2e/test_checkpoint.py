@@ -108,7 +108,7 @@ def test_time_limit_checkpoints_requeues_and_ends_only_at_poweroff(preempt_clust
     out = wait_output(vc, job, "the guest continues", timeout=300)     # the warning, the save, the requeue
     assert "timeout: pausing the guest" in out and "requeued the job" in out, out
     before = counters(out.split("restored from")[0])
-    second = vc.job_field(job, "%N")
+    second = out.split("restoring VM tlim on ")[-1].split()[0]      # the node of the run that restored
     after = wait_count(vc, second, job, before[-1][0] + 2)
     assert_continued(before, [c for c in after if c[0] > 0])
     stop_and_check(vc, job, second)
