@@ -323,10 +323,11 @@ class Cluster:
         if self.preempt_grace is None:
             return [main]
         # Jobs of `urgent` (higher PriorityTier) preempt jobs of `main`: SIGTERM, GraceTime, then requeue.
-        # send_user_signal: the job's --signal (slurm-vm's USR1) at the start of the GraceTime, not a SIGTERM at
-        # its end, so that a checkpoint has the whole GraceTime (a SchedulerParameters option up to 22.05).
+        # send_user_signal: the job's --signal (slurm-vm's USR1) at the start of the GraceTime instead of a SIGTERM,
+        # so that a checkpoint has the whole GraceTime. 22.05 reads it from SlurmctldParameters only (not
+        # SchedulerParameters: there it is ignored and the job gets nothing until the GraceTime ends).
         user_signal = "PreemptParameters=send_user_signal" if self.slurm != "22.05" else \
-            "SchedulerParameters=preempt_send_user_signal"
+            "SlurmctldParameters=preempt_send_user_signal"
         return ["PreemptType=preempt/partition_prio", "PreemptMode=REQUEUE", user_signal,
                 f"{main} PriorityTier=1 GraceTime={self.preempt_grace}",
                 "PartitionName=urgent Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF"]

@@ -3,6 +3,10 @@
 No Slurm here (tests/e2e/test_checkpoint.py has that): the time-limit trigger (SIGUSR1) saves, `scontrol
 requeue` fails for want of a cluster (reported, not fatal), and a second launcher with the same job id
 plays the requeued job on another node (another run dir).
+
+QEMU: the host's (7.2 on bookworm) by default; `SLURM_VM_TEST_QEMU=trixie` runs every test here with QEMU 10
+from the 24.11 flavour's trixie rootfs (devtools/trixie_qemu.py). The save/restore test runs on both, and a
+checkpoint saved by 7.2 is refused by 10.
 """
 
 from __future__ import annotations
@@ -17,10 +21,14 @@ import time
 
 import pytest
 
+from devtools.trixie_qemu import qemu_wrapper
+from devtools.trixie_qemu import version as qemu_version
 from tests.hypervisor.test_launcher import USER, Run, finish, guest_sandbox, remove_guest_sandbox
 
 pytestmark = [pytest.mark.root, pytest.mark.guest]
 COUNT = re.compile(r"SLURM-VM-TEST count=(\d+) boot_id=(\S+) uptime=([\d.]+)")
+HOST_QEMU = "/usr/bin/qemu-system-x86_64"
+DEFAULT_QEMU = os.environ.get("SLURM_VM_TEST_QEMU", "host")      # host | trixie
 
 
 def entries(jdir: str) -> list[str]:
@@ -67,15 +75,19 @@ def make_run():
     os.mkdir(os.path.join(base, "ckpt"), 0o1777)
     os.chmod(os.path.join(base, "ckpt"), 0o1777)
 
-    def make(ckpt_root: str, restart: int, **kw) -> tuple[Run, subprocess.Popen]:
+    def qemu(which: str) -> str:
+        return HOST_QEMU if which == "host" else qemu_wrapper(base)
+
+    def make(ckpt_root: str, restart: int, qemu_from: str = DEFAULT_QEMU, **kw) -> tuple[Run, subprocess.Popen]:
         home = tempfile.mkdtemp(dir=base)
         os.chmod(home, 0o755)
-        run = Run(home, netns, cmdline_extra="svmtest.counter", cpus=1)
+        run = Run(home, netns, cmdline_extra="svmtest.counter", cpus=1, qemu=qemu(qemu_from))
         checkpointing(run, ckpt_root, restart, **kw)
         procs.append(run.start())
         return run, procs[-1]
 
     make.ckpt_root = os.path.join(base, "ckpt")
+    make.qemu = qemu
     yield make
     for proc in procs:
         if proc.poll() is None:
@@ -109,8 +121,10 @@ def save_on_time_limit(run: Run, proc) -> tuple[int, str, list]:
     return code, out, counters(run.serial())
 
 
-def test_time_limit_saves_and_the_next_run_continues_the_same_boot(make_run, ckpt_root):
-    run, proc = start(make_run, ckpt_root, restart=0, compress=True)
+@pytest.mark.parametrize("qemu_from", ["host", "trixie"])
+def test_time_limit_saves_and_the_next_run_continues_the_same_boot(make_run, ckpt_root, qemu_from):
+    """The same QMP command set on QEMU 7.2 (bookworm, the host) and QEMU 10 (trixie)."""
+    run, proc = start(make_run, ckpt_root, restart=0, compress=True, qemu_from=qemu_from)
     code, out, before = save_on_time_limit(run, proc)
     assert code == 8, out
     assert "checkpoint " in out and "written" in out and "could not requeue" in out, out
@@ -118,7 +132,10 @@ def test_time_limit_saves_and_the_next_run_continues_the_same_boot(make_run, ckp
     (ckpt,) = entries(jdir)
     assert sorted(os.listdir(os.path.join(jdir, ckpt))) == ["manifest.json", "overlay.qcow2", "state.bin.gz"]
 
-    run2, proc2 = start(make_run, ckpt_root, restart=1)
+    manifest = json.load(open(os.path.join(jdir, ckpt, "manifest.json")))
+    assert manifest["vmm_version"] == qemu_version(make_run.qemu(qemu_from)), manifest
+
+    run2, proc2 = start(make_run, ckpt_root, restart=1, qemu_from=qemu_from)
     wait_serial(run2, proc2, f"count={before[-1][0] + 3}", timeout=180)
     after = counters(run2.serial())
     assert after[0][0] > before[-1][0] >= 3 and after[0][0] <= before[-1][0] + 3, (before[-3:], after[:3])
@@ -187,3 +204,20 @@ def test_vmm_killed_during_a_save_leaves_the_previous_checkpoint(make_run, ckpt_
     os.kill(run3.launcher_pid(), signal.SIGUSR2)
     code, out = finish(proc3, timeout=120)
     assert f"{kept}" in out and "restored from" in out, out
+
+
+def test_checkpoint_of_qemu_7_2_is_refused_by_qemu_10(make_run, ckpt_root):
+    """A node with another QEMU (here 10.0 from trixie) refuses a checkpoint saved by 7.2, and keeps it."""
+    run, proc = start(make_run, ckpt_root, restart=0, qemu_from="host")
+    code, out, _ = save_on_time_limit(run, proc)
+    assert code == 8, out
+    jdir = os.path.join(ckpt_root, USER, "job-9")
+    (ckpt,) = os.listdir(jdir)
+    old, new = qemu_version(HOST_QEMU), qemu_version(make_run.qemu("trixie"))
+    assert old.split(".")[0] != new.split(".")[0], (old, new)
+
+    run2, proc2 = start(make_run, ckpt_root, restart=1, qemu_from="trixie")
+    code, out = finish(proc2, timeout=240)
+    assert code == 9, out
+    assert f"it was saved by qemu {old}, this node runs qemu {new}" in out and "checkpoint stays" in out, out
+    assert "manifest.json" in os.listdir(os.path.join(jdir, ckpt))

@@ -3,6 +3,7 @@ the tiny guest's counter (svmtest.counter) read from the serial log on each node
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -61,6 +62,18 @@ def wait_output(vc, job: int, marker: str, timeout: float = 180) -> str:
     return vc.output(job)
 
 
+def counts_until_saved(vc, node: str, job: int, timeout: float = 300) -> list[tuple[int, str, float]]:
+    """The counters on the node's serial log until the save is written. The job output's serial tail has them
+    too, but the epilog removes the run dir with the log, and the tail of a run ended by a requeue can be
+    missing from the output (seen once on 22.05)."""
+    deadline, seen = time.monotonic() + timeout, []
+    while "written in" not in vc.output(job):
+        assert time.monotonic() < deadline, f"no checkpoint written:\n{vc.output(job)[-3000:]}"
+        seen = counters(vc.serial_log(node, job)) or seen
+        time.sleep(0.3)
+    return seen
+
+
 def assert_continued(before, after) -> None:
     assert after, "no counter after the restore"
     last = before[-1]
@@ -105,9 +118,10 @@ def test_time_limit_checkpoints_requeues_and_ends_only_at_poweroff(preempt_clust
     vc.wait_state(job, {"RUNNING"}, timeout=120)
     first = vc.job_field(job, "%N")
     wait_count(vc, first, job, 3)
-    out = wait_output(vc, job, "the guest continues", timeout=300)     # the warning, the save, the requeue
+    seen = counts_until_saved(vc, first, job)                         # the warning, the save
+    out = wait_output(vc, job, "the guest continues", timeout=300)     # the requeue, the restore
     assert "timeout: pausing the guest" in out and "requeued the job" in out, out
-    before = counters(out.split("restored from")[0])
+    before = counters(out.split("restored from")[0]) or seen
     second = out.split("restoring VM tlim on ")[-1].split()[0]      # the node of the run that restored
     after = wait_count(vc, second, job, before[-1][0] + 2)
     assert_continued(before, [c for c in after if c[0] > 0])
@@ -129,6 +143,9 @@ def test_damaged_checkpoint_is_refused_and_kept(preempt_cluster):
         wait_output(vc, job, "continues from the checkpoint when it starts again")   # saved; waits for its node
         jdir = os.path.join(vc.directory, "checkpoints", "svmtest", f"job-{job}")
         (ckpt,) = entries(jdir)
+        saved_by = json.load(open(os.path.join(jdir, ckpt, "manifest.json")))["vmm_version"]
+        node_qemu = vc.cluster.node_exec(node, ["qemu-system-x86_64", "--version"], timeout=60).stdout
+        assert f"version {saved_by} " in node_qemu, (saved_by, node_qemu)    # 24.11: trixie's QEMU 10
         state = os.path.join(jdir, ckpt, "state.bin")
         with open(state, "r+b") as fh:
             fh.seek(os.path.getsize(state) // 2)
