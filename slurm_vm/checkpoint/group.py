@@ -235,6 +235,28 @@ def continued(round_dir: str, index: int, count: int) -> bool:
     return True
 
 
+def discard_aborted(jdir: str, restart_count: int, uid: int) -> list[str]:
+    """Rounds of earlier runs that were aborted hold no checkpoint and no launcher of theirs is alive any more:
+    remove them (the first launcher of a restarted job does). Undecided ones stay: interrupted saves."""
+    removed = []
+    for rnd in store.checkpoint_dirs(jdir):
+        seq = int(os.path.basename(rnd)[len(store.PREFIX):])
+        if seq >= restart_count * barrier.ROUNDS_PER_RUN:
+            continue
+        try:
+            read_verdict(rnd, uid)
+        except CheckpointRefused as exc:
+            if "aborted" in str(exc):
+                shutil.rmtree(rnd, ignore_errors=True)
+                removed.append(rnd)
+    if removed:
+        try:
+            os.rmdir(jdir)
+        except OSError:
+            pass
+    return removed
+
+
 def prune(jdir: str, keep: int, uid: int) -> list[str]:
     """After a commit: keep the newest `keep` committed rounds, remove older rounds (committed or not)."""
     committed = []

@@ -188,3 +188,15 @@ def test_restored_vms_resume_together_and_a_used_round_is_never_restored_again(t
     assert time.monotonic() - started < 5
     assert not group.continued(rnd, 0, 2)                          # VM 1 never continues (say, refused)
     assert group.find_for_restore(str(tmp_path), expected(1), 1, 2) == (None, "")
+
+
+def test_aborted_rounds_of_earlier_runs_are_discarded_and_interrupted_ones_stay(tmp_path):
+    jdir = store.job_dir(str(tmp_path), JOB)
+    os.makedirs(jdir)
+    run_launchers(jdir, 2, [0], barrier_timeout=0.3)                   # run 0: aborted
+    os.mkdir(os.path.join(jdir, "ckpt-000001"))                       # run 0: interrupted (no verdict)
+    run_launchers(jdir, 2, [1], barrier_timeout=0.3, restart_count=1)  # run 1: aborted, but run 1 is this run
+    assert group.discard_aborted(jdir, 1, UID) == [os.path.join(jdir, "ckpt-000000")]
+    assert sorted(os.listdir(jdir)) == ["ckpt-000001", "ckpt-000100"]
+    assert group.discard_aborted(jdir, 2, UID) == [os.path.join(jdir, "ckpt-000100")]
+    assert os.listdir(jdir) == ["ckpt-000001"]
