@@ -252,6 +252,7 @@ def discard_aborted(jdir: str, restart_count: int, uid: int) -> list[str]:
     if removed:
         try:
             os.rmdir(jdir)
+            os.unlink(store.save_lock(jdir))
         except OSError:
             pass
     return removed
