@@ -179,3 +179,7 @@ def test_a_missing_participant_leaves_no_valid_checkpoint(preempt_cluster):
         vc.cluster.client(["scancel", str(job)])
     vc.wait_gone_or_ended(job, timeout=240)
     vc.wait_no_leaks(job)
+    # the aborted round is no checkpoint, but it stays until the job's next run or a drop
+    drop = vc.slurm_vm("checkpoint", str(job), "--drop")
+    assert drop.returncode == 0, drop.stdout + drop.stderr
+    assert not os.listdir(os.path.join(vc.directory, "checkpoints", "svmtest")), "the aborted round stayed"
