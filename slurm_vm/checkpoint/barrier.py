@@ -6,6 +6,7 @@ One save of the job is a "round" directory that every launcher of the job uses (
       paused-<i>        launcher i has paused its guest (empty marker, created atomically)
       saved-<i>         launcher i has written its part vm-<i>/ (state, overlay, its manifest)
       verdict.json      the outcome, decided once: first writer wins (link(2) of a complete temporary file)
+      loaded-<i>        at a restore: launcher i's VMM holds the saved state, the guest not yet running
       continued-<i>     after a restore: launcher i's guest runs again
 
 A round commits only when launcher 0 has seen every `saved-<i>` and wins the verdict with the job manifest;
@@ -22,7 +23,7 @@ from typing import Callable
 
 from .manifest import fsync_dir
 
-PAUSED, SAVED, CONTINUED = "paused", "saved", "continued"
+PAUSED, SAVED, LOADED, CONTINUED = "paused", "saved", "loaded", "continued"
 VERDICT = "verdict.json"
 POLL = 0.2
 ROUNDS_PER_RUN = 100          # a run's rounds: restart_count * 100 + k (k: the run's k-th attempt)
@@ -84,11 +85,11 @@ def decide(round_dir: str, content: bytes, index: int) -> bool:
 
 
 def wait_all(round_dir: str, phase: str, count: int, deadline: float, clock: Callable[[], float] = time.monotonic,
-             sleep: Callable[[float], None] = time.sleep) -> bool:
-    """Wait until every launcher has announced `phase`. False when the round was decided meanwhile (someone
-    aborted) or the deadline passed; the caller then aborts."""
+             sleep: Callable[[float], None] = time.sleep, open_round: bool = True) -> bool:
+    """Wait until every launcher has announced `phase`. False when the deadline passed or, while the round is
+    open (saving), when it was decided meanwhile (someone aborted); the caller then aborts."""
     while True:
-        if decided(round_dir) is not None:
+        if open_round and decided(round_dir) is not None:
             return False
         if len(arrived(round_dir, phase, count)) == count:
             return True

@@ -186,6 +186,7 @@ class RestoringCloudHypervisorRuntime(CloudHypervisorRuntime):
         super().__init__(defn, accelerator, cores)
         self.found = found
         self.restore_dir: str | None = None
+        self.before_resume = lambda: None     # a multi-VM job: wait until every VM has loaded (group.py)
 
     def start(self, fds: list[int], log_path: str) -> None:
         """Refuses (CheckpointRefused) before starting anything when this node's cloud-hypervisor differs."""
@@ -209,6 +210,7 @@ class RestoringCloudHypervisorRuntime(CloudHypervisorRuntime):
             if self.proc is not None and self.proc.poll() is not None:
                 raise CheckpointRefused(f"cloud-hypervisor could not restore the snapshot ({exc}); see its log")
             raise
+        self.before_resume()
         api = self.api()
         try:
             api.resume()

@@ -10,7 +10,7 @@ from ..errors import HypervisorError, SlurmVmError
 from ..hypervisor.definition import VMDefinition
 from ..hypervisor.runtime import say
 from ..hypervisor.runtime import Runtime
-from . import flow
+from . import flow, group
 from .drop import saving
 from .vmm import restoring_runtime, snapshotter
 
@@ -78,7 +78,11 @@ class CheckpointControl:
         say(f"restart {self.settings.restart_count}: checkpoint {found.path} verified ({size >> 20} MiB)")
         flow.put_overlay_in_place(self.defn, found)
         self.found = found
-        return restoring_runtime(hypervisor, self.defn, accelerator, cores, found)
+        runtime = restoring_runtime(hypervisor, self.defn, accelerator, cores, found)
+        if self.settings.vm_count > 1 and hasattr(runtime, "before_resume"):
+            runtime.before_resume = lambda: group.resume_together(  # type: ignore[attr-defined]
+                os.path.dirname(found.path), self.settings.vm_index, self.settings.vm_count, say=say)
+        return runtime
 
     def cold_boot_instead(self, why: str) -> bool:
         say(f"checkpoint refused: {why}")

@@ -37,6 +37,9 @@ def find_restore(defn: VMDefinition, settings: CheckpointSettings, vmm: str,
                  accelerator: str) -> tuple[store.Found | None, str]:
     try:
         if settings.vm_count > 1:
+            if settings.vm_index == 0:
+                group.discard_aborted(store.job_dir(settings.user_dir, defn.job_id), settings.restart_count,
+                                      os.getuid())
             return group.find_for_restore(settings.user_dir, expected(defn, settings, vmm, accelerator),
                                           settings.vm_index, settings.vm_count)
         return store.find_for_restore(settings.user_dir, expected(defn, settings, vmm, accelerator))

@@ -162,8 +162,8 @@ def _why(verdict: bytes | None, fallback: str) -> str:
 def find_for_restore(user_dir: str, expected: Expected, index: int, count: int) -> tuple[store.Found | None, str]:
     """VM `index`'s part of the job's newest committed round, verified: the job manifest (owner, job, count,
     the sha256 of this part's manifest) and the part itself as a single VM's checkpoint. Rounds that were
-    aborted (every guest resumed: not a checkpoint) or never decided are skipped; the newest committed one is
-    used or refused (no rollback). (None, "") when the job has no checkpoint, aborted rounds only included."""
+    aborted (every guest resumed: not a checkpoint), never decided, or already restored (some VM ran on from it)
+    are skipped; the newest committed one is used or refused (no rollback). (None, "") when the job has no checkpoint, aborted rounds only included."""
     jdir = store.job_dir(user_dir, expected.job_id)
     rounds = store.checkpoint_dirs(jdir)
     if not rounds:
@@ -180,6 +180,8 @@ def find_for_restore(user_dir: str, expected: Expected, index: int, count: int) 
                 skipped.append(f"{name}: {exc}")
                 continue
             return None, f"{name}: {exc}"
+        if barrier.arrived(rnd, barrier.CONTINUED, count):
+            continue        # VMs of the job ran on from it: restoring it again would roll them back
         problem = _job_mismatch(job, expected, count)
         if problem:
             return None, f"{name}: {problem}"
@@ -210,6 +212,19 @@ def _job_mismatch(job: JobManifest, expected: Expected, count: int) -> str:
     return ""
 
 
+def resume_together(round_dir: str, index: int, count: int, timeout: float = BARRIER_TIMEOUT,
+                    say: Callable[[str], None] = lambda _: None) -> bool:
+    """At a restore, before the guest runs: wait (bounded) until every VM of the job has loaded its state, so
+    that the virtual cluster resumes at once. A VM that cannot restore does not hold the others: after the
+    timeout they go on. True when all had loaded."""
+    barrier.announce(round_dir, barrier.LOADED, index)
+    together = barrier.wait_all(round_dir, barrier.LOADED, count, time.monotonic() + timeout, open_round=False)
+    if not together:
+        missing = sorted(set(range(count)) - barrier.arrived(round_dir, barrier.LOADED, count))
+        say(f"VM(s) {', '.join(map(str, missing))} did not load within {timeout:.0f}s; resuming VM {index} anyway")
+    return together
+
+
 def continued(round_dir: str, index: int, count: int) -> bool:
     """VM `index` runs again from the round: mark it; whoever sees every VM continued removes the round.
     True if this call removed it."""
@@ -218,6 +233,29 @@ def continued(round_dir: str, index: int, count: int) -> bool:
         return False
     store.remove(round_dir)
     return True
+
+
+def discard_aborted(jdir: str, restart_count: int, uid: int) -> list[str]:
+    """Rounds of earlier runs that were aborted hold no checkpoint and no launcher of theirs is alive any more:
+    remove them (the first launcher of a restarted job does). Undecided ones stay: interrupted saves."""
+    removed = []
+    for rnd in store.checkpoint_dirs(jdir):
+        seq = int(os.path.basename(rnd)[len(store.PREFIX):])
+        if seq >= restart_count * barrier.ROUNDS_PER_RUN:
+            continue
+        try:
+            read_verdict(rnd, uid)
+        except CheckpointRefused as exc:
+            if "aborted" in str(exc):
+                shutil.rmtree(rnd, ignore_errors=True)
+                removed.append(rnd)
+    if removed:
+        try:
+            os.rmdir(jdir)
+            os.unlink(store.save_lock(jdir))
+        except OSError:
+            pass
+    return removed
 
 
 def prune(jdir: str, keep: int, uid: int) -> list[str]:

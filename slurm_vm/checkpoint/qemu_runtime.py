@@ -31,6 +31,7 @@ class RestoringQemuRuntime(QemuRuntime):
     def __init__(self, defn, accelerator: str, cores: list[int], found: Found):
         super().__init__(defn, accelerator, cores)
         self.found = found
+        self.before_resume = lambda: None     # a multi-VM job: wait until every VM has loaded (group.py)
 
     def argv(self, fds: list[int]) -> list[str]:
         return super().argv(fds) + ["-incoming", "defer"]
@@ -51,6 +52,7 @@ class RestoringQemuRuntime(QemuRuntime):
             raise CheckpointRefused(f"a QEMU checkpoint has one state file, this one {len(manifest.states)}")
         load_state(self.qmp_path, os.path.join(self.found.path, manifest.states[0].name), manifest.compressed,
                    started + LOAD_TIMEOUT, alive)
+        self.before_resume()
         qmp(self.qmp_path, ("cont", None))
         say(f"restored from {self.found.path} in {time.monotonic() - started:.2f}s (saved by job "
             f"{manifest.job_id} run {manifest.restart_count}, {manifest.reason}); vCPUs pinned: "

@@ -163,3 +163,40 @@ def test_status_lists_a_job_checkpoint_with_summed_sizes_and_an_aborted_round_as
     assert newest["path"] == rnd and newest["complete"] and newest["vms"] == 2
     assert newest["size_bytes"] == sum(500 * 4 + 300 * 5 for _ in range(2))
     assert "2 VMs" in describe(newest) and not aborted["complete"] and "aborted" in aborted["problem"]
+
+
+def test_restored_vms_resume_together_and_a_used_round_is_never_restored_again(tmp_path):
+    jdir = store.job_dir(str(tmp_path), JOB)
+    os.makedirs(jdir)
+    (rnd,) = set(run_launchers(jdir, 2, [0, 1]).values())
+    resumed: dict[int, float] = {}
+
+    def restore(i: int) -> None:
+        time.sleep(0.4 * i)                   # VM 1 loads later
+        assert group.resume_together(rnd, i, 2, timeout=10)
+        resumed[i] = time.monotonic()
+
+    threads = [threading.Thread(target=restore, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert abs(resumed[0] - resumed[1]) < 0.35                     # VM 0 waited for VM 1
+    started = time.monotonic()
+    os.mkdir(tmp_path / "alone")
+    assert not group.resume_together(str(tmp_path / "alone"), 0, 2, timeout=0.3)    # VM 1 never loads: go on
+    assert time.monotonic() - started < 5
+    assert not group.continued(rnd, 0, 2)                          # VM 1 never continues (say, refused)
+    assert group.find_for_restore(str(tmp_path), expected(1), 1, 2) == (None, "")
+
+
+def test_aborted_rounds_of_earlier_runs_are_discarded_and_interrupted_ones_stay(tmp_path):
+    jdir = store.job_dir(str(tmp_path), JOB)
+    os.makedirs(jdir)
+    run_launchers(jdir, 2, [0], barrier_timeout=0.3)                   # run 0: aborted
+    os.mkdir(os.path.join(jdir, "ckpt-000001"))                       # run 0: interrupted (no verdict)
+    run_launchers(jdir, 2, [1], barrier_timeout=0.3, restart_count=1)  # run 1: aborted, but run 1 is this run
+    assert group.discard_aborted(jdir, 1, UID) == [os.path.join(jdir, "ckpt-000000")]
+    assert sorted(os.listdir(jdir)) == ["ckpt-000001", "ckpt-000100"]
+    assert group.discard_aborted(jdir, 2, UID) == [os.path.join(jdir, "ckpt-000100")]
+    assert os.listdir(jdir) == ["ckpt-000001"]

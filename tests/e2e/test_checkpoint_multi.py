@@ -64,6 +64,46 @@ def run_dir_files(vc, node: str, job: int) -> str:
     return os.path.join(vc.node_state(node), "jobs", str(job))
 
 
+def follow_until_restored(vc, job: int, first: list[str], timeout: float = 420) -> tuple[dict[int, list], list[str]]:
+    """Keep the last counters of each VM seen before the save (the serial logs go with the first run's run
+    dirs) until both VMs of the requeued job run again; returns them and the new run's nodes."""
+    before: dict[int, list] = {}
+    deadline = time.monotonic() + timeout
+    while True:
+        out = vc.output(job)
+        if "pausing the guest" not in out:
+            for i, node in enumerate(first):
+                seen = counters(vc.serial_log(node, job))
+                if seen:
+                    before[i] = seen
+        state = vc.job_field(job, "%T")
+        if state == "RUNNING" and out.count("the guest continues") >= 2:
+            return before, job_nodes(vc, job)
+        assert state not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), out
+        assert time.monotonic() < deadline, f"not restored: {state}\n{out[-4000:]}"
+        time.sleep(0.5)
+
+
+def check_both_continue(vc, job: int, name: str, before: dict[int, list], nodes: list[str]) -> None:
+    out = vc.output(job)
+    assert "all 2 VMs of the job are paused" in out and out.count("restored from") == 2, out
+    for i, node in enumerate(nodes):
+        last = before[i][-1]
+        after = [c for c in wait_count(vc, node, job, last[0] + 2, timeout=240) if c[0] > 0]
+        assert after[0][0] > last[0] and after[0][0] <= last[0] + 5, (i, before[i][-3:], after[:3])
+        assert {b for _, b, _ in after} == {last[1]}, (i, last, after[:3])          # same boot
+        assert after[0][2] > last[2], (i, last, after[0])                          # uptime went on
+        wait_pings(vc, node, job, f"{name}-{1 - i}")                             # the peer still answers
+    udir = os.path.join(vc.directory, "checkpoints", "svmtest")
+    deadline = time.monotonic() + 30
+    while os.listdir(udir):                 # removed once both VMs continue
+        assert time.monotonic() < deadline, os.listdir(udir)
+        time.sleep(1)
+    assert vc.slurm_vm("stop", str(job)).returncode == 0
+    assert vc.wait_gone_or_ended(job, timeout=180) == "COMPLETED", vc.output(job)
+    vc.wait_no_leaks(job)
+
+
 def test_two_vm_job_is_preempted_and_both_vms_continue(preempt_cluster):
     vc = preempt_cluster
     name = "mp"
@@ -78,47 +118,34 @@ def test_two_vm_job_is_preempted_and_both_vms_continue(preempt_cluster):
                              "--output=/dev/null", "--wrap=sleep 900"], user="svmtest")
     assert hog.returncode == 0, hog.stderr
     try:
-        # the serial logs go with the first run's run dirs: keep the last counters seen before the pause
-        before: dict[int, list] = {}
-        deadline = time.monotonic() + 300
-        while True:
-            for i, node in enumerate(first):
-                seen = counters(vc.serial_log(node, job))
-                if seen:
-                    before[i] = seen
-            state, nodes = vc.job_field(job, "%T"), job_nodes(vc, job)
-            if state == "RUNNING" and nodes != first:
-                break
-            assert state not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), vc.output(job)
-            assert time.monotonic() < deadline, f"not requeued onto other nodes: {state} {nodes}\n{vc.output(job)}"
-            time.sleep(0.5)
-        second = nodes
-        assert first[0] not in second
-        out = wait_output(vc, job, "the guest continues", timeout=300)
-        deadline = time.monotonic() + 120
-        while out.count("the guest continues") < 2:
-            assert time.monotonic() < deadline, out
-            time.sleep(1)
-            out = vc.output(job)
-        assert out.count("preempt: pausing the guest") == 2, out
-        assert "all 2 VMs of the job are paused" in out and "restored from" in out, out
-        for i, node in enumerate(second):
-            last = before[i][-1]
-            after = [c for c in wait_count(vc, node, job, last[0] + 2, timeout=240) if c[0] > 0]
-            assert after[0][0] > last[0] and after[0][0] <= last[0] + 5, (i, before[i][-3:], after[:3])
-            assert {b for _, b, _ in after} == {last[1]}, (i, last, after[:3])          # same boot
-            assert after[0][2] > last[2], (i, last, after[0])                          # uptime went on
-            wait_pings(vc, node, job, f"{name}-{1 - i}")                             # the peer still answers
-        udir = os.path.join(vc.directory, "checkpoints", "svmtest")
-        deadline = time.monotonic() + 30
-        while os.listdir(udir):                 # removed once both VMs continue
-            assert time.monotonic() < deadline, os.listdir(udir)
-            time.sleep(1)
-        assert vc.slurm_vm("stop", str(job)).returncode == 0
-        assert vc.wait_gone_or_ended(job, timeout=180) == "COMPLETED", vc.output(job)
-        vc.wait_no_leaks(job)
+        before, second = follow_until_restored(vc, job, first)
+        assert first[0] not in second and len(second) == 2
+        assert vc.output(job).count("preempt: pausing the guest") == 2
+        check_both_continue(vc, job, name, before, second)
     finally:
         vc.cluster.client(["scancel", hog.stdout.strip().split(";")[0]])
+        vc.cluster.client(["scancel", str(job)])
+
+
+def test_two_vm_job_checkpoints_at_its_time_limit_and_continues(preempt_cluster):
+    """The --signal warning reaches the batch shell (srun), which forwards it to both launchers."""
+    vc = preempt_cluster
+    name = "mt"
+    job = vc.submit(SPEC.format(name=name, extra="on_timeout: checkpoint\n"), "--partition=main", "--time=2",
+                    name=name)
+    try:
+        vc.wait_state(job, {"RUNNING"}, timeout=120)
+        first = job_nodes(vc, job)
+        for node in first:
+            wait_count(vc, node, job, 3, timeout=240)
+        before, second = follow_until_restored(vc, job, first)
+        # the restored run would reach its own warning in ~50 s: give the checks room (as root)
+        update = vc.cluster.client(["scontrol", "update", f"JobId={job}", "TimeLimit=15"])
+        assert update.returncode == 0, update.stderr
+        out = vc.output(job)
+        assert out.count("timeout: pausing the guest") == 2 and "requeued the job" in out, out
+        check_both_continue(vc, job, name, before, second)
+    finally:
         vc.cluster.client(["scancel", str(job)])
 
 
@@ -152,3 +179,7 @@ def test_a_missing_participant_leaves_no_valid_checkpoint(preempt_cluster):
         vc.cluster.client(["scancel", str(job)])
     vc.wait_gone_or_ended(job, timeout=240)
     vc.wait_no_leaks(job)
+    # the aborted round is no checkpoint, but it stays until the job's next run or a drop
+    drop = vc.slurm_vm("checkpoint", str(job), "--drop")
+    assert drop.returncode == 0, drop.stdout + drop.stderr
+    assert not os.listdir(os.path.join(vc.directory, "checkpoints", "svmtest")), "the aborted round stayed"
