@@ -88,14 +88,22 @@ class Soak:
                 if time.monotonic() - info["since"] > 5:
                     self.vc.cluster.client(["scancel", str(job)])
             return
-        if state != "RUNNING" or info["acted"]:
+        if state != "RUNNING":
+            return
+        self.follow_runs(job, info)          # a new run (requeued, restored) may have to be acted on again
+        if info["acted"]:
             return
         node = self.vc.job_field(job, "%N")
         if not self.ready(job, node, info):
             return
-        if info["ending"] == "preempted" and info["run"] > 0:     # restored after its preemption: end it
-            info["acted"] = True
-            self.vc.slurm_vm("stop", str(job))
+        if info["ending"] == "preempted":
+            if info["run"] > 0:              # restored after its preemption: end it
+                info["acted"] = True
+                self.vc.slurm_vm("stop", str(job))
+            elif not info.get("hog"):        # one preemptor per job (the VM stays RUNNING through the GraceTime)
+                info["hog"] = True
+                self.vc.cluster.client(["sbatch", "--partition=urgent", "--exclusive", f"--nodelist={node}",
+                                        "--output=/dev/null", f"--wrap=sleep {HOG_SECONDS}"], user="svmtest")
             return
         info["acted"] = True
         if info["ending"] == "stop":
@@ -108,14 +116,10 @@ class Soak:
                     os.kill(int(fh.read()), signal.SIGKILL)
             except (OSError, ValueError):
                 info["acted"] = False
-        elif info["ending"] == "preempted" and not info.get("hog"):
-            info["hog"] = True          # one preemptor per job (the VM stays RUNNING through the GraceTime)
-            self.vc.cluster.client(["sbatch", "--partition=urgent", "--exclusive", f"--nodelist={node}",
-                                    "--output=/dev/null", f"--wrap=sleep {HOG_SECONDS}"], user="svmtest")
-            info["acted"] = False       # acted again (stop) once restored
 
-    def ready(self, job: int, node: str, info: dict) -> bool:
-        """Booted (the serial log's marker), or restored after a preemption (a later run of the job)."""
+    def follow_runs(self, job: int, info: dict) -> None:
+        """Slurm's restart count of the job: a requeued run of a job whose ending is an action is acted on again
+        (a VM that shared a preempted node was checkpointed and restored too)."""
         restarts = self.vc.cluster.client(["scontrol", "show", "job", "-o", str(job)]).stdout
         run = int(restarts.split("Restarts=", 1)[1].split()[0]) if "Restarts=" in restarts else 0
         if run != info["run"]:
@@ -123,6 +127,10 @@ class Soak:
             info["acted"] = info["ending"] not in ("preempted", "stop", "scancel", "launcher-killed") and \
                 info["acted"]
             self.restored += 1
+
+    def ready(self, job: int, node: str, info: dict) -> bool:
+        """Booted (the serial log's marker), or restored after a preemption (a later run of the job)."""
+        run = info["run"]
         if run == 0:
             return "SLURM-VM-TEST ready" in self.vc.serial_log(node, job)
         return self.vc.output(job).count("the guest continues") >= run or \

@@ -17,6 +17,7 @@ import re
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 
 import pytest
@@ -212,7 +213,7 @@ def test_checkpoint_of_qemu_7_2_is_refused_by_qemu_10(make_run, ckpt_root):
     code, out, _ = save_on_time_limit(run, proc)
     assert code == 8, out
     jdir = os.path.join(ckpt_root, USER, "job-9")
-    (ckpt,) = os.listdir(jdir)
+    (ckpt,) = entries(jdir)
     old, new = qemu_version(HOST_QEMU), qemu_version(make_run.qemu("trixie"))
     assert old.split(".")[0] != new.split(".")[0], (old, new)
 
@@ -221,3 +222,62 @@ def test_checkpoint_of_qemu_7_2_is_refused_by_qemu_10(make_run, ckpt_root):
     assert code == 9, out
     assert f"it was saved by qemu {old}, this node runs qemu {new}" in out and "checkpoint stays" in out, out
     assert "manifest.json" in os.listdir(os.path.join(jdir, ckpt))
+
+
+# -- slurm-vm checkpoint (the launcher's control socket; the client and Slurm are in test_checkpoint_command.py) --
+
+def ask_checkpoint(run: Run, out: list, stop: bool = False) -> threading.Thread:
+    """The request the node relay sends (root may ask too: the socket admits its user and root)."""
+    from slurm_vm.hypervisor.requests import ask
+    thread = threading.Thread(target=lambda: out.append(ask(os.path.join(run.dir, "control.sock"),
+                                                            {"op": "checkpoint", "stop": stop}, 300)))
+    thread.start()
+    return thread
+
+
+def test_manual_checkpoint_resumes_the_guest_and_stays(make_run, ckpt_root):
+    run, proc = start(make_run, ckpt_root, restart=0)
+    wait_serial(run, proc, "count=3", timeout=120)
+    answers: list[dict] = []
+    ask_checkpoint(run, answers).join(timeout=300)
+    (answer,) = answers
+    assert answer["ok"] and answer["resumed"] and not answer["ended"], answer
+    seen = counters(run.serial())
+    wait_serial(run, proc, f"count={seen[-1][0] + 3}", timeout=120)
+    counts = [n for n, _, _ in counters(run.serial()) if n > 0]
+    assert counts == list(range(counts[0], counts[-1] + 1)) and len({b for _, b, _ in counters(run.serial())}) == 1
+    os.kill(run.launcher_pid(), signal.SIGUSR2)
+    code, out = finish(proc, timeout=120)
+    assert code == 0 and "the guest continues (paused" in out, out
+    (kept,) = entries(os.path.join(ckpt_root, USER, "job-9"))      # a manual checkpoint stays
+    assert os.path.join(ckpt_root, USER, "job-9", kept) == answer["path"]
+
+
+def test_a_stop_signal_during_a_manual_save_still_ends_in_a_valid_checkpoint(make_run, ckpt_root):
+    """SIGUSR1 (the time-limit warning: on_timeout: checkpoint) as soon as the manual save has begun. Either the
+    save was still running (the job ends with it, no second save) or it had just finished (the guest resumed,
+    then the signal's own save): in both cases the run ends checkpointed and the next run continues the guest."""
+    run, proc = start(make_run, ckpt_root, restart=0)
+    wait_serial(run, proc, "count=3", timeout=120)
+    jdir = os.path.join(ckpt_root, USER, "job-9")
+    answers: list[dict] = []
+    thread = ask_checkpoint(run, answers)
+    deadline = time.monotonic() + 60
+    while not (os.path.isdir(jdir) and entries(jdir)):
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    os.kill(run.launcher_pid(), signal.SIGUSR1)
+    thread.join(timeout=300)
+    code, out = finish(proc, timeout=240)
+    (answer,) = answers
+    assert code == 8 and answer["ok"], (answer, out)
+    assert answer.get("because") == "timeout" or ("the guest continues (paused" in out and "timeout: pausing" in out), \
+        (answer, out)
+    before = counters(run.serial())
+    run2, proc2 = start(make_run, ckpt_root, restart=1)
+    wait_serial(run2, proc2, f"count={before[-1][0] + 2}", timeout=180)
+    after = counters(run2.serial())
+    assert after[0][1] == before[0][1] and before[-1][0] < after[0][0] <= before[-1][0] + 3, (before[-2:], after[:2])
+    os.kill(run2.launcher_pid(), signal.SIGUSR2)
+    code, out = finish(proc2, timeout=120)
+    assert code == 0 and "restored from" in out, out
