@@ -1,0 +1,110 @@
+"""Host directories in the tiny guest through Slurm with virtio-fs (`mounts.transport: virtiofs`).
+
+The cluster's admin config picks virtio-fs, so the launcher starts one virtiofsd per share, as the job
+user inside a user namespace, in the job's cgroup. The checks are typed into the guest's serial shell
+(its root). scancel and the time limit must end the job with no virtiofsd or QEMU left on the node.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+
+import pytest
+
+from tests.e2e.test_shares import USER, make_dirs
+from tests.e2e.test_vm_jobs import node_of, tiny
+
+pytestmark = [pytest.mark.cluster, pytest.mark.guest]
+
+
+def mounts_spec(name: str, data: str, ro: str) -> str:
+    return tiny(name) + (f"mounts:\n  - {{source: {data}, target: /mnt/data}}\n"
+                         f"  - {{source: {ro}, target: /mnt/ro, readonly: true}}\n")
+
+
+def job_dir(vc, node: str, job: int) -> str:
+    return os.path.join(vc.node_state(node), "jobs", str(job))
+
+
+def share_daemons(vc, node: str, job: int) -> list[int]:
+    """The pids of the virtiofsd processes serving this job (their socket is in the job dir)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"virtiofsd") and any(job_dir(vc, node, job).encode() + b"/" in a for a in argv):
+            pids.append(int(entry))
+    return pids
+
+
+def proc_field(pid: int, name: str) -> str:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(line for line in fh if line.startswith(name + ":")).split(":", 1)[1].strip()
+
+
+def start_with_shares(vc, name: str, *sbatch: str) -> tuple[int, str, str, str]:
+    data, ro = make_dirs(vc)
+    job = vc.submit(mounts_spec(name, data, ro), *sbatch, name=name)
+    vc.wait_state(job, {"RUNNING"}, timeout=180)
+    node = node_of(vc, job)
+    serial = vc.wait_serial(node, job, "SLURM-VM-TEST ready", timeout=300)
+    assert "SLURM-VM-TEST mount-failed" not in serial, serial
+    return job, node, data, ro
+
+
+def test_virtiofs_share_has_the_users_rights_and_scancel_leaves_nothing(virtiofs_cluster):
+    vc = virtiofs_cluster
+    job, node, data, ro = start_with_shares(vc, "vfs-cancel")
+    user = pwd.getpwnam(USER)
+
+    daemons = share_daemons(vc, node, job)
+    assert len(daemons) == 2, vc.output(job)
+    for pid in daemons:
+        # the job user's own uid, mapped as 0 in its user namespace; nothing else mapped
+        assert proc_field(pid, "Uid").split()[0] == str(user.pw_uid)
+        with open(f"/proc/{pid}/uid_map") as fh:
+            assert fh.read().split() == ["0", str(user.pw_uid), "1"]
+        with open(f"/proc/{pid}/cgroup") as fh:
+            assert f"job_{job}" in fh.read()          # in the job's cgroup, counted and killed with it
+
+    with vc.serial_console(node, job, timeout=120) as console:
+        assert console.run("grep -c ' virtiofs ' /proc/mounts", timeout=120) == "2"
+        assert console.run("cat /mnt/data/hello.txt") == "host-wrote-this"
+        console.run("echo from-guest > /mnt/data/out.txt; chown 0:0 /mnt/data/out.txt")
+        assert "Permission denied" in console.run("cat /mnt/data/secret/file")
+        assert console.run("touch /mnt/ro/new 2>/dev/null || echo refused") == "refused"
+        assert console.run("cat /mnt/ro/hello.txt") == "ro-ok"
+        # typed by hand: a second mount of the same share by its tag
+        tag = console.run("awk '$2 == \"/mnt/data\" {print $1}' /proc/mounts")
+        assert tag.startswith("svm:"), tag
+        console.run(f"mkdir -p /mnt/again && mount -t virtiofs {tag} /mnt/again")
+        assert console.run("cat /mnt/again/out.txt") == "from-guest"
+
+    out = os.path.join(data, "out.txt")
+    with open(out) as fh:
+        assert fh.read() == "from-guest\n"
+    assert os.stat(out).st_uid == user.pw_uid                 # the guest root's chown changed nothing
+    assert not os.path.exists(os.path.join(ro, "new"))
+
+    vc.cluster.client(["scancel", str(job)], user=USER)
+    assert vc.wait_gone_or_ended(job, timeout=90) == "CANCELLED", vc.output(job)
+    assert "SLURM-VM-TEST acpi-shutdown" in vc.output(job), vc.output(job)
+    vc.wait_no_leaks(job)
+
+
+def test_virtiofs_share_time_limit_ends_timeout_and_leaves_nothing(virtiofs_cluster):
+    vc = virtiofs_cluster
+    job, node, data, ro = start_with_shares(vc, "vfs-limit", "--time=2")
+    assert len(share_daemons(vc, node, job)) == 2
+    state = vc.wait_gone_or_ended(job, timeout=300)
+    out = vc.output(job)
+    assert state == "TIMEOUT", out
+    assert "the guest shut down after SIGUSR1" in out, out
+    vc.wait_no_leaks(job)
+    assert share_daemons(vc, node, job) == []
