@@ -19,6 +19,7 @@ import time
 
 from ..errors import HypervisorError
 from .definition import VMDefinition
+from .nogroupdrop import installer
 
 VIRTIOFS_SOCKET = "virtiofs{index}.sock"
 NINEP_MSIZE = 512000        # the largest msize a 6.1 guest's virtio transport takes
@@ -97,14 +98,19 @@ WRAPPER = ('mount -t tmpfs -o size=1m,mode=0700 svm-virtiofsd /run || exit 1; '
            'if [ "$2" = ro ]; then mount -o bind,ro -- "$1" "$1" || exit 1; fi; shift 2; exec "$@"')
 
 
-def _die_with_parent():
-    """A preexec_fn: the child gets SIGKILL when its parent dies. ctypes is loaded here, before the fork
-    (and not at import: the prolog imports this module for the guest mount options only)."""
+def _daemon_preexec():
+    """A preexec_fn: the child gets SIGKILL when its parent dies, and setgroups(2) is a no-op for it
+    (nogroupdrop.py: virtiofsd would exit in the user namespace otherwise). ctypes is loaded here, before
+    the fork (and not at import: the prolog imports this module for the guest mount options only)."""
     import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
+    install_filter = installer(libc)
 
     def preexec() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        err = install_filter()
+        if err:
+            raise OSError(err, os.strerror(err))
     return preexec
 
 
@@ -116,7 +122,7 @@ class ShareDaemons:
         self.procs: list[subprocess.Popen] = []
 
     def start(self, deadline: float) -> None:
-        preexec = _die_with_parent()
+        preexec = _daemon_preexec()
         log = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
             for i in range(len(self.defn.shares)):
@@ -130,6 +136,8 @@ class ShareDaemons:
                                                        preexec_fn=preexec))
                 except OSError as exc:
                     raise HypervisorError(f"cannot run virtiofsd: {exc.strerror}") from None
+                except subprocess.SubprocessError as exc:     # the seccomp filter could not be installed
+                    raise HypervisorError(f"cannot prepare virtiofsd's process: {exc}") from None
         finally:
             os.close(log)
         for i, proc in enumerate(self.procs):
