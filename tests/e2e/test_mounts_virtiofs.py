@@ -45,9 +45,21 @@ def share_daemons(vc, node: str, job: int) -> dict[int, str]:
     return pids
 
 
-def proc_field(pid: int, name: str) -> str:
+def proc_field(pid: int | str, name: str) -> str:
     with open(f"/proc/{pid}/status") as fh:
         return next(line for line in fh if line.startswith(name + ":")).split(":", 1)[1].strip()
+
+
+def vmm_threads(vc, node: str, job: int) -> dict[str, str]:
+    """QEMU's threads: name ("main" for the process's first thread) -> Cpus_allowed_list."""
+    with open(os.path.join(job_dir(vc, node, job), "vmm.pid")) as fh:
+        pid = int(fh.read().split()[0])
+    threads = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/comm") as fh:
+            name = "main" if tid == str(pid) else fh.read().strip()
+        threads[name] = proc_field(f"{pid}/task/{tid}", "Cpus_allowed_list")
+    return threads
 
 
 def start_with_shares(vc, name: str, *sbatch: str) -> tuple[int, str, str, str]:
@@ -74,6 +86,8 @@ def test_virtiofs_share_has_the_users_rights_and_scancel_leaves_nothing(virtiofs
             assert fh.read().split() == ["0", str(user.pw_uid), "1"]
         with open(f"/proc/{pid}/cgroup") as fh:
             assert f"job_{job}" in fh.read()          # in the job's cgroup, counted and killed with it
+    # one core, one vCPU: the daemons share the vCPU's core (they may not leave the job's cores)
+    assert {proc_field(pid, "Cpus_allowed_list") for pid in daemons} == {vmm_threads(vc, node, job)["CPU 0/TCG"]}
 
     with vc.serial_console(node, job, timeout=120) as console:
         assert console.run("grep -c ' virtiofs ' /proc/mounts", timeout=120) == "2"
@@ -102,8 +116,15 @@ def test_virtiofs_share_has_the_users_rights_and_scancel_leaves_nothing(virtiofs
 
 def test_virtiofs_share_time_limit_ends_timeout_and_leaves_nothing(virtiofs_cluster):
     vc = virtiofs_cluster
-    job, node, data, ro = start_with_shares(vc, "vfs-limit", "--time=2")
-    assert len(set(share_daemons(vc, node, job).values())) == 2
+    job, node, data, ro = start_with_shares(vc, "vfs-limit", "--time=2", "--cpus-per-task=2")
+    daemons = share_daemons(vc, node, job)
+    assert len(set(daemons.values())) == 2
+    # a core more than vCPUs: the daemons and QEMU's own threads take the spare one, the vCPU has its own
+    threads = vmm_threads(vc, node, job)
+    spare = threads["main"]
+    assert spare in {"0", "1"} and threads["CPU 0/TCG"] in {"0", "1"} - {spare}, threads
+    assert {proc_field(pid, "Cpus_allowed_list") for pid in daemons} == {spare}
+    assert f"share daemon threads on core(s) {spare}\n" in vc.output(job), vc.output(job)
     state = vc.wait_gone_or_ended(job, timeout=300)
     out = vc.output(job)
     assert state == "TIMEOUT", out
