@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import signal
 
 import pytest
 
@@ -129,5 +130,17 @@ def test_virtiofs_share_time_limit_ends_timeout_and_leaves_nothing(virtiofs_clus
     out = vc.output(job)
     assert state == "TIMEOUT", out
     assert "the guest shut down after SIGUSR1" in out, out
+    vc.wait_no_leaks(job)
+    assert share_daemons(vc, node, job) == {}
+
+
+@pytest.mark.parametrize("victim", ["vmm.pid", "launcher.pid"])
+def test_killing_the_vmm_or_the_launcher_leaves_no_virtiofsd(virtiofs_cluster, victim):
+    vc = virtiofs_cluster
+    job, node, data, ro = start_with_shares(vc, "vfs-kill")
+    assert len(set(share_daemons(vc, node, job).values())) == 2
+    with open(os.path.join(job_dir(vc, node, job), victim)) as fh:
+        os.kill(int(fh.read().split()[0]), signal.SIGKILL)
+    vc.wait_gone_or_ended(job, timeout=120)
     vc.wait_no_leaks(job)
     assert share_daemons(vc, node, job) == {}
