@@ -83,15 +83,14 @@ class SerialConsole:
     def run(self, command: str, timeout: float | None = None) -> str:
         """Run a shell command in the guest's console shell; its output without the echo, stripped.
 
-        The end marker is typed split in two so that only the command's output, not the echoed line
-        (the tty and the shell's line editor may each echo it), contains it whole."""
+        The command is framed by two markers the shell prints, each typed split in two (`X''-n`) so that
+        the echoed line (the tty and the shell's line editor may each echo it, and wrap it at the
+        terminal's width) never contains one whole: what lies between them is the command's output."""
         n = next(self._count)
-        typed = f"SVM-END''-{n}"
-        self.send(f"{command}; echo {typed}\r")
+        self.send(f"echo SVM-BEGIN''-{n}; {command}; echo SVM-END''-{n}\r")
+        self.expect(f"SVM-BEGIN-{n}", timeout)
         text = self.expect(f"SVM-END-{n}", timeout)
-        after_echo = text[text.rindex(typed) + len(typed):] if typed in text else text
-        lines = after_echo.replace("\r", "").split("\n")
-        return "\n".join(lines[1:]).strip()
+        return text.replace("\r", "").strip()
 
 
 def job_serial_socket(state_dir: str, job_id: int) -> str:

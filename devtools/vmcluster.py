@@ -48,7 +48,7 @@ def tiny_base_image(directory: str) -> str:
     return base
 
 
-def test_config(directory: str, state_root: str, underlay: str, guests: dict) -> dict:
+def test_config(directory: str, state_root: str, underlay: str, guests: dict, transport: str = "9p") -> dict:
     tiny = guests["tiny"]
     base = tiny_base_image(directory)
     images = {
@@ -89,7 +89,7 @@ def test_config(directory: str, state_root: str, underlay: str, guests: dict) ->
         "slurm": {"kill_wait": KILL_WAIT},
         "slurm_vm_command": os.path.join(venv_dir(), "bin", "slurm-vm"),
         "log_file": os.path.join(directory, "hooks.log"),
-        "mounts": {"allowed": ["$HOME", os.path.join(directory, "shares")]},
+        "mounts": {"allowed": ["$HOME", os.path.join(directory, "shares")], "transport": transport},
         "checkpoint": {"dir": os.path.join(checkpoint_root(directory), "%u")},
     }
 
@@ -102,8 +102,10 @@ def checkpoint_root(directory: str) -> str:
     return root
 
 
-def write_test_config(directory: str, state_root: str, underlay: str, cache: str = GUEST_CACHE) -> str:
-    config = test_config(directory, state_root, underlay, load_guests(cache))
+def write_test_config(directory: str, state_root: str, underlay: str, cache: str = GUEST_CACHE,
+                      transport: str = "9p") -> str:
+    """The admin config of a test cluster; `transport` is QEMU's share device (`mounts.transport`)."""
+    config = test_config(directory, state_root, underlay, load_guests(cache), transport)
     path = os.path.join(directory, "config.yaml")
     with open(path, "w") as fh:
         yaml.safe_dump(config, fh, sort_keys=False)

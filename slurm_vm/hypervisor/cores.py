@@ -1,4 +1,5 @@
-"""The host cores this job step may use, and the vCPU -> core map (vCPU i on core i, NUMA node by node)."""
+"""The host cores this job step may use, the vCPU -> core map (vCPU i on core i, NUMA node by node), and the
+cores of the VMM's other threads and the share daemons (the step's spare cores, else all of them)."""
 
 from __future__ import annotations
 
@@ -76,3 +77,11 @@ def vcpu_map(vcpus: int, cores: list[int]) -> list[int]:
         raise NotEnoughCores(f"the VM has {vcpus} vCPUs but the job may use only {len(cores)} core(s) "
                               f"({','.join(map(str, cores))}); submit with --cpus-per-task={vcpus}")
     return cores[:vcpus]
+
+
+def io_cores(cores: list[int], vcpu_cores: list[int]) -> list[int]:
+    """Where the VMM's non-vCPU threads (QEMU's main loop and I/O threads, cloud-hypervisor's VMM and
+    device threads) and virtiofsd run: the step's cores that no vCPU has, so that they never take a vCPU's
+    time; when every core has a vCPU (the usual `--cpus-per-task` = vCPUs), all the step's cores, shared."""
+    spare = [c for c in cores if c not in vcpu_cores]
+    return spare or list(cores)

@@ -22,7 +22,7 @@ from ..checkpoint.manifest import CheckpointRefused
 from ..errors import HypervisorError, NotEnoughCores, NotEnoughMemory
 from ..limits import CONTROL_SOCKET, LAUNCHER_LOCK, LAUNCHER_PID, VMM_LOG, VMM_PID
 from .cloud_hypervisor import CloudHypervisorRuntime
-from .cores import allowed_cores, vcpu_map
+from .cores import allowed_cores, io_cores, vcpu_map
 from .definition import VMDefinition
 from .kvm import choose_backend
 from .memlimit import cgroup_memory_limit, check_memory
@@ -111,7 +111,8 @@ class Launcher:
         os.replace(tmp, self.defn.path(name))
 
     def _prepare(self) -> tuple[Runtime, list[int]]:
-        cores = vcpu_map(self.defn.cpus, allowed_cores())
+        allowed = allowed_cores()
+        cores = vcpu_map(self.defn.cpus, allowed)
         check_memory(self.defn.memory_bytes, self.defn.memory_overhead_bytes, cgroup_memory_limit())
         hypervisor, accelerator, warnings = choose_backend(self.defn)
         for warning in warnings:
@@ -120,7 +121,11 @@ class Launcher:
         runtime = self.checkpoint.restoring_runtime(hypervisor, accelerator, cores)
         say(f"{'restoring' if runtime else 'starting'} VM {self.defn.name} on {node_name()} with {hypervisor} "
             f"({accelerator}), {self.defn.cpus} vCPU(s), {self.defn.memory_bytes >> 20} MiB")
-        return runtime or runtime_class(self.defn, accelerator, cores), open_nics(self.defn)
+        runtime = runtime or runtime_class(self.defn, accelerator, cores)
+        runtime.io_cores = io_cores(allowed, cores)
+        say(f"VMM and share daemon threads on core(s) {','.join(map(str, runtime.io_cores))}"
+            f"{'' if set(runtime.io_cores).isdisjoint(cores) else ' (shared with the vCPUs)'}")
+        return runtime, open_nics(self.defn)
 
     def _run_locked(self) -> int:
         try:
@@ -275,7 +280,7 @@ def share_daemons(defn: VMDefinition, runtime: Runtime, log_path: str) -> ShareD
     """The virtiofsd daemons this VM needs (none for QEMU with 9p)."""
     hypervisor = "cloud-hypervisor" if isinstance(runtime, CloudHypervisorRuntime) else "qemu"
     wanted = defn if effective_transport(defn, hypervisor) == "virtiofs" else replace(defn, shares=())
-    return ShareDaemons(wanted, log_path)
+    return ShareDaemons(wanted, log_path, runtime.io_cores)
 
 
 def run(defn: VMDefinition) -> int:

@@ -53,12 +53,21 @@ def open_nics(defn: VMDefinition) -> list[int]:
     return fds
 
 
+def on_cores(cores: list[int]):
+    """A preexec_fn that puts the child (and every thread it makes) on `cores`, or None for no change."""
+    if not cores:
+        return None
+    wanted = set(cores)
+    return lambda: os.sched_setaffinity(0, wanted)
+
+
 class Runtime:
     """One VMM process and how to talk to it."""
 
     def __init__(self, defn: VMDefinition, accelerator: str, cores: list[int]):
         self.defn, self.accelerator, self.cores = defn, accelerator, cores
         self.proc: subprocess.Popen | None = None
+        self.io_cores: list[int] = []   # the VMM process's cores (its vCPU threads are then pinned); [] inherit
 
     def argv(self, fds: list[int]) -> list[str]:
         raise NotImplementedError
@@ -77,7 +86,8 @@ class Runtime:
         try:
             self.proc = subprocess.Popen(self.argv(fds), pass_fds=fds, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=log, start_new_session=True, close_fds=True,
-                                         umask=0o077)  # its sockets (serial, QMP/API) are the user's only
+                                         umask=0o077,  # its sockets (serial, QMP/API) are the user's only
+                                         preexec_fn=on_cores(self.io_cores))
         except OSError as exc:
             raise HypervisorError(f"cannot run {self.argv(fds)[0]}: {exc.strerror}") from None
         finally:

@@ -5,9 +5,11 @@ runs as the user inside a user namespace that maps only the user's own uid (to 0
 needs for its sandbox). Whatever the guest's root asks for, the host kernel checks it against the
 job user's credentials, and every file the guest creates belongs to the job user.
 
-The daemons are the launcher's children: in the job's cgroup, on the cores the step was given (the
-same as the VMM's emulator threads), killed by the launcher when the VMM ends and by PR_SET_PDEATHSIG
-if the launcher dies; the epilog kills a leftover one (its command line names the job dir).
+The daemons are the launcher's children: in the job's cgroup, on the same cores as the VMM's non-vCPU
+threads (cores.io_cores: the step's spare cores, else all of them), killed by the launcher when the VMM
+ends and by PR_SET_PDEATHSIG if the launcher dies; the epilog kills a leftover one (its command line
+names the job dir). Debian 12's virtiofsd drops supplementary groups at start, which an unprivileged
+user namespace forbids: nogroupdrop.py makes that call a no-op.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 
 from ..errors import HypervisorError
 from .definition import VMDefinition
+from .nogroupdrop import installer
 
 VIRTIOFS_SOCKET = "virtiofs{index}.sock"
 NINEP_MSIZE = 512000        # the largest msize a 6.1 guest's virtio transport takes
@@ -97,26 +100,35 @@ WRAPPER = ('mount -t tmpfs -o size=1m,mode=0700 svm-virtiofsd /run || exit 1; '
            'if [ "$2" = ro ]; then mount -o bind,ro -- "$1" "$1" || exit 1; fi; shift 2; exec "$@"')
 
 
-def _die_with_parent():
-    """A preexec_fn: the child gets SIGKILL when its parent dies. ctypes is loaded here, before the fork
-    (and not at import: the prolog imports this module for the guest mount options only)."""
+def _daemon_preexec(cores: list[int]):
+    """A preexec_fn: the child runs on `cores` (the VMM's non-vCPU cores; [] leaves its affinity alone),
+    gets SIGKILL when its parent dies, and setgroups(2) is a no-op for it (nogroupdrop.py: virtiofsd would
+    exit in the user namespace otherwise). ctypes is loaded here, before the fork (and not at import: the
+    prolog imports this module for the guest mount options only)."""
     import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
+    install_filter = installer(libc)
+    wanted = set(cores)
 
     def preexec() -> None:
+        if wanted:
+            os.sched_setaffinity(0, wanted)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        err = install_filter()
+        if err:
+            raise OSError(err, os.strerror(err))
     return preexec
 
 
 class ShareDaemons:
     """The virtiofsd processes of one VM."""
 
-    def __init__(self, defn: VMDefinition, log_path: str):
-        self.defn, self.log_path = defn, log_path
+    def __init__(self, defn: VMDefinition, log_path: str, cores: list[int] | None = None):
+        self.defn, self.log_path, self.cores = defn, log_path, cores or []
         self.procs: list[subprocess.Popen] = []
 
     def start(self, deadline: float) -> None:
-        preexec = _die_with_parent()
+        preexec = _daemon_preexec(self.cores)
         log = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
             for i in range(len(self.defn.shares)):
@@ -130,6 +142,8 @@ class ShareDaemons:
                                                        preexec_fn=preexec))
                 except OSError as exc:
                     raise HypervisorError(f"cannot run virtiofsd: {exc.strerror}") from None
+                except subprocess.SubprocessError as exc:     # the seccomp filter could not be installed
+                    raise HypervisorError(f"cannot prepare virtiofsd's process: {exc}") from None
         finally:
             os.close(log)
         for i, proc in enumerate(self.procs):

@@ -92,3 +92,34 @@ def test_bad_mounts_are_refused_before_anything_starts(vm_cluster, source, targe
     assert "Traceback" not in proc.stderr
     assert vc.cluster.client(["squeue", "-h", "-o", "%i"]).stdout.split() == before
     vc.wait_no_leaks()
+
+
+def start_with_9p_shares(vc, name: str, *sbatch: str) -> tuple[int, str]:
+    data, ro = make_dirs(vc)
+    spec = tiny(name) + f"mounts:\n  - {{source: {data}, target: /mnt/data}}\n" \
+                        f"  - {{source: {ro}, target: /mnt/ro, readonly: true}}\n"
+    job = vc.submit(spec, *sbatch, name=name)
+    vc.wait_state(job, {"RUNNING"}, timeout=180)
+    node = node_of(vc, job)
+    serial = vc.wait_serial(node, job, "SLURM-VM-TEST ready", timeout=300)
+    assert serial.count("SLURM-VM-TEST mounted svm:") == 2, serial
+    return job, node
+
+
+def test_scancel_with_9p_shares_leaves_nothing(vm_cluster):
+    vc = vm_cluster
+    job, node = start_with_9p_shares(vc, "shares-cancel")
+    vc.cluster.client(["scancel", str(job)], user=USER)
+    assert vc.wait_gone_or_ended(job, timeout=90) == "CANCELLED", vc.output(job)
+    assert "SLURM-VM-TEST acpi-shutdown" in vc.output(job), vc.output(job)
+    vc.wait_no_leaks(job)
+
+
+def test_time_limit_with_9p_shares_ends_timeout_and_leaves_nothing(vm_cluster):
+    vc = vm_cluster
+    job, node = start_with_9p_shares(vc, "shares-limit", "--time=2")
+    state = vc.wait_gone_or_ended(job, timeout=300)
+    out = vc.output(job)
+    assert state == "TIMEOUT", out
+    assert "the guest shut down after SIGUSR1" in out, out
+    vc.wait_no_leaks(job)

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from slurm_vm.errors import HypervisorError
-from slurm_vm.hypervisor.cores import cgroup_cpuset, parse_cpu_list, vcpu_map
+from slurm_vm.hypervisor.cores import cgroup_cpuset, io_cores, parse_cpu_list, vcpu_map
 from slurm_vm.hypervisor.definition import (ACCELERATORS, HYPERVISORS, SHARE_TRANSPORTS, Boot, Disk, Nic, Share,
                                             VMDefinition)
 from slurm_vm.hypervisor.kvm import kvm_usability
@@ -77,6 +77,12 @@ def test_cpu_lists_and_core_map():
     assert vcpu_map(2, [4, 6, 7]) == [4, 6]
     with pytest.raises(HypervisorError, match="--cpus-per-task=3"):
         vcpu_map(3, [0, 1])
+
+
+def test_io_threads_and_share_daemons_take_the_spare_cores_else_share_all():
+    assert io_cores([4, 6, 7], [4, 6]) == [7]              # --cpus-per-task = vCPUs + 1: a core of their own
+    assert io_cores([2, 3, 8, 9], [2, 3]) == [8, 9]
+    assert io_cores([4, 6], [4, 6]) == [4, 6]              # every core has a vCPU: shared with them
 
 
 def test_cgroup_cpuset_reads_v1_and_v2(tmp_path):
