@@ -96,7 +96,8 @@ def check_both_continue(vc, job: int, name: str, before: dict[int, list], nodes:
         wait_pings(vc, node, job, f"{name}-{1 - i}")                             # the peer still answers
     udir = os.path.join(vc.directory, "checkpoints", "svmtest")
     deadline = time.monotonic() + 30
-    while os.listdir(udir):                 # removed once both VMs continue
+    # removed once both VMs continue (other tests on this cluster may have left theirs: job-N of its own)
+    while f"job-{job}" in os.listdir(udir):
         assert time.monotonic() < deadline, os.listdir(udir)
         time.sleep(1)
     assert vc.slurm_vm("stop", str(job)).returncode == 0
