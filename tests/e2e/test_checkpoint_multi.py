@@ -1,6 +1,6 @@
-"""Checkpoint and restore of a two-VM job through real Slurm 22.05 (preemption, requeue), the real hooks and
-launchers (one per node, tasks of one srun step), QEMU and the tiny guest's counter; the VMs ping each other
-over their job-private segment before and after the restore."""
+"""Checkpoint and restore of a two-VM job through real Slurm (22.05 and 24.11: preemption, requeue), the real
+hooks and launchers (one per node, tasks of one srun step), QEMU and the tiny guest's counter; the VMs ping
+each other over their job-private segment before and after the restore."""
 
 from __future__ import annotations
 
@@ -14,11 +14,7 @@ import pytest
 from slurm_vm.checkpoint import barrier
 from tests.e2e.test_checkpoint import counters, wait_count, wait_output
 
-pytestmark = [
-    pytest.mark.cluster, pytest.mark.guest,
-    pytest.mark.skipif(os.environ.get("SLURM_VM_TEST_SLURM", "22.05") != "22.05",
-                       reason="checkpoint through Slurm is verified on the 22.05 flavour only (issue 13 open)"),
-]
+pytestmark = [pytest.mark.cluster, pytest.mark.guest]
 SPEC = """name: {name}
 image: tiny-counter
 count: 2
