@@ -122,14 +122,6 @@ def prune(jdir: str, keep: int, uid: int) -> list[str]:
     return removed
 
 
-def drop(user_dir: str, job_id: int) -> bool:
-    jdir = job_dir(user_dir, job_id)
-    if not os.path.isdir(jdir):
-        return False
-    shutil.rmtree(jdir)
-    return True
-
-
 def remove(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
     parent = os.path.dirname(path)

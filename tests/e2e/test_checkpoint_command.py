@@ -12,11 +12,7 @@ import pytest
 
 from tests.e2e.test_checkpoint import assert_continued, counters, wait_count, wait_output
 
-pytestmark = [
-    pytest.mark.cluster, pytest.mark.guest,
-    pytest.mark.skipif(os.environ.get("SLURM_VM_TEST_SLURM", "22.05") != "22.05",
-                       reason="checkpoint through Slurm is verified on the 22.05 flavour only (issue 13 open)"),
-]
+pytestmark = [pytest.mark.cluster, pytest.mark.guest]
 SPEC = "name: {name}\nimage: tiny-counter\nmemory: 256M\ndisk: 128M\n{extra}"
 SAVED = re.compile(r"checkpoint of VM (\S+) \(job (\d+)\): (\S+), ([\d.]+) MiB, saved in ([\d.]+)s; (.*)")
 PAUSED = re.compile(r"the guest was paused ([\d.]+)s and keeps running")
