@@ -23,8 +23,8 @@ from typing import Callable
 
 from ..errors import SlurmVmError
 from . import barrier, store
-from .manifest import CheckpointRefused, Expected, Manifest, MANIFEST_NAME, mismatches, read_manifest, sha256_of, \
-    verify_files
+from .manifest import CheckpointRefused, Expected, Manifest, MANIFEST_NAME, mismatches, read_manifest, \
+    read_owned_file, sha256_of, verify_files
 
 JOB_FORMAT = 1
 BARRIER_TIMEOUT = 60.0      # the launchers of a job get the same signal within seconds of each other
@@ -81,23 +81,8 @@ def parse_verdict(data: bytes) -> JobManifest:
 
 
 def read_verdict(round_dir: str, uid: int) -> JobManifest:
-    path = os.path.join(round_dir, barrier.VERDICT)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise CheckpointRefused("no job manifest (the save did not finish)") from None
-    except OSError as exc:
-        raise CheckpointRefused(f"cannot read the job manifest: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if st.st_uid != uid:
-            raise CheckpointRefused(f"the job manifest is owned by uid {st.st_uid}, not the job's user (uid {uid})")
-        data = os.read(fd, MAX_VERDICT_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) > MAX_VERDICT_BYTES:
-        raise CheckpointRefused("the job manifest is too large (damaged)")
-    return parse_verdict(data)
+    return parse_verdict(read_owned_file(os.path.join(round_dir, barrier.VERDICT), uid, MAX_VERDICT_BYTES,
+                                         "job manifest"))
 
 
 # -- save ------------------------------------------------------------------------------------------------------

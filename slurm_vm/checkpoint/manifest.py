@@ -205,25 +205,33 @@ def verify_files(directory: str, manifest: Manifest, uid: int) -> None:
             raise CheckpointRefused(f"{entry.name} does not match its sha256 in the manifest (damaged)")
 
 
-def read_manifest(directory: str, uid: int) -> Manifest:
-    """The manifest of one checkpoint directory. Raises CheckpointRefused (missing, foreign, damaged)."""
-    path = os.path.join(directory, MANIFEST_NAME)
+def read_owned_file(path: str, uid: int, limit: int, what: str) -> bytes:
+    """A small regular file of the user's checkpoint dir, read without following links or blocking (a FIFO
+    put there is refused, not waited on). Raises CheckpointRefused (missing, foreign, not a file, too large)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise CheckpointRefused("no manifest (the save did not finish)") from None
+        raise CheckpointRefused(f"no {what} (the save did not finish)") from None
     except OSError as exc:
-        raise CheckpointRefused(f"cannot read the manifest: {exc.strerror}") from None
+        raise CheckpointRefused(f"cannot read the {what}: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != uid:
-            raise CheckpointRefused(f"the manifest is owned by uid {st.st_uid}, not the job's user (uid {uid})")
-        data = os.read(fd, MAX_MANIFEST_BYTES + 1)
+        if not stat.S_ISREG(st.st_mode):
+            raise CheckpointRefused(f"the {what} is not a regular file")
+        if st.st_uid != uid:
+            raise CheckpointRefused(f"the {what} is owned by uid {st.st_uid}, not the job's user (uid {uid})")
+        data = os.read(fd, limit + 1)
     finally:
         os.close(fd)
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise CheckpointRefused("the manifest is too large (damaged)")
-    return parse_manifest(data)
+    if len(data) > limit:
+        raise CheckpointRefused(f"the {what} is too large (damaged)")
+    return data
+
+
+def read_manifest(directory: str, uid: int) -> Manifest:
+    """The manifest of one checkpoint directory. Raises CheckpointRefused (missing, foreign, damaged)."""
+    return parse_manifest(read_owned_file(os.path.join(directory, MANIFEST_NAME), uid, MAX_MANIFEST_BYTES,
+                                          "manifest"))
 
 
 def write_manifest(directory: str, manifest: Manifest) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 
 import pytest
 
@@ -90,6 +91,22 @@ def test_files_of_another_owner_are_refused(tmp_path):
     assert "owned by uid 12345" in store.find_for_restore(str(tmp_path), expected())[1]
     os.chown(os.path.join(path, MANIFEST_NAME), 12345, 12345)
     assert "manifest is owned by uid 12345" in store.find_for_restore(str(tmp_path), expected())[1]
+
+
+def test_a_fifo_or_link_as_manifest_is_refused_without_waiting(tmp_path):
+    path = save(str(tmp_path))
+    manifest = os.path.join(path, MANIFEST_NAME)
+    os.unlink(manifest)
+    os.mkfifo(manifest, 0o600)        # opening it for reading would wait for a writer forever
+    result: list = []
+    reader = threading.Thread(target=lambda: result.append(store.find_for_restore(str(tmp_path), expected())),
+                              daemon=True)
+    reader.start()
+    reader.join(10)
+    assert result and "manifest is not a regular file" in result[0][1]
+    os.unlink(manifest)
+    os.symlink("/etc/passwd", manifest)
+    assert "cannot read the manifest" in store.find_for_restore(str(tmp_path), expected())[1]
 
 
 def test_interrupted_save_leaves_the_previous_checkpoint_in_use(tmp_path):
