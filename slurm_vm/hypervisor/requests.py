@@ -21,6 +21,8 @@ import struct
 import threading
 from dataclasses import dataclass, field
 
+from .serialmux import listen_private
+
 MAX_MESSAGE = 64 * 1024
 ACCEPT_POLL = 0.2
 OPS = {"checkpoint": {"stop": bool}}
@@ -142,14 +144,7 @@ def _listen(path: str) -> socket.socket:
         os.unlink(path)          # a stale socket of an earlier run of this job on this node
     except FileNotFoundError:
         pass
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    old = os.umask(0o077)
-    try:
-        sock.bind(path)
-    finally:
-        os.umask(old)
-    sock.listen(8)
-    return sock
+    return listen_private(path, 8)
 
 
 def _receive(conn: socket.socket, timeout: float | None = 10.0) -> bytes:

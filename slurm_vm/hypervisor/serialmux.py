@@ -24,7 +24,7 @@ class SerialMux(threading.Thread):
         self.vmm_socket, self.log_path, self.client_socket = vmm_socket, log_path, client_socket
         self.connect_timeout = connect_timeout
         self._stopping = threading.Event()
-        self.listener = _listen(client_socket)
+        self.listener = listen_private(client_socket, 4)
         self.log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         self.vmm: socket.socket | None = None
         self.client: socket.socket | None = None
@@ -110,12 +110,13 @@ class SerialMux(threading.Thread):
         self.client = None
 
 
-def _listen(path: str) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def listen_private(path: str, backlog: int) -> socket.socket:
+    """A unix socket only the launcher's user can connect to (0700 from the umask at bind time)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     old = os.umask(0o077)
     try:
         sock.bind(path)
     finally:
         os.umask(old)
-    sock.listen(4)
+    sock.listen(backlog)
     return sock
