@@ -114,7 +114,7 @@ def plan_nics(spec: VMSpec, config: Config, ctx: JobContext, jdir: str, holding:
 
 
 def plan_seed(spec: VMSpec, config: Config, ctx: JobContext, nics: tuple[NicPlan, ...], jdir: str,
-              holding: Holding | None = None, hypervisor: str = "qemu") -> SeedPlan:
+              holding: Holding | None, hypervisor: str) -> SeedPlan:
     hostname = spec.hostname(ctx.vm_index)
     user_data, vendor_data = render_user_data(spec.cloud_init.user_data, list(spec.cloud_init.ssh_authorized_keys),
                                               hostname)
