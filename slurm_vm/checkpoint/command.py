@@ -6,7 +6,7 @@
     slurm-vm checkpoint --list              every checkpoint in your checkpoint dir, with its job's state
 
 A save goes `srun --jobid=J --overlap` to `slurm-vm checkpoint-relay J` on the VM's node, which asks the
-launcher over its control socket (hypervisor/requests.py) and prints the launcher's JSON answer.
+launcher over its control socket (hypervisor/control_socket.py) and prints the launcher's JSON answer.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def describe_answer(job: JobInfo, answer: dict) -> str:
 
 def relay(job_dir: str, stop: bool) -> int:
     """Node side (run by srun as the user, inside the job): the launcher's answer as JSON on stdout."""
-    from ..hypervisor.requests import RequestError, ask
+    from ..hypervisor.control_socket import RequestError, ask
     path = os.path.join(job_dir, CONTROL_SOCKET)
     try:
         answer = ask(path, {"op": "checkpoint", "stop": stop}, RELAY_TIMEOUT)

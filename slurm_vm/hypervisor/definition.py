@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import MISSING, asdict, dataclass, fields
 
-from ..checkpoint.settings import CheckpointSettings, settings_from_dict
+from .checkpoint_settings import CheckpointSettings, settings_from_dict
 from ..errors import HypervisorError
 from . import registry
 

@@ -15,7 +15,7 @@ from slurm_vm.config import parse_config
 from slurm_vm.hypervisor import registry
 from slurm_vm.hypervisor.definition import VMDefinition
 from slurm_vm.hypervisor.kvm import choose_backend
-from slurm_vm.hypervisor.launcher import share_daemons
+from slurm_vm.launcher.launcher import share_daemons
 from slurm_vm.hypervisor.shares import guest_fstype
 from slurm_vm.node.context import JobContext
 from slurm_vm.node.hostfacts import HostFacts, may_read_write

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..slurm.states import REQUEUED_STATES
+from .states import REQUEUED_STATES
 
 SLURM_REQUEUES_IN_GRACE = (24, 5)     # Slurm commit a689104d "Treat jobs completing after being signalled for
 #                                       GraceTime as preempted", first released in 24.05

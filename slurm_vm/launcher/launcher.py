@@ -21,14 +21,14 @@ from ..checkpoint.control import CheckpointControl, RestoreRefused
 from ..checkpoint.manifest import CheckpointRefused
 from ..errors import HypervisorError, NotEnoughCores, NotEnoughMemory
 from ..limits import CONTROL_SOCKET, LAUNCHER_LOCK, LAUNCHER_PID, VMM_LOG, VMM_PID
-from . import registry
-from .cores import allowed_cores, io_cores, vcpu_map
-from .definition import VMDefinition
-from .kvm import choose_backend
-from .memlimit import cgroup_memory_limit, check_memory
-from .requests import ControlServer
-from .runtime import START_TIMEOUT, Runtime, open_nics, say
-from .shares import ShareDaemons
+from ..hypervisor import registry
+from ..hypervisor.cores import allowed_cores, io_cores, vcpu_map
+from ..hypervisor.definition import VMDefinition
+from ..hypervisor.kvm import choose_backend
+from ..hypervisor.memlimit import cgroup_memory_limit, check_memory
+from ..hypervisor.control_socket import ControlServer
+from ..hypervisor.runtime import START_TIMEOUT, Runtime, open_nics, say
+from ..hypervisor.shares import ShareDaemons
 
 # After the time-limit warning (SIGUSR1) has shut the guest down, the launcher waits for Slurm to end the job
 # at its limit, so that the job's state is TIMEOUT. Slurm sends the warning up to 60 s early and enforces
