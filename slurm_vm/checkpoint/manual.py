@@ -15,6 +15,7 @@ import time
 from ..errors import HypervisorError, SlurmVmError
 from ..hypervisor.control_socket import Request
 from ..hypervisor.runtime import say
+from ..slurm.requeue import JobControl
 from . import flow
 from .drop import saving
 from .vmm import Snapshotter, snapshotter
@@ -84,15 +85,15 @@ def _checkpoint(request: Request, launcher, runtime, stop: bool) -> int | None:
     if stop:
         _end(runtime)
         _answer_and_wait(request, **facts, paused_seconds=round(saved, 2), ended=True)
-        _requeue(defn.job_id, settings, hold=True)
+        _requeue(flow.job_control(defn, settings), hold=True)
         return CHECKPOINTED_EXIT
     if launcher.requested is not None and control.wanted():
         say(f"{control.trigger} during the manual save: the job ends with this checkpoint")
         _end(runtime)
         _answer_and_wait(request, **facts, paused_seconds=round(saved, 2), ended=True, because=control.trigger)
-        decision = flow.requeue_decision(defn.job_id, control.trigger, settings)
+        decision = flow.job_control(defn, settings).decision(control.trigger)
         if decision.by_launcher:
-            _requeue(defn.job_id, settings, hold=False)
+            _requeue(flow.job_control(defn, settings), hold=False)
         else:
             say(f"{decision.why}: it continues from the checkpoint when it starts again")
         return CHECKPOINTED_EXIT
@@ -129,14 +130,11 @@ def _end(runtime) -> None:
         pass
 
 
-def _requeue(job_id: int, settings, hold: bool) -> None:
+def _requeue(job: JobControl, hold: bool) -> None:
     """`scontrol requeuehold` (--stop: the job waits, held, until `scontrol release`) or `requeue`."""
     try:
-        if hold:
-            flow._scontrol(settings, "requeuehold", str(job_id))
-            say("requeued the job, held: `scontrol release` continues the VM from its checkpoint")
-        else:
-            flow.requeue(job_id, settings)
-            say("requeued the job: it continues from the checkpoint when it starts again")
+        job.requeue(hold)
+        say("requeued the job, held: `scontrol release` continues the VM from its checkpoint" if hold else
+            "requeued the job: it continues from the checkpoint when it starts again")
     except SlurmVmError as exc:
         say(f"could not requeue the job ({exc}); the checkpoint stays")
