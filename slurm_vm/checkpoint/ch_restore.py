@@ -36,7 +36,7 @@ from ..limits import CH_API_SOCKET, CH_EVENT_LOG, VMM_SERIAL_SOCKET
 from ..hypervisor.runtime import say
 from .ch_snapshot import CONFIG_NAME
 from .manifest import MAX_MANIFEST_BYTES, CheckpointRefused, FileEntry, Manifest, version_mismatch
-from .qemu_save import copy_with_digest
+from .files import copy_with_digest
 from .store import Found
 
 RESTORE_DIR = "restore"

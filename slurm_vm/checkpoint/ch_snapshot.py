@@ -19,7 +19,7 @@ import time
 
 from ..errors import HypervisorError
 from .manifest import MANIFEST_NAME, OVERLAY_NAME, FileEntry
-from .qemu_save import seal
+from .files import seal
 
 CONFIG_NAME = "config.json"
 STATE_JSON = "state.json"

@@ -11,7 +11,7 @@ from ..hypervisor.definition import VMDefinition
 from . import group, store
 from ..slurm.requeue import JobControl
 from .manifest import OVERLAY_NAME, CheckpointRefused, Expected, Manifest, read_manifest, write_manifest
-from .qemu_save import copy_with_digest, restore_file
+from .files import copy_with_digest, restore_file
 from ..hypervisor.checkpoint_settings import CheckpointSettings
 from .vmm import Snapshotter
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Protocol
 
 from ..errors import HypervisorError, SlurmVmError
 from ..hypervisor.control_socket import Request
-from ..hypervisor.runtime import say
+from ..hypervisor.definition import VMDefinition
+from ..hypervisor.runtime import Runtime, say
 from ..slurm.requeue import JobControl
 from . import flow
+from .control import CheckpointControl
 from .drop import saving
 from .vmm import Snapshotter, snapshotter
 
@@ -25,7 +28,15 @@ ANSWER_WAIT = 10.0           # seconds for the control socket to send the answer
 RELAY_GRACE = 1.0            # ... and for the relay to print it before the requeue ends its step
 
 
-def refusal(launcher, runtime, stop: bool) -> str | None:
+class RunningVM(Protocol):
+    """What a manual checkpoint needs of the launcher that runs the VM (and nothing more)."""
+    defn: VMDefinition
+    checkpoint: CheckpointControl       # the launcher's checkpoint decisions
+    requested: object | None            # set once a signal asked the VM to stop
+    request_signal: str                 # that signal's name
+
+
+def refusal(launcher: RunningVM, runtime: Runtime, stop: bool) -> str | None:
     """Why this VM cannot be checkpointed by hand now (None: it can)."""
     defn, control = launcher.defn, launcher.checkpoint
     if control.settings is None:
@@ -46,7 +57,7 @@ def refusal(launcher, runtime, stop: bool) -> str | None:
     return None
 
 
-def handle(request: Request, launcher, runtime) -> int | None:
+def handle(request: Request, launcher: RunningVM, runtime: Runtime) -> int | None:
     """Work on one control request; the launcher's exit code when the run ends here (None: it goes on)."""
     try:
         if request.op != "checkpoint":
@@ -62,7 +73,7 @@ def handle(request: Request, launcher, runtime) -> int | None:
         request.fail("the launcher could not finish the request")      # a no-op once answered
 
 
-def _checkpoint(request: Request, launcher, runtime, stop: bool) -> int | None:
+def _checkpoint(request: Request, launcher: RunningVM, runtime: Runtime, stop: bool) -> int | None:
     defn, control = launcher.defn, launcher.checkpoint
     settings = control.settings
     snap = snapshotter(runtime)
@@ -123,7 +134,7 @@ def _resume(snap: Snapshotter) -> bool:
         return False
 
 
-def _end(runtime) -> None:
+def _end(runtime: Runtime) -> None:
     try:
         runtime.hard_stop()
     except HypervisorError:
