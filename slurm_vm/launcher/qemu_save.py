@@ -13,9 +13,9 @@ import shlex
 import time
 
 from ..errors import HypervisorError
-from ..hypervisor.qemu import qmp
-from .files import seal
-from .manifest import STATE_NAME, STATE_NAME_GZ, CheckpointRefused, FileEntry
+from .qemu import qmp
+from ..checkpoint.files import seal
+from ..checkpoint.manifest import STATE_NAME, STATE_NAME_GZ, CheckpointRefused, FileEntry
 
 MAX_BANDWIDTH = 1 << 40          # bytes/s: the guest is stopped, nothing to throttle for
 POLL = 0.1
