@@ -186,6 +186,10 @@ class Cluster:
         if self.is_up():
             return
         self.down()
+        taken = self._subnet_users()
+        if taken:
+            raise ClusterError(f"subnet {self.subnet}.0/24 of cluster {self.name} is in use by {', '.join(taken)} "
+                               "(another test cluster whose name hashes to it): choose another name")
         ensure_test_users()
         if self.rootfs:
             ensure_rootfs(self.venv, self.bind)
@@ -338,6 +342,13 @@ class Cluster:
         if not os.path.exists(path):
             os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(10, 200))
         os.chmod(path, 0o666)
+
+    def _subnet_users(self) -> list[str]:
+        """Interfaces of the root namespace with an address in this cluster's subnet (another cluster's bridge
+        whose name hashes to the same subnet): sharing it would break both clusters' routing silently."""
+        links = json.loads(_run(["ip", "-j", "-4", "addr", "show"]).stdout or "[]")
+        return [link["ifname"] for link in links
+                if any(a.get("local", "").startswith(self.subnet + ".") for a in link.get("addr_info", []))]
 
     def _network_up(self) -> None:
         _run(["ip", "link", "add", self.bridge, "type", "bridge"])
