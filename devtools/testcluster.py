@@ -13,6 +13,7 @@ debootstrapped root filesystem (cached under /var/cache/slurm-vm/), chrooted ins
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -580,16 +581,19 @@ def rootfs_path() -> str:
 
 
 def ensure_rootfs(venv: str | None, binds: list[str]) -> str:
-    """Build the trixie rootfs once (cached by recipe); install the project's venv inside when asked."""
+    """Build the trixie rootfs once (cached by recipe); install the project's venv inside when asked.
+    Under a lock: parallel test workers (xdist) and sessions bring 24.11 clusters up at the same time."""
     root = rootfs_path()
-    if not os.path.exists(os.path.join(root, ".complete")):
-        shutil.rmtree(root, ignore_errors=True)
-        os.makedirs(ROOTFS_CACHE, exist_ok=True)
-        _run(["debootstrap", "--variant=minbase", f"--include={','.join(ROOTFS_PACKAGES)}", "trixie", root],
-             timeout=1800)
-        open(os.path.join(root, ".complete"), "w").close()
-    if venv:
-        ensure_rootfs_venv(root, venv)
+    os.makedirs(ROOTFS_CACHE, exist_ok=True)
+    with open(os.path.join(ROOTFS_CACHE, ".rootfs.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(os.path.join(root, ".complete")):
+            shutil.rmtree(root, ignore_errors=True)
+            _run(["debootstrap", "--variant=minbase", f"--include={','.join(ROOTFS_PACKAGES)}", "trixie", root],
+                 timeout=1800)
+            open(os.path.join(root, ".complete"), "w").close()
+        if venv:
+            ensure_rootfs_venv(root, venv)
     return root
 
 

@@ -60,3 +60,24 @@ def test_a_cluster_whose_subnet_is_taken_refuses_to_start_and_makes_nothing():
     finally:
         subprocess.run(["ip", "link", "del", link], timeout=20)
         cluster.down()
+
+
+@pytest.mark.root
+def test_the_trixie_rootfs_is_prepared_under_a_lock():
+    """Two 24.11 workers must not debootstrap or pip-install into the shared rootfs at the same time."""
+    import fcntl
+    import threading
+
+    from devtools.testcluster import ROOTFS_CACHE, ensure_rootfs, rootfs_path
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    if not os.path.exists(os.path.join(rootfs_path(), ".complete")):
+        pytest.skip("the trixie rootfs is not built (the first 24.11 cluster builds it)")
+    with open(os.path.join(ROOTFS_CACHE, ".rootfs.lock"), "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        worker = threading.Thread(target=ensure_rootfs, args=(None, []), daemon=True)
+        worker.start()
+        worker.join(1.0)
+        assert worker.is_alive(), "ensure_rootfs did not wait for the lock"
+    worker.join(30)
+    assert not worker.is_alive()
