@@ -13,6 +13,7 @@ debootstrapped root filesystem (cached under /var/cache/slurm-vm/), chrooted ins
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -186,6 +187,10 @@ class Cluster:
         if self.is_up():
             return
         self.down()
+        taken = self._subnet_users()
+        if taken:
+            raise ClusterError(f"subnet {self.subnet}.0/24 of cluster {self.name} is in use by {', '.join(taken)} "
+                               "(another test cluster whose name hashes to it): choose another name")
         ensure_test_users()
         if self.rootfs:
             ensure_rootfs(self.venv, self.bind)
@@ -338,6 +343,13 @@ class Cluster:
         if not os.path.exists(path):
             os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(10, 200))
         os.chmod(path, 0o666)
+
+    def _subnet_users(self) -> list[str]:
+        """Interfaces of the root namespace with an address in this cluster's subnet (another cluster's bridge
+        whose name hashes to the same subnet): sharing it would break both clusters' routing silently."""
+        links = json.loads(_run(["ip", "-j", "-4", "addr", "show"]).stdout or "[]")
+        return [link["ifname"] for link in links
+                if any(a.get("local", "").startswith(self.subnet + ".") for a in link.get("addr_info", []))]
 
     def _network_up(self) -> None:
         _run(["ip", "link", "add", self.bridge, "type", "bridge"])
@@ -569,16 +581,19 @@ def rootfs_path() -> str:
 
 
 def ensure_rootfs(venv: str | None, binds: list[str]) -> str:
-    """Build the trixie rootfs once (cached by recipe); install the project's venv inside when asked."""
+    """Build the trixie rootfs once (cached by recipe); install the project's venv inside when asked.
+    Under a lock: parallel test workers (xdist) and sessions bring 24.11 clusters up at the same time."""
     root = rootfs_path()
-    if not os.path.exists(os.path.join(root, ".complete")):
-        shutil.rmtree(root, ignore_errors=True)
-        os.makedirs(ROOTFS_CACHE, exist_ok=True)
-        _run(["debootstrap", "--variant=minbase", f"--include={','.join(ROOTFS_PACKAGES)}", "trixie", root],
-             timeout=1800)
-        open(os.path.join(root, ".complete"), "w").close()
-    if venv:
-        ensure_rootfs_venv(root, venv)
+    os.makedirs(ROOTFS_CACHE, exist_ok=True)
+    with open(os.path.join(ROOTFS_CACHE, ".rootfs.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(os.path.join(root, ".complete")):
+            shutil.rmtree(root, ignore_errors=True)
+            _run(["debootstrap", "--variant=minbase", f"--include={','.join(ROOTFS_PACKAGES)}", "trixie", root],
+                 timeout=1800)
+            open(os.path.join(root, ".complete"), "w").close()
+        if venv:
+            ensure_rootfs_venv(root, venv)
     return root
 
 
