@@ -25,12 +25,11 @@ EXIT_NODE_FAULT = 1
 
 
 def read_spec_text(ctx: JobContext, config: Config) -> str:
-    text = transport.inline_spec(ctx.comment)
-    if text is not None:
-        return text
-    digest = transport.comment_digest(ctx.comment)   # a damaged comment is refused before any RPC
+    ref = transport.parse_comment(ctx.comment)   # a damaged comment is refused before any RPC
+    if ref.inline is not None:
+        return ref.inline
     backend = get_backend("cli", config.slurm.command_timeout, config.slurm.bin_dir)
-    return transport.spec_from_script(backend.batch_script(ctx.job_id), digest)
+    return transport.spec_from_script(backend.batch_script(ctx.job_id), ref)
 
 
 def load_job_spec(ctx: JobContext, config: Config) -> VMSpec:
