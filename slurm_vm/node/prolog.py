@@ -39,6 +39,14 @@ def load_job_spec(ctx: JobContext, config: Config) -> VMSpec:
     return spec
 
 
+def ensure_checkpoint_dir(spec: VMSpec, config: Config, ctx: JobContext) -> None:
+    """A checkpointing VM's user dir exists and is the user's before the job runs (checkpoint/userdir.py)."""
+    path = config.checkpoint.user_dir(ctx.user)
+    if spec.checkpoints and path is not None:
+        from ..checkpoint.userdir import ensure_user_dir
+        ensure_user_dir(path, ctx.user, ctx.uid, ctx.gid, os.getgrouplist(ctx.user, ctx.gid))
+
+
 def write_error_note(config: Config, ctx: JobContext, message: str) -> None:
     """Tell the job's launcher (and so the user's output file) why the prolog refused the job."""
     path = error_note_path(config.node_state_dir(ctx.node), ctx.job_id)
@@ -67,6 +75,7 @@ def run_prolog(env: dict[str, str]) -> int:
             if journal.exists():   # a requeued job, or a prolog retried after a crash
                 teardown_job(state_dir, ctx.job_id, ctx.uid)
             spec = load_job_spec(ctx, config)
+            ensure_checkpoint_dir(spec, config, ctx)
             holding = allocate_for_job(spec, config, ctx, state_dir)
             prepare_node(make_plan(spec, config, ctx, holding, resolve_underlays(spec, config, ctx)), journal)
     except SlurmVmError as exc:
