@@ -93,6 +93,14 @@ def _digest(text: str) -> str:
     return text
 
 
+def comment_digest(comment: str) -> str:
+    """The digest a digest-form comment (either version) binds its batch script to."""
+    digest = parse_comment(comment).digest
+    if digest is None:
+        raise TransportError("the job comment carries the spec inline, not a digest")
+    return digest
+
+
 def inline_spec(comment: str) -> str | None:
     """The spec text if the comment carries it inline (slurm-vm 1), None if it only carries a digest."""
     return parse_comment(comment).inline

@@ -128,6 +128,9 @@ def test_transport_refuses_tampering():
         transport.spec_from_script("\n".join(lines), transport.parse_comment(transport.encode_comment("x", salt)))
     with pytest.raises(transport.TransportError, match="no slurm-vm spec"):
         transport.spec_from_script("#!/bin/sh\necho hi\n", transport.SpecReference(digest="0" * 64))
+    assert transport.comment_digest(transport.encode_comment("x", salt)) == transport.spec_digest("x", salt)
+    with pytest.raises(transport.TransportError, match="inline"):
+        transport.comment_digest(transport.legacy_inline_comment("x"))
     for bad in ("slurm-vm:1:sha256:xyz", "slurm-vm:2:xyz", "slurm-vm:2:" + "A" * 64, "slurm-vm:3:" + "0" * 64):
         with pytest.raises(transport.TransportError):
             transport.parse_comment(bad)
