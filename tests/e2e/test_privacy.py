@@ -13,12 +13,16 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
+import shutil
 import re
 import secrets
 import time
 import zlib
 
 import pytest
+
+from devtools.vmcluster import checkpoint_root
 
 pytestmark = [pytest.mark.cluster, pytest.mark.both_flavours]
 
@@ -112,3 +116,29 @@ def test_a_job_with_a_vm_comment_and_no_spec_fails_alone(vm_cluster):
         refused = [line for line in fh if "refused" in line and "carries no slurm-vm spec" in line]
     assert refused, (proc.stdout, proc.stderr)
     vc.wait_no_leaks()
+
+
+def test_a_squatted_checkpoint_dir_fails_the_job_not_the_node(vm_cluster):
+    """The test cluster's checkpoint parent is 1777 (users make their own dirs): svmtest makes svmother's
+    first. svmother's checkpointing VM is refused at the prolog with what the admins must do (before, it
+    ran and every save failed); no node is drained, nothing is left. No guest boots."""
+    vc = vm_cluster
+    victim = os.path.join(checkpoint_root(vc.directory), OTHER)
+    aside = f"{victim}.aside-{os.getpid()}" if os.path.lexists(victim) else None
+    if aside:
+        os.rename(victim, aside)
+    try:
+        made = vc.cluster.client(["mkdir", victim], user=OWNER)
+        assert made.returncode == 0, made.stderr
+        job = vc.submit("name: privckpt\nimage: tiny\nmemory: 256M\non_preempt: checkpoint\n", name="privckpt",
+                        user=OTHER)
+        vc.wait_gone_or_ended(job, timeout=120)
+        out = vc.output(job)
+        assert f"belongs to user {OWNER}" in out and "admins" in out and "0755" in out, out[-2000:]
+        states = as_user(vc, ["sinfo", "-h", "-N", "-o", "%N %T"], OWNER)
+        assert "drain" not in states, states
+        vc.wait_no_leaks(job)
+    finally:
+        shutil.rmtree(victim, ignore_errors=True)
+        if aside:
+            os.rename(aside, victim)
