@@ -125,3 +125,23 @@ def test_a_parent_others_may_write_without_the_sticky_bit_is_not_trusted(hook_no
     assert "may not create it" in note and "0755" in note, note
     assert not os.path.exists(os.path.join(root, USER))
     assert node.epilog(940, CHECKPOINTING).returncode == 0
+
+
+def test_a_missing_parent_and_a_link_above_are_the_admins_to_fix(hook_node):
+    """No parent: nothing is made (not by the user, not by root), the line says what to create. A symlink
+    on the way to a root-only parent is not followed by root."""
+    from slurm_vm.checkpoint.userdir import ensure_user_dir
+    from slurm_vm.errors import CheckpointDirError
+    me = pwd.getpwnam(USER)
+    groups = os.getgrouplist(USER, me.pw_gid)
+    missing = os.path.join(hook_node.tmp, "nowhere", USER)
+    with pytest.raises(CheckpointDirError, match="does not exist"):
+        ensure_user_dir(missing, USER, me.pw_uid, me.pw_gid, groups)
+    assert not os.path.exists(os.path.dirname(missing))
+    real = os.path.join(hook_node.tmp, "real-parent")
+    os.makedirs(real, mode=0o755)
+    link = os.path.join(hook_node.tmp, "link-parent")
+    os.symlink(real, link)
+    with pytest.raises(CheckpointDirError, match="may not create it"):
+        ensure_user_dir(os.path.join(link, USER), USER, me.pw_uid, me.pw_gid, groups)
+    assert os.listdir(real) == []
