@@ -70,12 +70,15 @@ def with_spec(backend: SlurmBackend, job: JobInfo) -> JobInfo:
 
 
 def with_specs(backend: SlurmBackend, jobs: list[JobInfo], reader: str) -> list[JobInfo]:
-    """with_spec for each job `reader` may read (its own; root: all), a few RPCs at a time."""
+    """with_spec for each job `reader` may read (its own; root: all), a few RPCs at a time (command-line
+    clients only: one process each; the pyslurm backend reads one after the other)."""
     from concurrent.futures import ThreadPoolExecutor
+    from .slurm.cli import CliBackend
     mine = [j for j in jobs if reader == "root" or j.user == reader]
     if not mine:
         return jobs
-    with ThreadPoolExecutor(max_workers=min(SPEC_READERS, len(mine))) as pool:
+    readers = SPEC_READERS if isinstance(backend, CliBackend) else 1
+    with ThreadPoolExecutor(max_workers=min(readers, len(mine))) as pool:
         loaded = {j.job_id: j for j in pool.map(lambda j: with_spec(backend, j), mine)}
     return [loaded.get(j.job_id, j) for j in jobs]
 
