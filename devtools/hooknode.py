@@ -69,7 +69,7 @@ class Node:
         if comment is not None:
             env["SLURM_JOB_COMMENT"] = comment
         elif spec_text is not None:
-            env["SLURM_JOB_COMMENT"] = transport.encode_comment(spec_text)
+            env["SLURM_JOB_COMMENT"] = transport.legacy_inline_comment(spec_text)   # no Slurm to read a script from
         return env
 
     def hook(self, which: str, env: dict[str, str]) -> subprocess.CompletedProcess:

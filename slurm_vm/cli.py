@@ -117,7 +117,8 @@ def _wait_and_tell(config, backend, job_id: int, wait_for: str | None, timeout: 
         progress = wait_for_ready(backend, config, job_id, wait_for, timeout, report)
     if not quiet:
         job = backend.jobs(job_ids=(job_id,))
-        click.echo(how_to_connect(job[0], progress) if job else f"VM {progress.vm_name} is ready")
+        from .lifecycle import with_spec
+        click.echo(how_to_connect(with_spec(backend, job[0]), progress) if job else f"VM {progress.vm_name} is ready")
 
 
 @main.command("wait")
@@ -172,11 +173,11 @@ def list_cmd(all_users: bool, ended: bool, as_json: bool, config_path: str | Non
 def status(ref: str, lines: int, as_json: bool, config_path: str | None) -> None:
     """Show one VM: its job, node, cores, memory and the last serial console lines."""
     from .errors import SlurmError
-    from .lifecycle import current_user, find_vm, managed_addresses, record_of, serial_tail
+    from .lifecycle import current_user, find_vm, managed_addresses, record_of, serial_tail, with_spec
     from .output import print_status
     config = _config(config_path)
     backend = _backend(config)
-    job = find_vm(backend, ref, current_user())
+    job = with_spec(backend, find_vm(backend, ref, current_user()))
     try:
         serial = serial_tail(config, job, lines, config.slurm.command_timeout)
     except SlurmError as exc:

@@ -26,12 +26,11 @@ EXIT_NODE_FAULT = 1
 
 
 def read_spec_text(ctx: JobContext, config: Config) -> str:
-    text = transport.inline_spec(ctx.comment)
-    if text is not None:
-        return text
-    digest = transport.comment_digest(ctx.comment)   # a damaged comment is refused before any RPC
+    ref = transport.parse_comment(ctx.comment)   # a damaged comment is refused before any RPC
+    if ref.inline is not None:
+        return ref.inline
     backend = get_backend("cli", config.slurm.command_timeout, config.slurm.bin_dir)
-    return transport.spec_from_script(backend.batch_script(ctx.job_id), digest)
+    return transport.spec_from_script(backend.batch_script(ctx.job_id), ref)
 
 
 def load_job_spec(ctx: JobContext, config: Config) -> VMSpec:
@@ -39,6 +38,14 @@ def load_job_spec(ctx: JobContext, config: Config) -> VMSpec:
     spec = parse_spec(read_spec_text(ctx, config), source, config)
     check_user_access(spec, config, ctx.user, source)
     return spec
+
+
+def ensure_checkpoint_dir(spec: VMSpec, config: Config, ctx: JobContext) -> None:
+    """A checkpointing VM's user dir exists and is the user's before the job runs (checkpoint/userdir.py)."""
+    path = config.checkpoint.user_dir(ctx.user)
+    if spec.checkpoints and path is not None:
+        from ..checkpoint.userdir import ensure_user_dir
+        ensure_user_dir(path, ctx.user, ctx.uid, ctx.gid, os.getgrouplist(ctx.user, ctx.gid))
 
 
 def write_error_note(config: Config, ctx: JobContext, message: str) -> None:
@@ -69,6 +76,7 @@ def run_prolog(env: dict[str, str]) -> int:
             if journal.exists():   # a requeued job, or a prolog retried after a crash
                 teardown_job(state_dir, ctx.job_id, ctx.uid)
             spec = load_job_spec(ctx, config)
+            ensure_checkpoint_dir(spec, config, ctx)
             holding = allocate_for_job(spec, config, ctx, state_dir)
             facts = gather(config, ctx.user, ctx.uid, ctx.gid)
             prepare_node(make_plan(spec, config, ctx, holding, resolve_underlays(spec, config, ctx), facts), journal)
