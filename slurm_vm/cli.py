@@ -388,5 +388,16 @@ def doctor(fix: bool, node_name: str | None, as_json: bool, config_path: str | N
     sys.exit(1 if findings and not fix else 0)
 
 
+
+@node.command("install-hook")
+@click.argument("dest", type=click.Path(dir_okay=False))
+@click.option("--config", "config_path", metavar="PATH", envvar="SLURM_VM_CONFIG", default="/etc/slurm-vm/config.yaml",
+              show_default=True, help="the admin config the hook reads")
+@click.option("--venv", metavar="DIR", help="the venv whose Python the hook runs (default: this command's)")
+def install_hook_cmd(dest: str, config_path: str, venv: str | None) -> None:
+    """Copy the node hook to DEST (e.g. /usr/local/sbin/slurm-vm-hook) for Prolog=/Epilog= or prolog.d/epilog.d."""
+    from .node.hookinstall import current_venv, install_hook
+    click.echo(install_hook(dest, config_path, current_venv() if venv is None else venv))
+
 if __name__ == "__main__":
     main()
