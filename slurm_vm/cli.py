@@ -389,6 +389,33 @@ def doctor(fix: bool, node_name: str | None, as_json: bool, config_path: str | N
 
 
 
+@node.command("check")
+@click.option("--node", "node_name", metavar="NAME", help="Slurm node name of this host (default: hostname)")
+@click.option("--root", default="/", show_default=True, type=click.Path(file_okay=False),
+              help="read /proc, /lib/modules, /dev and the images under this directory (tests, chroots)")
+@click.option("--drain", is_flag=True, help="HealthCheckProgram: drain this node with the first problem as the "
+              "reason; resume it once ready if this check drained it")
+@click.option("--quiet", "-q", is_flag=True, help="print problems only")
+@json_option
+@config_option
+def check(node_name: str | None, root: str, drain: bool, quiet: bool, as_json: bool, config_path: str | None) -> None:
+    """Is this node ready for the configured images, networks and hypervisors? One line per prerequisite."""
+    import socket
+    from .node.readycheck import check_node, drain_reason
+    config = _config(config_path)
+    node_name = node_name or socket.gethostname().split(".")[0]
+    results = check_node(config, node_name, root)
+    if as_json:
+        click.echo(json.dumps([r.as_json() for r in results], indent=2))
+    else:
+        for result in results:
+            if not (quiet and result.ok):
+                click.echo(result.line())
+    if drain:
+        from .node.healthcheck import apply_drain
+        apply_drain(config, node_name, drain_reason(results))
+    sys.exit(0 if all(r.ok for r in results) else 1)
+
 @node.command("install-hook")
 @click.argument("dest", type=click.Path(dir_okay=False))
 @click.option("--config", "config_path", metavar="PATH", envvar="SLURM_VM_CONFIG", default="/etc/slurm-vm/config.yaml",
