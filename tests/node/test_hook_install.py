@@ -145,3 +145,19 @@ def test_state_held_here_with_a_broken_venv_fails(hook_node):
     assert proc.returncode == 1 and "is missing or broken" in proc.stderr
     assert node.epilog(409, SPEC).returncode == 0
     assert node.leftovers(409) == []
+
+
+@pytest.mark.parametrize("policy", ["fail-job", "drain-node"])
+def test_missing_bridge_fails_the_job_not_the_node(hook_node, policy):
+    """The node lacks a network's bridge: the job fails with one line naming it; the health check drains."""
+    node = hook_node
+    node.write_config({"user_errors": policy,
+                       "networks": {"lan": {"kind": "bridge", "bridge": "br-missing"}}})
+    proc = node.prolog(410, SPEC)
+    assert proc.returncode == 0, proc.stderr
+    with open(os.path.join(node.state, "jobs", "410.error")) as fh:
+        note = fh.read()
+    assert note.count("\n") == 1 and "bridge 'br-missing' does not exist on node" in note, note
+    assert "slurm-vm node check" in note
+    assert node.epilog(410, SPEC).returncode == 0
+    assert node.leftovers(410) == []
