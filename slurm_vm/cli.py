@@ -289,7 +289,7 @@ def ssh(ref: str, login: str | None, ssh_args: tuple[str, ...], config_path: str
     backend = _backend(config)
     job = owned_vm(backend, ref, current_user())
     argv = ssh_command(job, require_running(backend, job), config.slurm_vm_command, login, ssh_args,
-                       managed_addresses(backend, config, [job]).get(job.job_id, ()))
+                       managed_addresses(backend, config, [job]).get(job.job_id, ()), config.networks)
     os.execvp(argv[0], argv)
 
 
@@ -342,7 +342,8 @@ def scp(scp_args: tuple[str, ...], config_path: str | None) -> None:
     def resolve(name: str):
         job = owned_vm(backend, name, current_user())
         return job, require_running(backend, job), config.slurm_vm_command
-    argv = scp_command(scp_args, resolve, lambda job: managed_addresses(backend, config, [job]).get(job.job_id, ()))
+    argv = scp_command(scp_args, resolve, lambda job: managed_addresses(backend, config, [job]).get(job.job_id, ()),
+                       config.networks)
     os.execvp(argv[0], argv)
 
 
