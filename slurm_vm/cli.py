@@ -356,10 +356,10 @@ def tcp_relay_cmd(host: str, port: int) -> None:
     sys.exit(tcp_relay(host, port))
 
 
-@main.command(hidden=True)
+@main.command()
 @click.argument("which", type=click.Choice(["spec", "config"]))
 def reference(which: str) -> None:
-    """Print the generated field reference (docs/*-reference.md are made from it)."""
+    """Print every field of a spec or of the admin config (docs/*-reference.md are made from it)."""
     from .reference import render_reference
     click.echo(render_reference(which), nl=False)
 

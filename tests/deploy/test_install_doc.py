@@ -154,7 +154,7 @@ def fails(proc: subprocess.CompletedProcess) -> list[str]:
 def test_node_check_in_the_installed_root(installed_root):
     work, root = installed_root
     prepare_node_files(root)
-    check = doc_blocks("compute-node-check")[0]
+    check = doc_blocks("compute-node-check")[0].strip()
     netns = node_netns()
     try:
         ready = in_chroot(root, check + " || echo rc=$?", netns)
