@@ -73,6 +73,7 @@ class Node:
         return env
 
     def hook(self, which: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+        env = {**env, "SLURM_SCRIPT_CONTEXT": f"{which}_slurmd"}   # as slurmd sets it
         return subprocess.run(["nsenter", f"--net=/run/netns/{self.netns}", os.path.join(VENV_BIN, f"slurm-vm-{which}")],
                               env=env, capture_output=True, text=True, timeout=120)
 

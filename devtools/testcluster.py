@@ -80,7 +80,7 @@ class Cluster:
     name: str = "tc"
     slurm: str = "22.05"
     nodes_count: int = 3
-    hooks: str = "record"            # none | record | slurm-vm
+    hooks: str = "record"            # none | record | slurm-vm | dirs (Prolog=hooks/prolog.d/*, a site's 10-record)
     venv: str | None = None          # for hooks=slurm-vm: where slurm-vm-prolog/epilog live
     slurm_vm_config: str | None = None
     bind: list[str] = field(default_factory=list)
@@ -249,7 +249,10 @@ class Cluster:
         os.chmod(hooks, 0o755)
         for which in ("prolog", "epilog"):
             path = os.path.join(hooks, which)
-            if self.hooks == "record":
+            if self.hooks == "dirs":   # a site's hook dirs: callers add their own entries next to 10-record
+                os.makedirs(os.path.join(hooks, f"{which}.d"), mode=0o755, exist_ok=True)
+                path = os.path.join(hooks, f"{which}.d", "10-record")
+            if self.hooks in ("record", "dirs"):
                 body = (f'out={q(self.path("hook-records"))}/{which}.${{SLURM_JOB_ID}}.${{SLURMD_NODENAME}}\n'
                         'env | grep -E "^(SLURM|SLURMD)_" | sort > "$out.tmp"\n'
                         'echo "HOOK_UID=$(id -u)" >> "$out.tmp"\nmv "$out.tmp" "$out"\n')
@@ -294,8 +297,7 @@ class Cluster:
             "SelectType=select/cons_tres",
             "SelectTypeParameters=CR_Core_Memory",
             "PrologFlags=Alloc,Contain,DeferBatch",
-            f"Prolog={self.path('hooks', 'prolog')}",
-            f"Epilog={self.path('hooks', 'epilog')}",
+            *self._hook_lines(),
             f"KillWait={self.kill_wait}",
             "MinJobAge=600",
             "ReturnToService=2",
@@ -322,6 +324,11 @@ class Cluster:
             os.makedirs(self.path(node, "spool"), exist_ok=True)
         for name in ("slurm.conf", "cgroup.conf"):
             os.chmod(self.path("etc", name), 0o644)
+
+    def _hook_lines(self) -> list[str]:
+        if self.hooks == "dirs":   # slurmd runs every file of the glob (in reverse alphabetical order)
+            return [f"Prolog={self.path('hooks', 'prolog.d', '*')}", f"Epilog={self.path('hooks', 'epilog.d', '*')}"]
+        return [f"Prolog={self.path('hooks', 'prolog')}", f"Epilog={self.path('hooks', 'epilog')}"]
 
     def _partitions(self) -> list[str]:
         main = "PartitionName=main Nodes=ALL Default=YES MaxTime=INFINITE State=UP"

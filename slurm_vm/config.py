@@ -29,6 +29,9 @@ class Image:
     cmdline: str | None = field(Str(max_len=2048), "kernel command line for direct boot", None)
     firmware: str | None = field(AbsPath(), "firmware (e.g. CLOUDHV.fd or OVMF) for disk boot", None)
     description: str = field(Str(max_len=200), "shown by `slurm-vm images`", "")
+    login_user: str | None = field(Str(pattern=USER_PATTERN, pattern_help=USER_HELP),
+                                   "the image's login user (cloud-init's default user, who gets the spec's "
+                                   "`ssh_authorized_keys`), shown by `slurm-vm images`", None)
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,14 @@ class NodeError(SlurmVmError):
     """Preparing or tearing down a node's objects failed."""
 
 
+class NodeNotReady(NodeError):
+    """This node lacks what the config promises a job (a network's bridge or parent interface).
+
+    The prolog fails the job with the reason and does not drain the node: `slurm-vm node check` (the admins'
+    HealthCheckProgram) is what drains nodes that are not ready.
+    """
+
+
 class HypervisorError(SlurmVmError):
     """The hypervisor could not be configured, started or controlled."""
 

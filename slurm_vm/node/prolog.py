@@ -6,7 +6,7 @@ import os
 
 from .. import transport
 from ..config import Config
-from ..errors import SlurmVmError, is_users_fault
+from ..errors import NodeNotReady, SlurmVmError, is_users_fault
 from ..slurm import get_backend
 from ..spec import VMSpec, check_user_access, parse_spec
 from .allocate import allocate_for_job
@@ -81,8 +81,8 @@ def run_prolog(env: dict[str, str]) -> int:
             facts = gather(config, ctx.user, ctx.uid, ctx.gid)
             prepare_node(make_plan(spec, config, ctx, holding, resolve_underlays(spec, config, ctx), facts), journal)
     except SlurmVmError as exc:
-        if is_users_fault(exc):
-            return _refuse(config, ctx, "; ".join(str(exc).splitlines()))
+        if is_users_fault(exc) or isinstance(exc, NodeNotReady):   # the health check drains unready nodes
+            return _refuse(config, ctx, "; ".join(str(exc).splitlines()), may_drain=is_users_fault(exc))
         log_event("prolog", ctx.job_id, str(exc), config.log_file, error=True)
         return EXIT_NODE_FAULT
     except OSError as exc:
@@ -92,9 +92,9 @@ def run_prolog(env: dict[str, str]) -> int:
     return EXIT_OK
 
 
-def _refuse(config: Config, ctx: JobContext, message: str) -> int:
+def _refuse(config: Config, ctx: JobContext, message: str, may_drain: bool = True) -> int:
     log_event("prolog", ctx.job_id, f"refused: {message}", config.log_file, error=True)
-    if config.user_errors == "drain-node":
+    if may_drain and config.user_errors == "drain-node":
         return EXIT_NODE_FAULT
     try:
         write_error_note(config, ctx, message)
