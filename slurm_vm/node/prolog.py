@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 
+import yaml
+
 from .. import transport
 from ..config import Config
-from ..errors import SlurmVmError, is_users_fault
+from ..errors import SlurmVmError, UserFault, is_users_fault
 from ..slurm import get_backend
 from ..spec import VMSpec, check_user_access, parse_spec
 from .allocate import allocate_for_job
@@ -14,7 +16,7 @@ from .context import JobContext
 from .journal import Journal
 from .layout import ensure_state_dirs, error_note_path
 from .log import hook_context, log_event
-from .plan import make_plan
+from .plan import NodePlan, make_plan
 from .prepare import prepare_node
 from .teardown import teardown_job
 from .underlay import resolve_underlays
@@ -38,6 +40,25 @@ def load_job_spec(ctx: JobContext, config: Config) -> VMSpec:
     spec = parse_spec(read_spec_text(ctx, config), source, config)
     check_user_access(spec, config, ctx.user, source)
     return spec
+
+
+# What the pure planning code can raise on input it did not expect. The plan is computed from the user's
+# spec alone (and the admin's config, checked when loaded), so such a failure is the spec's, never the node's.
+_PLANNING_BUGS = (ValueError, TypeError, LookupError, ArithmeticError, RecursionError, yaml.YAMLError)
+
+
+def plan_job(spec: VMSpec, config: Config, ctx: JobContext, holding, underlays) -> NodePlan:
+    """make_plan, with everything it builds from the spec (seed documents included) proved writable."""
+    try:
+        plan = make_plan(spec, config, ctx, holding, underlays)
+        seed = plan.seed
+        for text in (seed.meta_data, seed.user_data, seed.network_config, seed.vendor_data):
+            (text or "").encode("utf-8")
+        return plan
+    except _PLANNING_BUGS as exc:
+        log_event("prolog", ctx.job_id, f"planning failed: {type(exc).__name__}: {exc}", config.log_file, error=True)
+        raise UserFault(f"slurm-vm cannot build a VM from this spec ({type(exc).__name__}: "
+                        f"{str(exc)[:200]}); `slurm-vm validate` should have refused it: please report this") from None
 
 
 def write_error_note(config: Config, ctx: JobContext, message: str) -> None:
@@ -69,7 +90,7 @@ def run_prolog(env: dict[str, str]) -> int:
                 teardown_job(state_dir, ctx.job_id, ctx.uid)
             spec = load_job_spec(ctx, config)
             holding = allocate_for_job(spec, config, ctx, state_dir)
-            prepare_node(make_plan(spec, config, ctx, holding, resolve_underlays(spec, config, ctx)), journal)
+            prepare_node(plan_job(spec, config, ctx, holding, resolve_underlays(spec, config, ctx)), journal)
     except SlurmVmError as exc:
         if is_users_fault(exc):
             return _refuse(config, ctx, "; ".join(str(exc).splitlines()))

@@ -1,0 +1,196 @@
+"""No user input drains a node (issue 20): the real prolog and epilog, as root, against hostile specs and
+hostile job-dir contents. Each ends with the hook's exit 0 (the job ran, or failed with one line naming
+its cause) and nothing left behind; an exit 1 would drain the node.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import socket
+import time
+
+import pytest
+
+from devtools.hooknode import SPEC, USER
+
+pytestmark = pytest.mark.root
+
+BASE = """name: web
+image: base
+memory: 256M
+networks: [{network: lan}]
+"""
+EPILOG_SECONDS = 30   # well inside the epilog's own 60 s limit
+DEEP = 3000           # deeper than Python's recursion limit and than any fd-per-level walk could hold
+
+
+def refused(node, job: int, spec: str) -> str:
+    proc = node.prolog(job, spec)
+    assert proc.returncode == 0, proc.stderr
+    note_path = os.path.join(node.state, "jobs", f"{job}.error")
+    assert os.path.exists(note_path), proc.stderr
+    note = open(note_path).read()
+    assert len(note.strip().splitlines()) == 1, note
+    assert [x for x in node.leftovers(job) if x != f"jobs/{job}.error"] == []
+    assert node.epilog(job, spec).returncode == 0
+    assert node.leftovers(job) == []
+    return note
+
+
+@pytest.mark.parametrize("case,spec,field", [
+    ("user-data-surrogate", BASE + 'cloud_init: {user_data: "#!/bin/sh\\n\\uD800"}\n', "cloud_init.user_data"),
+    ("user-data-low-surrogate", BASE + 'cloud_init: {user_data: "#cloud-config\\n# \\uDFFF"}\n',
+     "cloud_init.user_data"),
+    ("network-config-surrogate-value", BASE.replace("networks: [{network: lan}]\n", "") +
+     'cloud_init: {network_config: {version: 2, x: "\\uD801"}}\n', "cloud_init.network_config"),
+    ("network-config-surrogate-key", BASE.replace("networks: [{network: lan}]\n", "") +
+     'cloud_init: {network_config: {version: 2, "\\uDC80": 1}}\n', "cloud_init.network_config"),
+    ("user-data-nul", BASE + 'cloud_init: {user_data: "#!/bin/sh\\0"}\n', "cloud_init.user_data"),
+    ("hostname-surrogate", BASE + 'cloud_init: {hostname: "a\\uD800"}\n', "cloud_init.hostname"),
+])
+def test_spec_the_seed_writer_cannot_hold_is_refused(hook_node, case, spec, field):
+    """`cloud_init: {user_data: "#!/bin/sh\\n\\uD800"}` drained the node (UnicodeEncodeError in the seed
+    writer): now validation refuses it, and the prolog with it, naming the field."""
+    note = refused(hook_node, 900, spec)
+    assert field in note, (case, note)
+
+
+def test_mount_target_with_a_quote_is_refused(hook_node):
+    """A quote in a mount target broke the vendor-data YAML slurm-vm writes (a YAMLError: node fault)."""
+    node = hook_node
+    shares = os.path.join(node.tmp, "shares")
+    os.makedirs(os.path.join(shares, "d"))
+    os.chmod(shares, 0o755)
+    node.write_config({"mounts": {"allowed": [shares]}})
+    spec = BASE + f"mounts:\n  - {{source: {shares}/d, target: \"/mnt/a'b\", readonly: true}}\n"
+    assert "mounts[0].target" in refused(node, 901, spec)
+
+
+def test_deeply_nested_cloud_config_with_keys_runs(hook_node):
+    """A #cloud-config too deep for the YAML parser, with keys to merge: the user-data goes to the guest as
+    written (the keys through vendor-data), the prolog neither crashes nor blames the node."""
+    node = hook_node
+    key = "ssh-ed25519 " + "A" * 68 + " me@host"
+    user_data = "#cloud-config\\na: " + "[" * 5000 + "]" * 5000
+    spec = BASE + f'cloud_init:\n  ssh_authorized_keys: ["{key}"]\n  user_data: "{user_data}"\n'
+    proc = node.prolog(902, spec)
+    assert proc.returncode == 0 and not os.path.exists(os.path.join(node.state, "jobs", "902.error")), proc.stderr
+    assert os.path.exists(os.path.join(node.state, "jobs", "902", "seed.iso"))
+    assert node.epilog(902, spec).returncode == 0
+    assert node.leftovers(902) == []
+
+
+# --- hostile job-dir contents: the job dir is the user's from the handover on ---
+
+def _as_user(path: str) -> None:
+    user = pwd.getpwnam(USER)
+    os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)
+
+
+def plant_fifo(node, path):
+    os.mkfifo(path)
+
+
+def plant_link_to_shadow(node, path):
+    os.symlink("/etc/shadow", path)
+
+
+def plant_link_to_dir(node, path):
+    os.symlink("/etc", path)
+
+
+def plant_hardlink_to_root_file(node, path):
+    os.link(node.base, path)   # as on a node with fs.protected_hardlinks=0
+
+
+def plant_hardlink_to_own_file(node, path):
+    own = path + ".mine"
+    with open(own, "w") as fh:
+        fh.write("1\n")
+    _as_user(own)
+    os.link(own, path)
+
+
+def plant_zero_device(node, path):
+    os.mknod(path, 0o666 | 0o020000, os.makedev(1, 5))   # /dev/zero: endless data
+
+
+def plant_socket(node, path):
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(path)
+    sock.close()
+
+
+def plant_huge_file(node, path):
+    with open(path, "wb") as fh:
+        fh.truncate(1 << 40)
+
+
+def plant_locked_dir(node, path):
+    os.mkdir(path)
+    os.mkfifo(os.path.join(path, "fifo"))
+    os.chmod(path, 0)
+
+
+def plant_deep_tree(node, path):
+    os.mkdir(path)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(DEEP):
+        os.mkdir("d", dir_fd=fd)
+        os.mkfifo("f", dir_fd=fd)
+        nfd = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    os.close(fd)
+
+
+PLANTS = (plant_fifo, plant_link_to_shadow, plant_link_to_dir, plant_hardlink_to_root_file,
+          plant_hardlink_to_own_file, plant_zero_device, plant_socket, plant_huge_file, plant_locked_dir,
+          plant_deep_tree)
+# Every name root opens, reads or removes in the job dir after the handover.
+ROOT_NAMES = ("vmm.pid", "seed.iso", "overlay.qcow2", "vm.json")
+
+
+@pytest.mark.parametrize("round_", range(len(PLANTS)))
+def test_hostile_job_dir_contents_never_fail_the_epilog(hook_node, round_):
+    """`mkfifo <job dir>/vmm.pid` hung the epilog until its limit and drained the node. Each round puts a
+    different hostile entry at each name root touches; over the rounds every entry meets every name."""
+    node = hook_node
+    job = 910 + round_
+    assert node.prolog(job, SPEC).returncode == 0
+    jdir = os.path.join(node.state, "jobs", str(job))
+    protected = {p: os.stat(p) for p in ("/etc/shadow", "/etc/passwd", node.base)}
+    for i, name in enumerate(ROOT_NAMES):
+        path = os.path.join(jdir, name)
+        if os.path.lexists(path):
+            os.unlink(path)
+        plant = PLANTS[(round_ + i) % len(PLANTS)]
+        plant(node, path)
+        if plant is not plant_hardlink_to_root_file:   # a link shares its inode: that one stays root's
+            _as_user(path)
+    started = time.monotonic()
+    proc = node.epilog(job, SPEC)
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - started < EPILOG_SECONDS
+    assert node.leftovers(job) == []
+    for path, before in protected.items():
+        after = os.stat(path)
+        assert (after.st_ino, after.st_mode, after.st_uid, after.st_size) == \
+            (before.st_ino, before.st_mode, before.st_uid, before.st_size), path
+
+
+def test_requeued_job_with_a_hostile_job_dir_starts_afresh(hook_node):
+    """The prolog of a requeued job tears the old job dir down first: the same hostile contents must not
+    make it a node fault either."""
+    node = hook_node
+    assert node.prolog(930, SPEC).returncode == 0
+    jdir = os.path.join(node.state, "jobs", "930")
+    os.unlink(os.path.join(jdir, "seed.iso"))
+    plant_deep_tree(node, os.path.join(jdir, "seed.iso"))
+    plant_fifo(node, os.path.join(jdir, "vmm.pid"))
+    proc = node.prolog(930, SPEC)
+    assert proc.returncode == 0, proc.stderr
+    assert os.path.isfile(os.path.join(jdir, "seed.iso"))
+    assert node.epilog(930, SPEC).returncode == 0
+    assert node.leftovers(930) == []
