@@ -6,13 +6,12 @@ its cause) and nothing left behind; an exit 1 would drain the node.
 from __future__ import annotations
 
 import os
-import pwd
-import socket
 import time
 
 import pytest
 
-from devtools.hooknode import SPEC, USER
+from devtools.hooknode import SPEC
+from devtools.hostile import PLANTS, ROOT_NAMES, plant, plant_deep_tree, plant_fifo
 
 pytestmark = pytest.mark.root
 
@@ -22,7 +21,6 @@ memory: 256M
 networks: [{network: lan}]
 """
 EPILOG_SECONDS = 30   # well inside the epilog's own 60 s limit
-DEEP = 3000           # deeper than Python's recursion limit and than any fd-per-level walk could hold
 
 
 def refused(node, job: int, spec: str) -> str:
@@ -83,75 +81,6 @@ def test_deeply_nested_cloud_config_with_keys_runs(hook_node):
 
 # --- hostile job-dir contents: the job dir is the user's from the handover on ---
 
-def _as_user(path: str) -> None:
-    user = pwd.getpwnam(USER)
-    os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)
-
-
-def plant_fifo(node, path):
-    os.mkfifo(path)
-
-
-def plant_link_to_shadow(node, path):
-    os.symlink("/etc/shadow", path)
-
-
-def plant_link_to_dir(node, path):
-    os.symlink("/etc", path)
-
-
-def plant_hardlink_to_root_file(node, path):
-    os.link(node.base, path)   # as on a node with fs.protected_hardlinks=0
-
-
-def plant_hardlink_to_own_file(node, path):
-    own = path + ".mine"
-    with open(own, "w") as fh:
-        fh.write("1\n")
-    _as_user(own)
-    os.link(own, path)
-
-
-def plant_zero_device(node, path):
-    os.mknod(path, 0o666 | 0o020000, os.makedev(1, 5))   # /dev/zero: endless data
-
-
-def plant_socket(node, path):
-    sock = socket.socket(socket.AF_UNIX)
-    sock.bind(path)
-    sock.close()
-
-
-def plant_huge_file(node, path):
-    with open(path, "wb") as fh:
-        fh.truncate(1 << 40)
-
-
-def plant_locked_dir(node, path):
-    os.mkdir(path)
-    os.mkfifo(os.path.join(path, "fifo"))
-    os.chmod(path, 0)
-
-
-def plant_deep_tree(node, path):
-    os.mkdir(path)
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    for _ in range(DEEP):
-        os.mkdir("d", dir_fd=fd)
-        os.mkfifo("f", dir_fd=fd)
-        nfd = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-        os.close(fd)
-        fd = nfd
-    os.close(fd)
-
-
-PLANTS = (plant_fifo, plant_link_to_shadow, plant_link_to_dir, plant_hardlink_to_root_file,
-          plant_hardlink_to_own_file, plant_zero_device, plant_socket, plant_huge_file, plant_locked_dir,
-          plant_deep_tree)
-# Every name root opens, reads or removes in the job dir after the handover.
-ROOT_NAMES = ("vmm.pid", "seed.iso", "overlay.qcow2", "vm.json")
-
-
 @pytest.mark.parametrize("round_", range(len(PLANTS)))
 def test_hostile_job_dir_contents_never_fail_the_epilog(hook_node, round_):
     """`mkfifo <job dir>/vmm.pid` hung the epilog until its limit and drained the node. Each round puts a
@@ -162,13 +91,7 @@ def test_hostile_job_dir_contents_never_fail_the_epilog(hook_node, round_):
     jdir = os.path.join(node.state, "jobs", str(job))
     protected = {p: os.stat(p) for p in ("/etc/shadow", "/etc/passwd", node.base)}
     for i, name in enumerate(ROOT_NAMES):
-        path = os.path.join(jdir, name)
-        if os.path.lexists(path):
-            os.unlink(path)
-        plant = PLANTS[(round_ + i) % len(PLANTS)]
-        plant(node, path)
-        if plant is not plant_hardlink_to_root_file:   # a link shares its inode: that one stays root's
-            _as_user(path)
+        plant(PLANTS[(round_ + i) % len(PLANTS)], node.base, os.path.join(jdir, name))
     started = time.monotonic()
     proc = node.epilog(job, SPEC)
     assert proc.returncode == 0, proc.stderr
@@ -186,9 +109,8 @@ def test_requeued_job_with_a_hostile_job_dir_starts_afresh(hook_node):
     node = hook_node
     assert node.prolog(930, SPEC).returncode == 0
     jdir = os.path.join(node.state, "jobs", "930")
-    os.unlink(os.path.join(jdir, "seed.iso"))
-    plant_deep_tree(node, os.path.join(jdir, "seed.iso"))
-    plant_fifo(node, os.path.join(jdir, "vmm.pid"))
+    plant(plant_deep_tree, node.base, os.path.join(jdir, "seed.iso"))
+    plant(plant_fifo, node.base, os.path.join(jdir, "vmm.pid"))
     proc = node.prolog(930, SPEC)
     assert proc.returncode == 0, proc.stderr
     assert os.path.isfile(os.path.join(jdir, "seed.iso"))
