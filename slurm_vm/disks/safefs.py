@@ -63,28 +63,31 @@ def read_user_file(path: str, max_bytes: int, owner: int | None = None) -> bytes
         os.close(fd)
 
 
-def remove_tree_safely(path: str) -> None:
+def remove_tree_safely(path: str, deadline: float | None = None) -> bool:
     """Remove a file, symlink or directory tree without following symlinks. Missing is fine.
 
     The walk is fd-based and iterative, so a user's tree of any depth, any kind of entries (FIFOs,
     sockets, hard links, files of any size) or a directory they made unreadable goes without a hang,
-    a recursion limit or running out of file descriptors."""
+    a recursion limit or running out of file descriptors. With a `deadline` (time.monotonic()) the walk
+    stops there: False means part of the tree is still there."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return
+        return True
     if not stat.S_ISDIR(st.st_mode):
         _unlink_missing_ok(path)
-        return
+        return True
     top = os.open(path, _DIR_FLAGS)
     try:
-        _empty_directory(top)
+        if not _empty_directory(top, deadline):
+            return False
     finally:
         os.close(top)
     try:
         os.rmdir(path)
     except FileNotFoundError:
         pass
+    return True
 
 
 def _unlink_missing_ok(name: str, dir_fd: int | None = None) -> None:
@@ -94,15 +97,16 @@ def _unlink_missing_ok(name: str, dir_fd: int | None = None) -> None:
         pass
 
 
-def _empty_directory(top: int) -> None:
+def _empty_directory(top: int, deadline: float | None = None) -> bool:
     """Remove everything below the open directory `top`, depth first, without recursion. Below
     MAX_OPEN_LEVELS open levels, a deeper directory is first moved up into `top` (renameat: no path
-    walk a user could redirect), so a tree of any depth needs a bounded number of descriptors."""
+    walk a user could redirect), so a tree of any depth needs a bounded number of descriptors. False: the
+    deadline came first."""
     stack: list[tuple[int, str]] = []   # (open subdirectory, its name in the directory below it)
     current = top
     try:
         while True:
-            sub = _unlink_files(current)
+            sub = _unlink_files(current, deadline)
             if sub is not None and len(stack) >= MAX_OPEN_LEVELS:
                 os.rename(sub, f".svm-rm-{os.urandom(6).hex()}", src_dir_fd=current, dst_dir_fd=top)
             elif sub is not None:
@@ -114,13 +118,19 @@ def _empty_directory(top: int) -> None:
                 current = stack[-1][0] if stack else top
                 os.rmdir(name, dir_fd=current)
             else:
-                return
+                return True
+    except _OutOfTime:
+        return False
     finally:
         for fd, _ in stack:
             os.close(fd)
 
 
-def _unlink_files(dir_fd: int) -> str | None:
+class _OutOfTime(Exception):
+    pass
+
+
+def _unlink_files(dir_fd: int, deadline: float | None) -> str | None:
     """Unlink every entry of `dir_fd` that is not a directory; the name of one subdirectory, or None when
     the directory is empty."""
     while True:
@@ -128,7 +138,9 @@ def _unlink_files(dir_fd: int) -> str | None:
         if not names:
             return None
         subdir = None
-        for name in names:
+        for count, name in enumerate(names):
+            if deadline is not None and count % 256 == 0 and time.monotonic() > deadline:
+                raise _OutOfTime()
             try:
                 st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             except FileNotFoundError:

@@ -116,3 +116,25 @@ def test_requeued_job_with_a_hostile_job_dir_starts_afresh(hook_node):
     assert os.path.isfile(os.path.join(jdir, "seed.iso"))
     assert node.epilog(930, SPEC).returncode == 0
     assert node.leftovers(930) == []
+
+
+def test_a_job_dir_too_big_for_the_budget_waits_in_the_trash(tmp_path):
+    """A user can fill the job dir with more files than a hook can remove in its time: the teardown moves it
+    aside whole (one rename, the job's name is free at once), removes what its budget allows, and the next
+    teardown (any job's) or `node doctor --fix` goes on; doctor lists it meanwhile."""
+    from slurm_vm.node.layout import ensure_state_dirs, job_dir, trash_dir
+    from slurm_vm.node.objects import Trash
+    from slurm_vm.node.system import HostSystem
+    state = str(tmp_path / "state")
+    ensure_state_dirs(state)
+    jdir = job_dir(state, 940)
+    os.mkdir(jdir)
+    for i in range(2000):
+        open(os.path.join(jdir, f"f{i}"), "w").close()
+    system = HostSystem()
+    assert system.remove_job_dir(jdir, trash_dir(state), 0.0) is False
+    assert not os.path.lexists(jdir)
+    [left] = Trash.leftovers(system, state)
+    assert (left.kind, left.job_id) == ("job dir being removed", 940)
+    assert system.empty_trash(trash_dir(state), 30.0) == []
+    assert Trash.leftovers(system, state) == []
