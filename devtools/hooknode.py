@@ -90,7 +90,7 @@ class Node:
 
     def leftovers(self, job_id: int) -> list[str]:
         found = [name for name in self.links() if name.startswith(f"svm{job_id}n")]
-        for sub in ("jobs", "journal", "nics"):
+        for sub in ("jobs", "journal", "nics", "trash"):
             directory = os.path.join(self.state, sub)
             if os.path.isdir(directory):
                 found += [f"{sub}/{n}" for n in os.listdir(directory) if n.split(".")[0] == str(job_id)]

@@ -40,26 +40,118 @@ def make_private_dir(path: str, uid: int, gid: int, mode: int = 0o700) -> None:
         os.close(fd)
 
 
-def remove_tree_safely(path: str) -> None:
-    """Remove a file, symlink or directory tree without following symlinks. Missing is fine."""
+# Opening a path a user can write: never through a link, never waiting on a FIFO's writer or a device.
+USER_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+MAX_OPEN_LEVELS = 64   # remove_tree_safely holds at most this many directories open at once
+
+
+def read_user_file(path: str, max_bytes: int, owner: int | None = None) -> bytes | None:
+    """The first `max_bytes` of a regular file that a user may have planted, replaced or removed.
+
+    None (nothing read) when `path` is missing or is anything but a regular file with one name owned by
+    `owner` (when given): a symlink, FIFO, socket, device, directory, a hard link to another file."""
+    try:
+        fd = os.open(path, USER_FILE_FLAGS)
+    except OSError:   # missing, a symlink (ELOOP), a socket (ENXIO)
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or (owner is not None and st.st_uid != owner):
+            return None
+        return os.read(fd, max_bytes)
+    finally:
+        os.close(fd)
+
+
+def remove_tree_safely(path: str, deadline: float | None = None) -> bool:
+    """Remove a file, symlink or directory tree without following symlinks. Missing is fine.
+
+    The walk is fd-based and iterative, so a user's tree of any depth, any kind of entries (FIFOs,
+    sockets, hard links, files of any size) or a directory they made unreadable goes without a hang,
+    a recursion limit or running out of file descriptors. With a `deadline` (time.monotonic()) the walk
+    stops there: False means part of the tree is still there."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        import shutil   # here: the prolog's path does not need it (~5 ms of imports)
-        # rmtree uses fd-based traversal on Linux (shutil.rmtree.avoids_symlink_attacks)
-        shutil.rmtree(path, onerror=_ignore_missing)
-    else:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        return True
+    if not stat.S_ISDIR(st.st_mode):
+        _unlink_missing_ok(path)
+        return True
+    top = os.open(path, _DIR_FLAGS)
+    try:
+        if not _empty_directory(top, deadline):
+            return False
+    finally:
+        os.close(top)
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    return True
 
 
-def _ignore_missing(function, path, exc_info) -> None:
-    if not isinstance(exc_info[1], FileNotFoundError):
-        raise exc_info[1]
+def _unlink_missing_ok(name: str, dir_fd: int | None = None) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+
+
+def _empty_directory(top: int, deadline: float | None = None) -> bool:
+    """Remove everything below the open directory `top`, depth first, without recursion. Below
+    MAX_OPEN_LEVELS open levels, a deeper directory is first moved up into `top` (renameat: no path
+    walk a user could redirect), so a tree of any depth needs a bounded number of descriptors. False: the
+    deadline came first."""
+    stack: list[tuple[int, str]] = []   # (open subdirectory, its name in the directory below it)
+    current = top
+    try:
+        while True:
+            sub = _unlink_files(current, deadline)
+            if sub is not None and len(stack) >= MAX_OPEN_LEVELS:
+                os.rename(sub, f".svm-rm-{os.urandom(6).hex()}", src_dir_fd=current, dst_dir_fd=top)
+            elif sub is not None:
+                stack.append((os.open(sub, _DIR_FLAGS, dir_fd=current), sub))
+                current = stack[-1][0]
+            elif stack:
+                fd, name = stack.pop()
+                os.close(fd)
+                current = stack[-1][0] if stack else top
+                os.rmdir(name, dir_fd=current)
+            else:
+                return True
+    except _OutOfTime:
+        return False
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+def _unlink_files(dir_fd: int, deadline: float | None) -> str | None:
+    """Unlink every entry of `dir_fd` that is not a directory; the name of one subdirectory, or None when
+    the directory is empty."""
+    while True:
+        names = os.listdir(dir_fd)
+        if not names:
+            return None
+        subdir = None
+        for count, name in enumerate(names):
+            if deadline is not None and count % 256 == 0 and time.monotonic() > deadline:
+                raise _OutOfTime()
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                subdir = subdir or name
+            else:
+                _unlink_missing_ok(name, dir_fd)
+        if subdir is not None:
+            return subdir
 
 
 def write_file_atomic(dir_fd: int, name: str, data: bytes, uid: int, gid: int, mode: int = 0o600) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 
+import yaml
+
 from .. import transport
 from ..config import Config
-from ..errors import NodeNotReady, SlurmVmError, is_users_fault
+from ..errors import NodeNotReady, SlurmVmError, UserFault, is_users_fault
 from ..slurm import get_backend
 from ..spec import VMSpec, check_user_access, parse_spec
 from .allocate import allocate_for_job
@@ -15,7 +17,7 @@ from .hostfacts import gather
 from .journal import Journal
 from .layout import ensure_state_dirs, error_note_path
 from .log import hook_context, log_event
-from .plan import make_plan
+from .plan import NodePlan, make_plan
 from .prepare import prepare_node
 from .teardown import teardown_job
 from .underlay import resolve_underlays
@@ -46,6 +48,25 @@ def ensure_checkpoint_dir(spec: VMSpec, config: Config, ctx: JobContext) -> None
     if spec.checkpoints and path is not None:
         from ..checkpoint.userdir import ensure_user_dir
         ensure_user_dir(path, ctx.user, ctx.uid, ctx.gid, os.getgrouplist(ctx.user, ctx.gid))
+
+
+# What the pure planning code can raise on input it did not expect. The plan is computed from the user's
+# spec alone (and the admin's config, checked when loaded), so such a failure is the spec's, never the node's.
+_PLANNING_BUGS = (ValueError, TypeError, LookupError, ArithmeticError, RecursionError, yaml.YAMLError)
+
+
+def plan_job(spec: VMSpec, config: Config, ctx: JobContext, holding, underlays, facts) -> NodePlan:
+    """make_plan, with everything it builds from the spec (seed documents included) proved writable."""
+    try:
+        plan = make_plan(spec, config, ctx, holding, underlays, facts)
+        seed = plan.seed
+        for text in (seed.meta_data, seed.user_data, seed.network_config, seed.vendor_data):
+            (text or "").encode("utf-8")
+        return plan
+    except _PLANNING_BUGS as exc:
+        log_event("prolog", ctx.job_id, f"planning failed: {type(exc).__name__}: {exc}", config.log_file, error=True)
+        raise UserFault(f"slurm-vm cannot build a VM from this spec ({type(exc).__name__}: "
+                        f"{str(exc)[:200]}); `slurm-vm validate` should have refused it: please report this") from None
 
 
 def write_error_note(config: Config, ctx: JobContext, message: str) -> None:
@@ -79,7 +100,7 @@ def run_prolog(env: dict[str, str]) -> int:
             ensure_checkpoint_dir(spec, config, ctx)
             holding = allocate_for_job(spec, config, ctx, state_dir)
             facts = gather(config, ctx.user, ctx.uid, ctx.gid)
-            prepare_node(make_plan(spec, config, ctx, holding, resolve_underlays(spec, config, ctx), facts), journal)
+            prepare_node(plan_job(spec, config, ctx, holding, resolve_underlays(spec, config, ctx), facts), journal)
     except SlurmVmError as exc:
         if is_users_fault(exc) or isinstance(exc, NodeNotReady):   # the health check drains unready nodes
             return _refuse(config, ctx, "; ".join(str(exc).splitlines()), may_drain=is_users_fault(exc))
