@@ -6,6 +6,7 @@ import getpass
 import os
 import subprocess
 from dataclasses import asdict, dataclass, replace
+from typing import Any, TypeVar
 
 from . import transport
 from .config import Config
@@ -14,6 +15,7 @@ from .limits import JOB_NAME_PREFIX, SERIAL_LOG
 from .slurm import JobInfo, SlurmBackend
 from .spec import VMSpec, parse_spec
 
+R = TypeVar("R", bound=Any)   # a frozen dataclass with user, job_id, checkpoints, checkpoint_bytes
 ACTIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING"}
 
 
@@ -97,9 +99,9 @@ def list_vms(backend: SlurmBackend, user: str | None, include_ended: bool = Fals
     return with_checkpoints(records, config)
 
 
-def with_checkpoints(records: list[VMRecord], config: Config | None) -> list[VMRecord]:
-    """Each record with the count and size of its job's checkpoints, read from its owner's checkpoint dir
-    (other users' dirs are private: their VMs show none)."""
+def with_checkpoints(records: list[R], config: Config | None) -> list[R]:
+    """Each record (VMRecord, history.VMHistory) with the count and size of its job's checkpoints, read from
+    its owner's checkpoint dir (other users' dirs are private: their VMs show none)."""
     from .checkpoint.listing import owner_uid, user_checkpoints
     if config is None or config.checkpoint.dir is None:
         return records
