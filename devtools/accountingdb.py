@@ -174,6 +174,7 @@ class AccountingDB:
                    if c != "job_db_inx"]
         if name is not None and not name.replace("-", "").isalnum():
             raise ValueError(f"job name {name!r}: letters, digits and '-' only")
+        self._wait_row_complete(table, job_id)
         shift = int(days_ago) * 86400
         moved = {"id_job": "n.id", "job_name": f"'{name}'" if name else "j.job_name",
                  **{c: f"IF(j.{c} > 0, j.{c} - {shift}, 0)" for c in ("time_submit", "time_eligible", "time_start",
@@ -183,6 +184,18 @@ class AccountingDB:
         self.sql(f"CREATE TEMPORARY TABLE n (id INT UNSIGNED); INSERT INTO n VALUES {values}; "
                  f"INSERT INTO {table} ({', '.join(f'`{c}`' for c in columns)}) SELECT {select} FROM {table} j, n "
                  f"WHERE j.job_db_inx = (SELECT MAX(job_db_inx) FROM {table} WHERE id_job = {int(job_id)})")
+
+    def _wait_row_complete(self, table: str, job_id: int, timeout: float = 60) -> None:
+        """A job cancelled while held reaches the database by its end first, without its uid (sacct -u misses
+        it until slurmctld's next message fills it in)."""
+        from .testcluster import ClusterError
+        query = (f"SELECT id_user FROM {table} WHERE job_db_inx = "
+                 f"(SELECT MAX(job_db_inx) FROM {table} WHERE id_job = {int(job_id)})")
+        deadline = time.monotonic() + timeout
+        while self.sql(query).strip() in ("", "0"):
+            if time.monotonic() > deadline:
+                raise ClusterError(f"job {job_id}'s row in the accounting database has no user after {timeout}s")
+            time.sleep(0.5)
 
     def stop(self) -> None:
         """After slurmctld: slurmdbd, then MariaDB, killed (`down` deletes the database with the cluster dir)."""

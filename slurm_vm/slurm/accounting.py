@@ -108,7 +108,8 @@ def parse_sacct(text: str) -> list[AccountedRun]:
         first = line.split(SEP, 1)[0].strip()
         if runs and first == f"{runs[-1].job_id}.batch" and SEP in line:
             fields = dict(zip(SACCT_FIELDS, line.split(SEP, len(SACCT_FIELDS) - 1)))
-            runs[-1] = replace(runs[-1], launcher_exit=_exit_code(fields.get("ExitCode", "")))
+            text = fields.get("ExitCode", "").strip()   # empty: the step never ran (a prolog failed)
+            runs[-1] = replace(runs[-1], launcher_exit=_exit_code(text) if text else None)
     return runs
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 
 from devtools.accountingdb import AccountingDB
-from devtools.vmcluster import venv_dir
+from devtools.vmcluster import NODE_BRIDGE, setup_node_bridges, venv_dir
 
 from slurm_vm.errors import EXIT_NOT_FOUND, EXIT_NOT_YOURS, EXIT_USAGE
 
@@ -95,6 +96,37 @@ def test_stop_scancel_time_limit_and_refusal_end_in_sacct_and_list_all(vm_cluste
     assert table.stdout.splitlines()[0].split() == ["NAME", "JOBID", "STATE", "START", "ELAPSED", "NODES",
                                                     "RESTARTS", "EXIT", "CHECKPOINTS"], table.stdout
     vc.wait_no_leaks()
+
+
+def test_a_failed_prolog_is_a_requeued_run_then_the_cancel(vm_cluster):
+    """A node fault (the node's `lan` bridge is gone): the prolog fails, Slurm drains the node and requeues the
+    job held; sacct has that run REQUEUED, then the held job's CANCELLED. No guest boots."""
+    vc = vm_cluster
+    node = vc.cluster.nodes[-1]
+    gone = vc.cluster.node_exec(node, ["ip", "link", "del", NODE_BRIDGE], timeout=20)
+    assert gone.returncode == 0, gone.stderr
+    job = None
+    try:
+        job = vc.submit(spec("acct-pfail") + "networks:\n  - network: lan\n", f"--nodelist={node}",
+                        name="acct-pfail")
+        vc.wait_state(job, {"PENDING"}, timeout=120)
+        deadline = time.monotonic() + 120
+        while "held" not in vc.job_field(job, "%r") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "launch failed requeued held" in vc.job_field(job, "%r"), vc.job_field(job, "%T %r")
+        # Cancelled before slurmctld recorded the held job's new run, the cancel would not reach the database.
+        while [state for state, _ in sacct_runs(vc, job)] != ["REQUEUED", "PENDING"]:
+            assert time.monotonic() < deadline, sacct_runs(vc, job)
+            time.sleep(0.5)
+    finally:
+        setup_node_bridges(vc.cluster)
+        vc.cluster.client(["scontrol", "update", f"nodename={node}", "state=resume"])
+        if job is not None:
+            vc.cluster.client(["scancel", str(job)])
+    assert vc.wait_gone_or_ended(job, timeout=60) == "CANCELLED"
+    assert [state for state, _ in sacct_runs(vc, job)] == ["REQUEUED", "CANCELLED"]
+    record = history(vc)[job]
+    assert (record["state"], record["restarts"], record["earlier_runs"]) == ("CANCELLED", 1, ["REQUEUED"]), record
 
 
 def test_status_and_list_of_a_vm_slurmctld_forgot(vm_cluster):

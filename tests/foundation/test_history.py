@@ -94,6 +94,16 @@ def test_every_launcher_exit_code_has_an_outcome():
     assert set(OUTCOMES) == {int(c) for c in ExitCode}
 
 
+def test_a_run_whose_prolog_failed_has_no_launcher_exit_code():
+    """Slurm requeues (held) a job whose prolog failed; its batch step is recorded CANCELLED with no exit code."""
+    runs = parse_sacct("\n".join([line(state="REQUEUED", exit_code="0:0"), step("41", exit_code=""),
+                                   line(state="CANCELLED by 0", start="None", nodes="None assigned")]))
+    assert runs[0].launcher_exit is None
+    [record] = history_of(runs)
+    assert (record.state, record.restarts, record.earlier_runs) == ("CANCELLED", 1, ("REQUEUED",))
+    assert record.outcome == "cancelled before it started" and record.exit_code == "0:0"
+
+
 def test_a_killed_launcher_says_so():
     [record] = history_of(parse_sacct("\n".join([line(state="FAILED", exit_code="0:9"), step("41", exit_code="0:9")])))
     assert record.outcome == "killed by signal 9" and record.exit_code == "0:9"
