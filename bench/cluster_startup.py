@@ -25,7 +25,8 @@ def main() -> int:
     parser.add_argument("--flavours", default="22.05,24.11")
     parser.add_argument("--accounting", action="store_true")
     args = parser.parse_args()
-    print("| flavour | accounting | runs | up (3 nodes idle) median s | first `srun -N3` s | down s |\n|---|---|---|---|---|---|")
+    print("| flavour | accounting | runs | up (3 nodes idle) median s | first `srun -N3` s | down s |\n"
+          "|---|---|---|---|---|---|")
     for flavour in args.flavours.split(","):
         if flavour == "24.11":
             ensure_rootfs(None, [])
@@ -45,8 +46,8 @@ def main() -> int:
             start = time.perf_counter()
             cluster.down()
             downs.append(time.perf_counter() - start)
-        print(f"| {flavour} | {'yes' if args.accounting else 'no'} | {args.runs} | {statistics.median(ups):.2f} | {statistics.median(sruns):.2f} | "
-              f"{statistics.median(downs):.2f} |")
+        print(f"| {flavour} | {'yes' if args.accounting else 'no'} | {args.runs} | {statistics.median(ups):.2f} | "
+              f"{statistics.median(sruns):.2f} | {statistics.median(downs):.2f} |")
     return 0
 
 

@@ -565,8 +565,8 @@ class Cluster:
 
 # --- the 24.11 flavour: a debootstrapped trixie root filesystem ------------------------------------------
 
-ROOTFS_PACKAGES = ["munge", "slurmctld", "slurmd", "slurm-client", "slurmdbd", "python3", "python3-venv", "qemu-system-x86",
-                   "qemu-utils", "iproute2", "iputils-ping", "util-linux", "procps", "ca-certificates",
+ROOTFS_PACKAGES = ["munge", "slurmctld", "slurmd", "slurm-client", "slurmdbd", "python3", "python3-venv",
+                   "qemu-system-x86", "qemu-utils", "iproute2", "iputils-ping", "util-linux", "procps", "ca-certificates",
                    "nftables", "busybox", "openssh-client"]
 # SLURM_VM_TEST_ROOTFS_CACHE: a rootfs cache of one's own (while trying a new package list beside others' runs)
 ROOTFS_CACHE = os.environ.get("SLURM_VM_TEST_ROOTFS_CACHE", "/var/cache/slurm-vm")

@@ -12,9 +12,10 @@ from dataclasses import asdict, dataclass
 
 from .config import Config
 from .errors import EXIT_USAGE, NotFound, NotYours, SlurmVmError
-from .lifecycle import with_checkpoints
+from .lifecycle import VMRecord, with_checkpoints
 from .limits import JOB_NAME_PREFIX
 from .slurm.accounting import SACCT_STATES as STATES, AccountedRun, accounted_runs
+from .slurm import SlurmBackend
 from .slurm.cli import CliBackend
 from .transport import is_vm_comment
 
@@ -47,7 +48,8 @@ class VMHistory:
     cpus: int
     memory: str
     time_limit: str
-    exit_code: str          # the last run's launcher exit code as sacct shows it (N:signal, of its batch step)
+    exit_code: str          # the last run's launcher exit code as sacct shows it (N:signal, of its batch step);
+                            # "" when the launcher never ran
     outcome: str            # what that exit code means ("" when the launcher never ran)
     restarts: int           # runs before the last one (requeues after preemption, a checkpoint or a failed prolog)
     earlier_runs: tuple[str, ...]   # their states, oldest first
@@ -97,11 +99,11 @@ def history_of(runs: list[AccountedRun]) -> list[VMHistory]:
 
 def _record(runs: list[AccountedRun]) -> VMHistory:
     last = runs[-1]
-    code, sig = launcher_exit(last) or (last.exit_code, last.exit_signal)
+    found = launcher_exit(last)
     name = last.name[len(JOB_NAME_PREFIX):] if last.name.startswith(JOB_NAME_PREFIX) else last.name
     return VMHistory(name=name, job_id=last.job_id, user=last.user, state=last.state, start=last.start,
                      end=last.end, elapsed=last.elapsed, nodes=last.nodes, cpus=last.cpus, memory=last.memory,
-                     time_limit=last.time_limit, exit_code=f"{code}:{sig}",
+                     time_limit=last.time_limit, exit_code=f"{found[0]}:{found[1]}" if found else "",
                      outcome=outcome_of(last), restarts=len(runs) - 1,
                      earlier_runs=tuple(r.state for r in runs[:-1]))
 
@@ -156,7 +158,7 @@ def ended_vm(cli: CliBackend, ref: str, user: str, config: Config | None = None)
 class Listing:
     """`list --all`: the accounting storage's records, or (without one) what slurmctld still knows and why."""
     history: list[VMHistory]
-    live: list               # lifecycle.VMRecord, only without accounting storage
+    live: list[VMRecord]     # only without accounting storage
     note: str = ""
 
 
@@ -165,7 +167,8 @@ def cli_of(config: Config) -> CliBackend:
     return CliBackend(timeout=config.slurm.command_timeout, bin_dir=config.slurm.bin_dir)
 
 
-def history_or_live(backend, config: Config, user: str | None, since: str, states: frozenset[str]) -> Listing:
+def history_or_live(backend: SlurmBackend, config: Config, user: str | None, since: str,
+                    states: frozenset[str]) -> Listing:
     from .lifecycle import list_vms
     from .slurm.accounting import AccountingDisabled
     try:

@@ -13,6 +13,7 @@ from .lifecycle import VMRecord
 
 if TYPE_CHECKING:
     from .catalog import ImageInfo, NetworkInfo
+    from .history import Listing, VMHistory
     from .userdoctor import Report
 
 COLUMNS = ("NAME", "JOBID", "STATE", "NODES", "CPUS", "MEMORY", "UPTIME", "ADDRESS", "CHECKPOINTS")
@@ -152,17 +153,17 @@ def progress_reporter(key: Callable[[object], object] = lambda p: p,
 HISTORY_COLUMNS = ("NAME", "JOBID", "STATE", "START", "ELAPSED", "NODES", "RESTARTS", "EXIT", "CHECKPOINTS")
 
 
-def _history_row(r) -> tuple[str, ...]:
-    """A history.VMHistory as a row of `list --all`."""
+def _history_row(r: VMHistory) -> tuple[str, ...]:
+    """A row of `list --all`."""
     from .checkpoint.listing import summary
     restarts = f"{r.restarts} ({','.join(r.earlier_runs)})" if r.restarts else "0"
-    exit_text = r.exit_code + (f" {r.outcome}" if r.outcome else "")
+    exit_text = " ".join(t for t in (r.exit_code, r.outcome) if t) or "-"
     return (r.name, str(r.job_id), r.state, r.start or "-", r.elapsed, ",".join(r.nodes) or "-", restarts,
             exit_text, summary(r.checkpoints, r.checkpoint_bytes, r.state))
 
 
-def print_history(listing, as_json: bool, whose: str | None) -> None:
-    """`list --all` (a history.Listing). Without accounting storage its note goes to stderr, then what
+def print_history(listing: Listing, as_json: bool, whose: str | None) -> None:
+    """`list --all`. Without accounting storage its note goes to stderr, then what
     slurmctld still knows (as `list --ended`)."""
     if listing.note:
         click.echo(f"slurm-vm: {listing.note}", err=True)
@@ -177,8 +178,8 @@ def print_history(listing, as_json: bool, whose: str | None) -> None:
         print_table(HISTORY_COLUMNS, [_history_row(r) for r in listing.history])
 
 
-def print_history_status(record, checkpoints: list[dict], as_json: bool) -> None:
-    """`status` of a VM that slurmctld no longer knows (a history.VMHistory from the accounting storage)."""
+def print_history_status(record: VMHistory, checkpoints: list[dict], as_json: bool) -> None:
+    """`status` of a VM that slurmctld no longer knows, from the accounting storage."""
     if as_json:
         print_json({**record.as_json(), "checkpoints": checkpoints, "source": "accounting"})
         return
@@ -186,7 +187,7 @@ def print_history_status(record, checkpoints: list[dict], as_json: bool) -> None
     for label, value in (("VM", record.name), ("Job", record.job_id), ("State", record.state + runs),
                          ("Nodes", ",".join(record.nodes) or "-"), ("Started", record.start or "-"),
                          ("Ended", record.end or "-"), ("Elapsed", record.elapsed),
-                         ("Exit code", record.exit_code + (f" ({record.outcome})" if record.outcome else "")),
+                         ("Exit code", (record.exit_code or "-") + (f" ({record.outcome})" if record.outcome else "")),
                          ("CPUs", record.cpus), ("Memory", record.memory or "-"),
                          ("Time limit", record.time_limit or "-")):
         click.echo(f"{label + ':':12} {value}")

@@ -2,8 +2,8 @@
 
 Each job allocation line is followed by its steps' lines; of those only `<id>.batch` is used: its exit code is
 the batch script's, i.e. the launcher's (the allocation's is 0:0 for a cancelled or timed-out job). `-D` gives
-every run of a requeued job (a preempted run, then the run after the requeue), oldest first. Fields are separated by the ASCII unit separator (`--delimiter`),
-which no Slurm field can contain; Comment (the user's, free text) is the last field. Without accounting
+every run of a requeued job (a preempted run, then the run after the requeue), oldest first. Fields are
+separated by the ASCII unit separator (`--delimiter`), which no Slurm field can contain; Comment (the user's, free text) is the last field. Without accounting
 storage sacct refuses with "accounting storage is disabled" (22.05 and 24.11): AccountingDisabled.
 """
 

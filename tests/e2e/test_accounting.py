@@ -13,7 +13,7 @@ import time
 import pytest
 
 from devtools.accountingdb import AccountingDB
-from devtools.vmcluster import NODE_BRIDGE, setup_node_bridges, venv_dir
+from devtools.vmcluster import NODE_BRIDGE, REPO, TEST_ROOT, setup_node_bridges, venv_dir
 
 from slurm_vm.errors import EXIT_NOT_FOUND, EXIT_NOT_YOURS, EXIT_USAGE
 
@@ -161,9 +161,17 @@ def test_status_and_list_of_a_vm_slurmctld_forgot(vm_cluster):
     assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
 
 
-def test_without_accounting_list_all_and_status_say_so_in_one_line(vm_cluster, slurm_cluster):
-    """The record-hook cluster has no accounting storage: list --all shows what slurmctld knows, after one line."""
-    vc = vm_cluster
+@pytest.fixture(scope="session")
+def plain_cluster(cluster_factory):
+    """One node, no hooks, no accounting storage; it sees the checkout and the VM clusters' configs (TEST_ROOT)."""
+    from tests.fixtures.cluster import cluster_name, flavour
+    return cluster_factory(cluster_name("noacct" + flavour().replace(".", "")), hooks="none", nodes_count=1,
+                           venv=venv_dir(), bind=[REPO, TEST_ROOT])
+
+
+def test_without_accounting_list_all_and_status_say_so_in_one_line(vm_cluster, plain_cluster):
+    """A cluster without accounting storage: list --all shows what slurmctld knows, after one line."""
+    vc, slurm_cluster = vm_cluster, plain_cluster
     path = os.path.join(vc.directory, "specs", "acct-noacct.yaml")
     with open(path, "w") as fh:
         fh.write(spec("acct-noacct"))

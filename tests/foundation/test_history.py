@@ -80,7 +80,7 @@ def test_the_exit_code_is_the_batch_steps_not_the_cancelled_allocations():
                                                   step("41", exit_code="4:0")])))
     assert (record.exit_code, record.outcome) == ("4:0", "hard stop: guest ignored the power button")
     [bare] = history_of(parse_sacct(line(state="TIMEOUT", exit_code="0:0")))
-    assert (bare.exit_code, bare.outcome) == ("0:0", "")     # no step line: nothing to tell
+    assert (bare.exit_code, bare.outcome) == ("", "")     # no step line: nothing to tell
 
 
 def test_without_stored_comments_the_job_name_marks_vm_jobs():
@@ -101,7 +101,7 @@ def test_a_run_whose_prolog_failed_has_no_launcher_exit_code():
     assert runs[0].launcher_exit is None
     [record] = history_of(runs)
     assert (record.state, record.restarts, record.earlier_runs) == ("CANCELLED", 1, ("REQUEUED",))
-    assert record.outcome == "cancelled before it started" and record.exit_code == "0:0"
+    assert record.outcome == "cancelled before it started" and record.exit_code == ""
 
 
 def test_a_killed_launcher_says_so():
