@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`slurm-vm list --all --json` with 1,000 ended VM jobs in the accounting storage (root).
 
-Usage: bench/list_history.py [--runs N] [--jobs 1000] [--slurm 22.05|24.11]
+Usage: bench/list_history.py [--runs N] [--jobs 1000] [--slurm 22.05|24.11] [--keep]
 A 3-node test cluster with accounting (hooks: none) runs a few real jobs as svmtest that carry slurm-vm's
 comment and job name (`sbatch --wrap`, ending COMPLETED, FAILED and CANCELLED); their rows, as slurmctld and
 slurmdbd wrote them, are then copied in the database under new job ids (one to six days back) up to --jobs
@@ -76,6 +76,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--slurm", default="22.05", choices=["22.05", "24.11"])
+    parser.add_argument("--keep", action="store_true", help="leave the cluster up (scripts/testcluster down)")
     args = parser.parse_args()
     name = os.environ.get("SLURM_VM_TEST_PREFIX", "") + "benchacct"
     directory = os.path.join(TEST_ROOT, name)
@@ -104,7 +105,8 @@ def main() -> int:
               f"{statistics.median(sacct):.2f} | {statistics.median(live):.2f} | "
               f"{open('/proc/loadavg').read().split()[0]} |")
     finally:
-        cluster.down()
+        if not args.keep:
+            cluster.down()
     return 0
 
 

@@ -197,6 +197,10 @@ class AccountingDB:
                 raise ClusterError(f"job {job_id}'s row in the accounting database has no user after {timeout}s")
             time.sleep(0.5)
 
+    def leaks(self) -> list[str]:
+        """Listeners left on the database's or slurmdbd's port (their processes and files are the cluster's)."""
+        return [f"port {port}" for port in (self.c.db_port, self.c.dbd_port) if not port_free(port)]
+
     def stop(self) -> None:
         """After slurmctld: slurmdbd, then MariaDB, killed (`down` deletes the database with the cluster dir)."""
         from .testcluster import _alive

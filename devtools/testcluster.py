@@ -560,6 +560,8 @@ class Cluster:
                       if os.path.isdir(os.path.join("/sys/fs/cgroup", controller, f"slurm_{node}"))]
         if os.path.exists(self.dir):
             found.append(f"dir {self.dir}")
+        if self.accounting:
+            found += AccountingDB(self).leaks()
         return found
 
 

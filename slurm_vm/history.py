@@ -8,7 +8,7 @@ AccountingStoreFlags=job_comment), or, where the site stores no comments, whose 
 from __future__ import annotations
 
 import datetime
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 from .config import Config
 from .errors import EXIT_USAGE, NotFound, NotYours, SlurmVmError
@@ -57,10 +57,14 @@ class VMHistory:
     checkpoint_bytes: int = 0
 
     def as_json(self) -> dict:
-        data = asdict(self)
+        """The fields by name, tuples as lists (by hand: dataclasses.asdict costs 0.2 s per 1,000 records)."""
+        data = {name: getattr(self, name) for name in _HISTORY_FIELDS}
         data["nodes"] = list(self.nodes)
         data["earlier_runs"] = list(self.earlier_runs)
         return data
+
+
+_HISTORY_FIELDS = tuple(f.name for f in fields(VMHistory))
 
 
 def is_vm_run(run: AccountedRun) -> bool:
@@ -145,12 +149,12 @@ def ended_vm(cli: CliBackend, ref: str, user: str, config: Config | None = None)
     """A VM by job id or name (the newest of that name) from the accounting storage; None when it has none;
     NotYours for another user's job id (root may name any)."""
     if ref.isdigit():
-        found = history_of(accounted_runs(cli, None, STATUS_SINCE, job_ids=(int(ref),)))
+        found = history_of(accounted_runs(cli, None, STATUS_SINCE, job_ids=(int(ref),), steps=True))
         if found and user != "root" and found[0].user != user:
             raise NotYours(f"job {ref} is VM {found[0].name} of user {found[0].user}: not your VM")
     else:
         owner = None if user == "root" else user
-        found = history_of(accounted_runs(cli, owner, STATUS_SINCE, job_name=JOB_NAME_PREFIX + ref))
+        found = history_of(accounted_runs(cli, owner, STATUS_SINCE, job_name=JOB_NAME_PREFIX + ref, steps=True))
     return with_checkpoints([found[-1]], config)[0] if found else None
 
 

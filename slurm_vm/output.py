@@ -169,8 +169,8 @@ def print_history(listing: Listing, as_json: bool, whose: str | None) -> None:
         click.echo(f"slurm-vm: {listing.note}", err=True)
         print_records(listing.live, as_json, whose, ended=True)
         return
-    if as_json:
-        print_json([r.as_json() for r in listing.history])
+    if as_json:   # one record per line: json's C encoder (indent= would take the pure Python one, 3x slower)
+        click.echo("[\n" + ",\n".join(json.dumps(r.as_json()) for r in listing.history) + "\n]")
     elif not listing.history:
         click.echo(f"no VM jobs{f' of user {whose}' if whose else ''} in Slurm's accounting for that time "
                    "(`--since` looks further back)")

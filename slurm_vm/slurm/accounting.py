@@ -1,7 +1,8 @@
-"""Finished jobs from Slurm's accounting storage: `sacct -D -P -n` with explicit fields, parsed by position.
+"""Finished jobs from Slurm's accounting storage: `sacct [-X] -D -P -n` with explicit fields, parsed by position.
 
-Each job allocation line is followed by its steps' lines; of those only `<id>.batch` is used: its exit code is
-the batch script's, i.e. the launcher's (the allocation's is 0:0 for a cancelled or timed-out job). `-D` gives
+`-X` gives the allocation lines only (list --all); without it each is followed by its steps' lines (status of
+one job), of which only `<id>.batch` is used: its exit code is the batch script's, i.e. the launcher's (the
+allocation's is 0:0 for a cancelled or timed-out job). `-D` gives
 every run of a requeued job (a preempted run, then the run after the requeue), oldest first. Fields are
 separated by the ASCII unit separator (`--delimiter`), which no Slurm field can contain; Comment (the user's, free text) is the last field. Without accounting
 storage sacct refuses with "accounting storage is disabled" (22.05 and 24.11): AccountingDisabled.
@@ -56,9 +57,11 @@ class AccountedRun:
 
 
 def sacct_argv(sacct: str, user: str | None, since: str, job_ids: tuple[int, ...] = (),
-               job_name: str | None = None) -> list[str]:
-    """`user` None: every user's jobs, as far as the accounting storage shows them to the caller."""
-    argv = [sacct, "-D", "-P", "-n", f"--delimiter={SEP}", "-o", ",".join(SACCT_FIELDS)]
+               job_name: str | None = None, steps: bool = False) -> list[str]:
+    """`user` None: every user's jobs, as far as the accounting storage shows them to the caller. `steps`: the
+    steps' lines too (the batch step's exit code), which costs slurmdbd ~1 ms per job: for one job, not a list."""
+    argv = [sacct, *(() if steps else ("-X",)), "-D", "-P", "-n", f"--delimiter={SEP}", "-o",
+            ",".join(SACCT_FIELDS)]
     argv += ["-u", user] if user else ["-a"]
     if job_ids:
         argv += ["-j", ",".join(str(j) for j in job_ids)]
@@ -114,10 +117,10 @@ def parse_sacct(text: str) -> list[AccountedRun]:
 
 
 def accounted_runs(cli: CliBackend, user: str | None, since: str, job_ids: tuple[int, ...] = (),
-                   job_name: str | None = None) -> list[AccountedRun]:
+                   job_name: str | None = None, steps: bool = False) -> list[AccountedRun]:
     """Every run of the matching jobs, oldest first; AccountingDisabled without accounting storage."""
     try:
-        out = cli._run(sacct_argv(cli._cmd("sacct"), user, since, job_ids, job_name))
+        out = cli._run(sacct_argv(cli._cmd("sacct"), user, since, job_ids, job_name, steps))
     except SlurmError as exc:
         if DISABLED_MARK in str(exc):
             raise AccountingDisabled("this cluster keeps no job accounting (sacct: Slurm accounting storage is "

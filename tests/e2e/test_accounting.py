@@ -35,6 +35,11 @@ def sacct_runs(vc, job: int) -> list[tuple[str, str]]:
     return [(line.split("|")[0].split(" ")[0], line.split("|")[1]) for line in out.splitlines() if "|" in line]
 
 
+def batch_exit(vc, job: int) -> str:
+    out = vc.cluster.client(["sacct", "-P", "-n", "-j", f"{job}.batch", "-o", "ExitCode"]).stdout.split()
+    return out[-1] if out else ""
+
+
 def history(vc, *args: str, user: str = "svmtest") -> dict[int, dict]:
     proc = vc.slurm_vm("list", "--all", "--json", *args, user=user)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
@@ -81,6 +86,9 @@ def test_stop_scancel_time_limit_and_refusal_end_in_sacct_and_list_all(vm_cluste
     assert out.index("SIGUSR1: pressing the ACPI power button") < out.index("waiting for Slurm to end the job"), out
     assert sacct_runs(vc, stopped) == [("COMPLETED", "0:0")]
     assert sacct_runs(vc, refused) == [("FAILED", "7:0")]
+    # the allocation of a cancelled job says 0:0; its batch step has the launcher's 3 (ACPI shutdown on SIGTERM)
+    assert sacct_runs(vc, cancelled) == [("CANCELLED", "0:0")]
+    assert batch_exit(vc, cancelled) == "3:0" and batch_exit(vc, late) in ("3:0", "4:0")
 
     mine = history(vc)
     expected = {stopped: "COMPLETED", cancelled: "CANCELLED", refused: "FAILED", late: "TIMEOUT"}

@@ -111,7 +111,8 @@ def test_a_killed_launcher_says_so():
 
 def test_sacct_is_asked_for_explicit_fields_every_run_every_state_and_a_window():
     argv = sacct_argv("sacct", "svmtest", "2026-11-08T00:00:00")
-    assert argv[:5] == ["sacct", "-D", "-P", "-n", f"--delimiter={SEP}"] and "-X" not in argv   # batch steps too
+    assert argv[:6] == ["sacct", "-X", "-D", "-P", "-n", f"--delimiter={SEP}"]    # allocations only: a list
+    assert "-X" not in sacct_argv("sacct", "svmtest", "2026-11-08T00:00:00", job_ids=(7,), steps=True)
     assert argv[argv.index("-o") + 1] == ",".join(SACCT_FIELDS)
     assert argv[argv.index("-u") + 1] == "svmtest" and argv[-4:] == ["-S", "2026-11-08T00:00:00", "-E", "now"]
     assert argv[argv.index("-s") + 1].split(",") == list(SACCT_STATES)   # held-then-cancelled jobs too
