@@ -23,7 +23,7 @@ DEFAULT_SINCE = "30d"
 # `status NAME` looks this far back (sacct needs a start time; its default is today's midnight).
 STATUS_SINCE = "2000-01-01T00:00:00"
 UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-# The launcher's exit codes (hypervisor.launcher.ExitCode), which sacct shows as ExitCode N:0 (docs/user-guide.md).
+# The launcher's exit codes (launcher.launcher.ExitCode), which sacct shows as ExitCode N:0 (docs/user-guide.md).
 OUTCOMES = {0: "guest powered off", 3: "shut down on a signal", 4: "hard stop: guest ignored the power button",
             5: "hypervisor crashed", 6: "hypervisor did not start", 7: "refused on the node (see the job output)",
             8: "saved to a checkpoint", 9: "checkpoint unusable"}
