@@ -6,6 +6,7 @@ import getpass
 import os
 import subprocess
 from dataclasses import asdict, dataclass, replace
+from typing import Any, TypeVar
 
 from . import transport
 from .config import Config
@@ -16,6 +17,7 @@ from .slurm.states import ACTIVE_STATES
 from .spec import VMSpec, parse_spec
 
 SPEC_READERS = 8     # batch scripts `list` reads at once
+R = TypeVar("R", bound=Any)   # a frozen dataclass with user, job_id, checkpoints, checkpoint_bytes
 
 
 @dataclass(frozen=True)
@@ -128,9 +130,9 @@ def list_vms(backend: SlurmBackend, user: str | None, include_ended: bool = Fals
     return with_checkpoints(records, config)
 
 
-def with_checkpoints(records: list[VMRecord], config: Config | None) -> list[VMRecord]:
-    """Each record with the count and size of its job's checkpoints, read from its owner's checkpoint dir
-    (other users' dirs are private: their VMs show none)."""
+def with_checkpoints(records: list[R], config: Config | None) -> list[R]:
+    """Each record (VMRecord, history.VMHistory) with the count and size of its job's checkpoints, read from
+    its owner's checkpoint dir (other users' dirs are private: their VMs show none)."""
     from .checkpoint.listing import owner_uid, user_checkpoints
     if config is None or config.checkpoint.dir is None:
         return records
