@@ -16,7 +16,7 @@ from slurm_vm.slurm.accounting import SACCT_FIELDS, SACCT_STATES, parse_sacct, s
 from slurm_vm.slurm.cli import SEP
 from slurm_vm.transport import encode_comment
 
-VM_COMMENT = encode_comment("name: web\nimage: tiny\n")
+VM_COMMENT = encode_comment("name: web\nimage: tiny\n", "00" * 16)
 
 
 def line(job_id="41", name="vm-web", user="svmtest", state="COMPLETED", start="2026-12-08T00:10:00",
