@@ -20,7 +20,7 @@ import errno
 import json
 from dataclasses import dataclass
 
-from ..errors import NodeError
+from ..errors import NodeError, UserFault
 
 GUARD_VNI = 16777215
 TABLE = "svm_underlay"
@@ -29,8 +29,9 @@ VM_PREFIXES = ("svm",)          # taps svm<job>n<i>, segment bridges svmbr<vni> 
 PROC_UDP = {4: "/proc/net/udp", 6: "/proc/net/udp6"}
 
 
-class PortHeld(NodeError):
-    """Another process holds a VXLAN port: the guard cannot take it (the job fails; node doctor reports it)."""
+class PortHeld(UserFault):
+    """Another process holds a VXLAN port, so the guard cannot take it: a user's doing, so the job fails and the
+    node stays in service (`node doctor` reports it)."""
 
 
 @dataclass(frozen=True)

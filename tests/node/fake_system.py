@@ -109,6 +109,9 @@ class FakeSystem:
     def port_filter_tables(self) -> list[tuple[str, int]]:
         return [(f"svm_{job}", job) for job in self.tables]
 
+    def ensure_underlay(self, plan) -> None:
+        self.underlay = plan
+
     def owned_links(self) -> list[tuple[str, int, int]]:
         return [(name, *owned) for name in self.links if (owned := parse_owned_name(name))]
 
