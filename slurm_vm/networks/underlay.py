@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from ..errors import NodeError, UserFault
 
-GUARD_VNI = 16777215
+from ..config import GUARD_VNI  # noqa: E402,F401  (16777215: configs may not use it)
 TABLE = "svm_underlay"
 FAMILY = "inet"
 VM_PREFIXES = ("svm",)          # taps svm<job>n<i>, segment bridges svmbr<vni> and devices svmvx<vni>
