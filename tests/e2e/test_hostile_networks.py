@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -30,10 +31,11 @@ out = {}
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 try:
     s.bind(("0.0.0.0", args["port"]))
-    s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, socket.inet_aton(args["group"]) + socket.inet_aton("0.0.0.0"))
     out["bind"] = "ok"
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, socket.inet_aton(args["group"]) + socket.inet_aton(args["local"]))
+    out["joined"] = "ok"
 except OSError as exc:
-    out["bind"] = exc.errno
+    out.setdefault("bind", exc.errno)
 if args.get("to"):
     frame = bytes.fromhex("ffffffffffff" + "520000000e01" + "88b5") + b"SVMINJECT" * 4
     try:
@@ -61,6 +63,7 @@ print("SEEN" if seen else "NOTHING")
 def attack(vc, node: str, **args) -> dict:
     args.setdefault("port", 4789)
     args.setdefault("group", "239.0.0.1")
+    args.setdefault("local", vc.cluster.node_ip(node))
     proc = vc.cluster.client(["srun", "-w", node, "-N1", "-n1", "--mem=64M", "-t", "2", "python3", "-c", ATTACK,
                               json.dumps(args)], user=OTHER_USER, timeout=90)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("ATTACK ")]
@@ -83,6 +86,19 @@ def running(vc, spec: str, *sbatch: str, name: str, user: str = "svmtest") -> in
     return job
 
 
+def prepared(vc, job: int, network: str, nodes: tuple[str, ...]) -> int:
+    """The job's VNI once its prologs made the segment on `nodes` (RUNNING comes before the prolog ends)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        record = holding(vc, job)
+        if record is not None and record.state == "k" and all(
+                vc.cluster.node_exec(n, ["ip", "link", "show", f"svmbr{record.vnis[network]}"]).returncode == 0
+                for n in nodes):
+            return record.vnis[network]
+        time.sleep(1)
+    raise AssertionError(f"job {job}'s segment on {nodes} not made: {vc.output(job)}")
+
+
 def no_drained_nodes(vc) -> None:
     reasons = vc.cluster.client(["sinfo", "-R", "-h"]).stdout.strip()
     assert reasons == "", reasons
@@ -98,21 +114,23 @@ networks:
 
 
 def test_segment_sniffing_and_injection_fail_from_another_node_and_from_a_shared_node(vm_cluster):
-    """Multicast `private` on n1: svmother binds the VXLAN port on n3 (no segment there) and sends frames of the
-    VNI from n3 and from n1 itself. Unicast `uni` on n1+n2: svmother sends from n1, one of the job's nodes."""
+    """Multicast `private` on n1: svmother binds the VXLAN port on n3 (no segment there yet) and sends frames of
+    the VNI from n3 and from n1 itself. Unicast `uni` on n2+n3: svmother sends from n2, one of the job's nodes.
+    Each node keeps a free core for svmother's job."""
     vc = vm_cluster
     n1, n2, n3 = vc.cluster.nodes
     jobs = []
     try:
         jobs.append(running(vc, PRIVATE.format(count=1, network="private"), "-w", n1, name="seg"))
-        jobs.append(running(vc, PRIVATE.format(count=2, network="uni"), "-N2", "-w", f"{n1},{n2}", name="uc"))
-        vni, uni = holding(vc, jobs[0]).vnis["private"], holding(vc, jobs[1]).vnis["uni"]
+        vni = prepared(vc, jobs[0], "private", (n1,))
         group = f"239.{(vni >> 16) & 255}.{(vni >> 8) & 255}.{vni & 255}"
         sniff = attack(vc, n3, group=group)
         assert sniff["bind"] == EADDRINUSE, sniff                      # the guard holds the port on n3
+        jobs.append(running(vc, PRIVATE.format(count=2, network="uni"), "-N2", "-w", f"{n2},{n3}", name="uc"))
+        uni = prepared(vc, jobs[1], "uni", (n2, n3))
         for attacker, to, witness, seg in ((n3, vc.cluster.node_ip(n1), n1, vni),      # another node
                                            (n1, "127.0.0.1", n1, vni),                 # the segment's own node
-                                           (n1, vc.cluster.node_ip(n2), n2, uni)):     # a unicast job node
+                                           (n2, vc.cluster.node_ip(n3), n3, uni)):     # a unicast job node
             result, seen = injected(vc, witness, seg, attacker, to)
             assert result["sent"] == EPERM and not seen, (attacker, to, result, seen)
         for node in (n1, n3):   # node doctor finds the underlay in place
@@ -122,6 +140,7 @@ def test_segment_sniffing_and_injection_fail_from_another_node_and_from_a_shared
                                                  "--node", node, "--json"], timeout=60)
             assert not [f for f in json.loads(doctor.stdout) if f["kind"] == "underlay"], doctor.stdout
     finally:
+        vc.cluster.client(["scancel", "-u", OTHER_USER])
         stop_all(vc, jobs)
     no_drained_nodes(vc)
 
