@@ -8,6 +8,7 @@ import pwd
 from dataclasses import dataclass
 
 from .errors import Problem, ValidationError
+from .hypervisor import registry
 from .limits import CONFIG_ENV, DEFAULT_CONFIG_PATH  # noqa: F401  (spelled in limits for light importers)
 from .schema import AbsPath, Bool, Context, Int, ListOf, MapOf, Obj, SharePath, Size, Str, field, parse_object
 from .yamldoc import load_document
@@ -83,7 +84,7 @@ class Network:
 
 @dataclass(frozen=True)
 class HypervisorConfig:
-    default: str = field(Str(choices=("auto", "qemu", "cloud-hypervisor")), "hypervisor for specs that say `auto`",
+    default: str = field(Str(choices=registry.NAMES), "hypervisor for specs that say `auto`",
                          "auto")
     accelerator: str = field(Str(choices=("auto", "kvm", "tcg")),
                              "`auto` uses KVM only where it can boot guests, else TCG", "auto")

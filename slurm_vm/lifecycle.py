@@ -12,9 +12,9 @@ from .config import Config
 from .errors import Ambiguous, NotFound, NotRunning, NotYours, SlurmError, ValidationError
 from .limits import JOB_NAME_PREFIX, SERIAL_LOG
 from .slurm import JobInfo, SlurmBackend
+from .slurm.states import ACTIVE_STATES
 from .spec import VMSpec, parse_spec
 
-ACTIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING"}
 
 
 @dataclass(frozen=True)

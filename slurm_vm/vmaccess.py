@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 
 from .errors import NotFound, NotYours
-from .lifecycle import ACTIVE_STATES, find_vm
+from .lifecycle import find_vm
 from .lifecycle import require_running as require_running_job
 from .limits import JOB_NAME_PREFIX
 from .slurm import JobInfo, SlurmBackend
+from .slurm.states import ACTIVE_STATES
 
 ENDED_TAIL_LINES = 10
 SERIAL_TAIL_HEADER = "lines of the guest's serial console:"

@@ -10,7 +10,7 @@ import os
 
 from ..config import Config
 from ..spec import VMSpec
-from .settings import CheckpointSettings
+from ..hypervisor.checkpoint_settings import CheckpointSettings
 
 
 def keeps_identity(spec: VMSpec) -> bool:

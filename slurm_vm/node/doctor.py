@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 from ..config import Config
 from ..slurm import SlurmBackend
+from ..slurm.states import LIVE_STATES
 from .objects import KINDS, journal_leftovers
 from .system import HostSystem, System
 from .teardown import teardown_job
 
 UNDERLAY = "underlay"     # a Finding about the node's VXLAN underlay (networks/underlay.py), not a job's leftover
-LIVE_STATES = {"RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "STOPPED"}
 
 
 @dataclass(frozen=True)
@@ -51,31 +51,32 @@ def live_jobs_on_node(backend: SlurmBackend, node: str) -> set[int]:
     return {job.job_id for job in backend.jobs(node=node) if job.state in LIVE_STATES}
 
 
-def underlay_findings(config: Config, fix: bool) -> list[Finding]:
+def underlay_findings(config: Config, fix: bool, system: System) -> list[Finding]:
     """The VXLAN underlay is root's: guard devices up on every VXLAN port, the node's rules in place."""
     from ..errors import SlurmVmError
-    from ..networks.underlay import ensure_underlay, plan_underlay, problems
+    from ..networks.underlay import plan_underlay
     plan = plan_underlay(config)
-    found = problems(plan) if plan is not None else []
+    found = system.underlay_problems(plan) if plan is not None else []
     if not found or not fix:
         return [Finding(UNDERLAY, text, 0) for text in found]
     try:
-        ensure_underlay(plan)
+        system.ensure_underlay(plan)
     except SlurmVmError as exc:
         return [Finding(UNDERLAY, text, 0, error=str(exc)) for text in found]
     return [Finding(UNDERLAY, text, 0, fixed=True) for text in found]
 
 
-def run_doctor(config: Config, backend: SlurmBackend, fix: bool, node: str | None = None) -> list[Finding]:
+def run_doctor(config: Config, backend: SlurmBackend, fix: bool, node: str | None = None,
+               system: System | None = None) -> list[Finding]:
     node = node or socket.gethostname()
     state_dir = config.node_state_dir(node)
-    underlay = underlay_findings(config, fix)
-    findings = find_leftovers(state_dir, live_jobs_on_node(backend, node))
+    underlay = underlay_findings(config, fix, system or HostSystem())
+    findings = find_leftovers(state_dir, live_jobs_on_node(backend, node), system)
     if not fix:
         return underlay + findings
     errors: dict[int, str] = {}
     for job_id in sorted({f.job_id for f in findings}):
-        report = teardown_job(state_dir, job_id, None)
+        report = teardown_job(state_dir, job_id, None, system)
         if report.errors:
             errors[job_id] = "; ".join(report.errors)
     return underlay + [Finding(f.kind, f.name, f.job_id, fixed=f.job_id not in errors,

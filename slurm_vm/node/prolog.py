@@ -11,6 +11,7 @@ from ..slurm import get_backend
 from ..spec import VMSpec, check_user_access, parse_spec
 from .allocate import allocate_for_job
 from .context import JobContext
+from .hostfacts import gather
 from .identities import check_node_identities
 from .journal import Journal
 from .layout import ensure_state_dirs, error_note_path
@@ -71,7 +72,8 @@ def run_prolog(env: dict[str, str]) -> int:
             spec = load_job_spec(ctx, config)
             check_node_identities(spec, config)
             holding = allocate_for_job(spec, config, ctx, state_dir)
-            prepare_node(make_plan(spec, config, ctx, holding, resolve_underlays(spec, config, ctx)), journal)
+            facts = gather(config, ctx.user, ctx.uid, ctx.gid)
+            prepare_node(make_plan(spec, config, ctx, holding, resolve_underlays(spec, config, ctx), facts), journal)
     except SlurmVmError as exc:
         if is_users_fault(exc):
             return _refuse(config, ctx, "; ".join(str(exc).splitlines()))

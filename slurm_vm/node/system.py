@@ -42,6 +42,7 @@ class System(Protocol):
     def port_filter_tables(self) -> list[tuple[str, int]]: ...
     # the VXLAN underlay's guard devices and rules (permanent, root's: networks/underlay.py)
     def ensure_underlay(self, plan: UnderlayPlan) -> None: ...
+    def underlay_problems(self, plan: UnderlayPlan) -> list[str]: ...
     # VXLAN segment references (root-only files under the locks dir)
     def join_segment(self, vni: int, job_id: int, parent: str, locks: str, port: int, mtu: int | None,
                      private: bool, unicast_local: str | None = None, unicast_peers: tuple[str, ...] = ()) -> str: ...
@@ -131,6 +132,10 @@ class HostSystem:
     def ensure_underlay(self, plan: UnderlayPlan) -> None:
         from ..networks.underlay import ensure_underlay
         ensure_underlay(plan)
+
+    def underlay_problems(self, plan: UnderlayPlan) -> list[str]:
+        from ..networks.underlay import problems
+        return problems(plan)
 
     def join_segment(self, vni: int, job_id: int, parent: str, locks: str, port: int, mtu: int | None,
                      private: bool, unicast_local: str | None = None, unicast_peers: tuple[str, ...] = ()) -> str:

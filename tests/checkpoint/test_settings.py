@@ -111,7 +111,7 @@ def test_plan_carries_checkpoint_settings_and_a_stable_identity():
 
 
 def test_multi_vm_job_checkpoints_and_each_vm_knows_its_index():
-    from slurm_vm.checkpoint.settings import settings_from_dict
+    from slurm_vm.hypervisor.checkpoint_settings import settings_from_dict
     from slurm_vm.hypervisor.definition import VMDefinition
     from slurm_vm.node.context import JobContext
     from slurm_vm.node.plan import make_plan
