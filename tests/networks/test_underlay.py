@@ -42,3 +42,9 @@ def test_ruleset_drops_user_sockets_and_vm_faces_only_on_the_vxlan_ports():
     assert faces == ["br-vm", "svm*"]
     assert all({"drop": None} in r["expr"] for r in rules)
     assert guard_name(4789, 6) == "svmgd6-4789" and len(guard_name(65535, 6)) <= 15 and GUARD_VNI == 16777215
+
+
+def test_a_held_port_fails_the_job_and_never_drains_the_node():
+    from slurm_vm.errors import is_users_fault
+    from slurm_vm.networks.underlay import PortHeld
+    assert is_users_fault(PortHeld(held_message(4789, [])))
