@@ -387,12 +387,28 @@ def node() -> None:
 
 
 @node.command()
-@click.option("--fix", is_flag=True, help="remove the leftovers found")
+@config_option
+def setup(config_path: str | None) -> None:
+    """Keep the VXLAN underlay to root: guard devices on the VXLAN ports, rules against users' and guests' VXLAN
+    traffic. Run at boot, before users can log in and before slurmd starts (admin guide, "Node setup")."""
+    from .networks.underlay import ensure_underlay, guard_families, guard_name, plan_underlay
+    plan = plan_underlay(_config(config_path))
+    if plan is None:
+        click.echo("no VXLAN networks in the config: nothing to set up")
+        return
+    ensure_underlay(plan)
+    guards = ", ".join(guard_name(p, f) for p in plan.ports for f in guard_families())
+    click.echo(f"VXLAN underlay kept to root: guards {guards}; nftables table inet svm_underlay")
+
+
+@node.command()
+@click.option("--fix", is_flag=True, help="remove the leftovers found (and remake the VXLAN guard and rules)")
 @click.option("--node", "node_name", metavar="NAME", help="Slurm node name of this host (default: hostname)")
 @json_option
 @config_option
 def doctor(fix: bool, node_name: str | None, as_json: bool, config_path: str | None) -> None:
-    """List (and with --fix remove) slurm-vm objects that belong to no running job."""
+    """List (and with --fix remove) slurm-vm objects that belong to no running job, and check that the VXLAN
+    underlay is root's (guard devices, rules)."""
     from .node.doctor import run_doctor
     config = _config(config_path)
     findings = run_doctor(config, _backend(config), fix, node_name)
@@ -402,7 +418,7 @@ def doctor(fix: bool, node_name: str | None, as_json: bool, config_path: str | N
         for finding in findings:
             click.echo(str(finding))
         if not findings:
-            click.echo("no leftovers")
+            click.echo("no leftovers, underlay in place")
     sys.exit(1 if findings and not fix else 0)
 
 
