@@ -69,10 +69,11 @@ class Node:
         if comment is not None:
             env["SLURM_JOB_COMMENT"] = comment
         elif spec_text is not None:
-            env["SLURM_JOB_COMMENT"] = transport.encode_comment(spec_text)
+            env["SLURM_JOB_COMMENT"] = transport.legacy_inline_comment(spec_text)   # no Slurm to read a script from
         return env
 
     def hook(self, which: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+        env = {**env, "SLURM_SCRIPT_CONTEXT": f"{which}_slurmd"}   # as slurmd sets it
         return subprocess.run(["nsenter", f"--net=/run/netns/{self.netns}", os.path.join(VENV_BIN, f"slurm-vm-{which}")],
                               env=env, capture_output=True, text=True, timeout=120)
 

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from ..errors import NodeError
 
 USER_CHECK_TIMEOUT = 10.0
+REAP_WAIT = 1.0        # how long a killed child may take to die before it is left behind
 
 
 def _check_parent(path: str) -> None:
@@ -223,26 +224,17 @@ def run_as_user(uid: int, gid: int, groups: list[int], fn: Callable[..., Any], *
                 timeout: float = USER_CHECK_TIMEOUT) -> Any:
     """Run fn(*args) in a child process with the user's credentials; return its (picklable) result.
 
-    An exception in the child comes back as NodeError with its message; the child is killed after
-    `timeout` seconds (a user's file on a hung NFS server must not hang the prolog forever).
+    An exception in the child comes back as NodeError with its message. The wait is bounded: after
+    `timeout` seconds the child is killed and NodeError says the path did not answer. A child stuck on a
+    hung mount (a FUSE daemon or NFS server that read the request and never answers) cannot even be
+    killed: it is left behind, holding none of the hook's files or locks, and ends when the mount answers
+    or goes away.
     """
     import pickle   # here (before the fork): only jobs with volumes need it
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
-        os.close(read_fd)
-        try:
-            os.setgroups(groups)
-            os.setresgid(gid, gid, gid)
-            os.setresuid(uid, uid, uid)
-            payload = ("ok", fn(*args))
-        except BaseException as exc:  # anything the child hits goes back as a message
-            message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            payload = ("error", message or type(exc).__name__)
-        try:
-            os.write(write_fd, pickle.dumps(payload))
-        finally:
-            os._exit(0)
+        _child(read_fd, write_fd, uid, gid, groups, fn, args, pickle.dumps)
     os.close(write_fd)
     try:
         data = _read_all(read_fd, timeout)
@@ -250,7 +242,8 @@ def run_as_user(uid: int, gid: int, groups: list[int], fn: Callable[..., Any], *
         os.close(read_fd)
         _reap(pid)
     if data is None:
-        raise NodeError(f"the check as uid {uid} did not finish within {timeout:.0f}s")
+        raise NodeError(f"did not answer within {timeout:.0f}s (checked as uid {uid}): a hung mount or "
+                        "filesystem? Check the path on the node, or leave it out of the spec")
     try:
         status, value = pickle.loads(data)
     except (pickle.UnpicklingError, EOFError, ValueError):
@@ -258,6 +251,29 @@ def run_as_user(uid: int, gid: int, groups: list[int], fn: Callable[..., Any], *
     if status != "ok":
         raise NodeError(value)
     return value
+
+
+def _child(read_fd: int, write_fd: int, uid: int, gid: int, groups: list[int], fn: Callable[..., Any],
+           args: tuple, dumps: Callable[[object], bytes]) -> None:
+    """The forked child: keeps only its answer pipe (no lock, journal or slurmd pipe of the hook's survives
+    in a child that may hang), drops to the user, runs fn and writes the pickled outcome."""
+    try:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for target in (0, 1, 2):
+            os.dup2(devnull, target)
+        os.closerange(3, write_fd)
+        os.closerange(write_fd + 1, os.sysconf("SC_OPEN_MAX"))
+        os.setgroups(groups)
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+        payload = ("ok", fn(*args))
+    except BaseException as exc:  # anything the child hits goes back as a message
+        message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        payload = ("error", message or type(exc).__name__)
+    try:
+        os.write(write_fd, dumps(payload))
+    finally:
+        os._exit(0)
 
 
 def _read_all(fd: int, timeout: float) -> bytes | None:
@@ -277,11 +293,18 @@ def _read_all(fd: int, timeout: float) -> bytes | None:
         chunks.append(chunk)
 
 
-def _reap(pid: int) -> None:
+def _reap(pid: int, wait: float = REAP_WAIT) -> None:
+    """Collect the child; kill it if it still runs, and give up after `wait` s if it cannot die."""
     done, _ = os.waitpid(pid, os.WNOHANG)
-    if done == 0:
-        try:
-            os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
-        os.waitpid(pid, 0)
+    if done:
+        return
+    try:
+        os.kill(pid, 9)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return
+        time.sleep(0.02)
