@@ -40,26 +40,22 @@ from slurm_vm.node.log import one_line
 from slurm_vm.node.plan import make_plan
 from slurm_vm.node.prepare import resolved_definition
 from slurm_vm.spec import check_user_access, parse_spec
+from tests.node.test_plan import CONFIG as PLAN_CONFIG
 
 BUDGET = float(os.environ.get("SLURM_VM_FUZZ_SECONDS", "60"))
 BASE_SEED = int(os.environ.get("SLURM_VM_FUZZ_SEED", "20"))
-BATCH = 50   # examples per seeded batch; batches run until the budget is spent
+BATCH = 20   # examples per seeded batch; batches run until the budget is spent
 
-CONFIG = parse_config("""
-state_dir: /var/lib/svm/%n
-images:
-  base: {path: /img/base.qcow2, kernel: /img/vmlinux, cmdline: "console=ttyS0"}
-networks:
-  lan: {kind: bridge, bridge: br0}
-  fabric: {kind: macvtap, parent: eth1}
-  private: {kind: vxlan, parent: eth0, vni_range: [1000, 1999], subnet: 192.168.50.0/24}
-  uni: {kind: vxlan, parent: eth0, vni_range: [1000, 1999], vxlan_mode: unicast, subnet: 192.168.51.0/24,
-        subnet6: "fd00:51::/64"}
-  shared: {kind: bridge, bridge: br2, subnet: 10.3.0.0/24, subnet6: "fd00:3::/64",
-           address_range: [10.3.0.100, 10.3.0.199]}
-mounts: {allowed: [/srv/data, $HOME]}
-checkpoint: {dir: /scratch/svm/%u}
-""", "fuzz config")
+def fuzz_config():
+    """test_plan's config (every kind of network), with images named as the hook node names them, shares
+    and checkpoints allowed."""
+    data = yaml.safe_load(PLAN_CONFIG)
+    data["images"]["base"] = data["images"].pop("deb")
+    data.update({"mounts": {"allowed": ["/srv/data", "$HOME"]}, "checkpoint": {"dir": "/scratch/svm/%u"}})
+    return parse_config(yaml.safe_dump(data), "fuzz config")
+
+
+CONFIG = fuzz_config()
 
 # --- strategies ---
 
@@ -233,7 +229,7 @@ def fuzz(examples: int = BATCH):
 
 
 def test_whatever_validate_accepts_the_prolog_can_build():
-    budget = Budget(BUDGET * 0.3)
+    budget = Budget(BUDGET * 0.25)
 
     @fuzz()
     @given(text=spec_texts(), as_bytes=st.booleans())
@@ -275,7 +271,7 @@ def test_real_hooks_never_drain_and_leave_nothing(hook_node):
     node.write_config({"mounts": {"allowed": [node.tmp]}})
     jobs = iter(range(2000, 100000))
     protected = {p: os.stat(p) for p in ("/etc/shadow", "/etc/passwd", node.base)}
-    budget = Budget(BUDGET * 0.6)
+    budget = Budget(BUDGET * 0.55)
 
     @fuzz(5)
     @given(text=st.one_of(spec_texts(), st.just("name: web\nimage: base\nnetworks: [{network: lan}]\n")),
