@@ -79,7 +79,8 @@ def installed_root():
         for kind in ("compute-node", "login-node"):
             for block in doc_blocks(kind):
                 proc = in_chroot(root, block, binds=REGISTRY_BINDS)
-                assert proc.returncode == 0, f"docs/install.md block failed:\n{block}\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}"
+                assert proc.returncode == 0, \
+                    f"docs/install.md block failed:\n{block}\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}"
         yield work, root
     finally:
         shutil.rmtree(work, ignore_errors=True)
