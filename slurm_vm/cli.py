@@ -117,7 +117,8 @@ def _wait_and_tell(config, backend, job_id: int, wait_for: str | None, timeout: 
         progress = wait_for_ready(backend, config, job_id, wait_for, timeout, report)
     if not quiet:
         job = backend.jobs(job_ids=(job_id,))
-        click.echo(how_to_connect(job[0], progress) if job else f"VM {progress.vm_name} is ready")
+        from .lifecycle import with_spec
+        click.echo(how_to_connect(with_spec(backend, job[0]), progress) if job else f"VM {progress.vm_name} is ready")
 
 
 @main.command("wait")
@@ -150,15 +151,25 @@ def launch(definition: str | None, grace_seconds: int | None, config_path: str |
 @main.command("list")
 @click.option("--all-users", is_flag=True, help="every user's VMs (as far as Slurm shows them)")
 @click.option("--ended", is_flag=True, help="include VMs that ended recently")
+@click.option("--all", "history", is_flag=True, help="your VMs that ended too, from Slurm's accounting (sacct)")
+@click.option("--since", metavar="WHEN", help="with --all: 30m, 12h, 7d, 2w back, or a date (default 30d)")
+@click.option("--state", "states", metavar="STATE,...", help="with --all: only VMs whose last run is in these states")
 @json_option
 @config_option
-def list_cmd(all_users: bool, ended: bool, as_json: bool, config_path: str | None) -> None:
+def list_cmd(all_users: bool, ended: bool, history: bool, since: str | None, states: str | None, as_json: bool,
+             config_path: str | None) -> None:
     """List your VM jobs."""
     from .checkpoint.listing import unlisted_note
     from .lifecycle import current_user, list_vms
     from .output import print_records
     config = _config(config_path)
     user = None if all_users else current_user()
+    if history or since or states:
+        from .history import DEFAULT_SINCE, history_or_live, parse_states
+        from .output import print_history
+        listing = history_or_live(_backend(config), config, user, since or DEFAULT_SINCE, parse_states(states))
+        print_history(listing, as_json, user)
+        return
     records = list_vms(_backend(config), user, ended, config)
     note = unlisted_note(config.checkpoint.user_dir(current_user()), {r.job_id for r in records})
     print_records(records, as_json, user, ended, note)
@@ -171,12 +182,18 @@ def list_cmd(all_users: bool, ended: bool, as_json: bool, config_path: str | Non
 @config_option
 def status(ref: str, lines: int, as_json: bool, config_path: str | None) -> None:
     """Show one VM: its job, node, cores, memory and the last serial console lines."""
-    from .errors import SlurmError
-    from .lifecycle import current_user, find_vm, managed_addresses, record_of, serial_tail
+    from .errors import NotFound, SlurmError
+    from .lifecycle import current_user, find_vm, managed_addresses, record_of, serial_tail, with_spec
     from .output import print_status
     config = _config(config_path)
     backend = _backend(config)
-    job = find_vm(backend, ref, current_user())
+    try:
+        job = with_spec(backend, find_vm(backend, ref, current_user()))
+    except NotFound as missing:   # slurmctld forgot it: the accounting storage may know
+        from .history import ended_status
+        from .output import print_history_status
+        print_history_status(*ended_status(config, ref, current_user(), missing), as_json)
+        return
     try:
         serial = serial_tail(config, job, lines, config.slurm.command_timeout)
     except SlurmError as exc:

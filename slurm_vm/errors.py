@@ -96,6 +96,11 @@ class ShareError(UserFault):
     """A directory the spec mounts cannot be shared with the job user's rights."""
 
 
+class CheckpointDirError(UserFault):
+    """The user's checkpoint dir cannot be made or is not the user's (another user made it first): the job
+    fails with what the admins must do; never a node fault."""
+
+
 class NotEnoughCores(HypervisorError):
     """The job step may use fewer cores than the VM has vCPUs."""
 
