@@ -14,9 +14,10 @@ from .config import Config
 from .errors import EXIT_USAGE, NotFound, NotYours, SlurmVmError
 from .lifecycle import VMRecord, with_checkpoints
 from .limits import JOB_NAME_PREFIX
-from .slurm.accounting import SACCT_STATES as STATES, AccountedRun, accounted_runs
+from .slurm.accounting import AccountedRun, accounted_runs
 from .slurm import SlurmBackend
 from .slurm.cli import CliBackend
+from .slurm.states import SACCT_STATES as STATES
 from .transport import is_vm_comment
 
 DEFAULT_SINCE = "30d"
