@@ -13,6 +13,7 @@ debootstrapped root filesystem (cached under /var/cache/slurm-vm/), chrooted ins
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -81,7 +82,7 @@ class Cluster:
     name: str = "tc"
     slurm: str = "22.05"
     nodes_count: int = 3
-    hooks: str = "record"            # none | record | slurm-vm
+    hooks: str = "record"            # none | record | slurm-vm | dirs (Prolog=hooks/prolog.d/*, a site's 10-record)
     venv: str | None = None          # for hooks=slurm-vm: where slurm-vm-prolog/epilog live
     slurm_vm_config: str | None = None
     bind: list[str] = field(default_factory=list)
@@ -190,6 +191,10 @@ class Cluster:
         if self.is_up():
             return
         self.down()
+        taken = self._subnet_users()
+        if taken:
+            raise ClusterError(f"subnet {self.subnet}.0/24 of cluster {self.name} is in use by {', '.join(taken)} "
+                               "(another test cluster whose name hashes to it): choose another name")
         ensure_test_users()
         if self.rootfs:
             ensure_rootfs(self.venv, self.bind)
@@ -254,7 +259,10 @@ class Cluster:
         os.chmod(hooks, 0o755)
         for which in ("prolog", "epilog"):
             path = os.path.join(hooks, which)
-            if self.hooks == "record":
+            if self.hooks == "dirs":   # a site's hook dirs: callers add their own entries next to 10-record
+                os.makedirs(os.path.join(hooks, f"{which}.d"), mode=0o755, exist_ok=True)
+                path = os.path.join(hooks, f"{which}.d", "10-record")
+            if self.hooks in ("record", "dirs"):
                 body = (f'out={q(self.path("hook-records"))}/{which}.${{SLURM_JOB_ID}}.${{SLURMD_NODENAME}}\n'
                         'env | grep -E "^(SLURM|SLURMD)_" | sort > "$out.tmp"\n'
                         'echo "HOOK_UID=$(id -u)" >> "$out.tmp"\nmv "$out.tmp" "$out"\n')
@@ -299,8 +307,7 @@ class Cluster:
             "SelectType=select/cons_tres",
             "SelectTypeParameters=CR_Core_Memory",
             "PrologFlags=Alloc,Contain,DeferBatch",
-            f"Prolog={self.path('hooks', 'prolog')}",
-            f"Epilog={self.path('hooks', 'epilog')}",
+            *self._hook_lines(),
             f"KillWait={self.kill_wait}",
             "MinJobAge=600",
             "ReturnToService=2",
@@ -328,6 +335,11 @@ class Cluster:
         for name in ("slurm.conf", "cgroup.conf"):
             os.chmod(self.path("etc", name), 0o644)
 
+    def _hook_lines(self) -> list[str]:
+        if self.hooks == "dirs":   # slurmd runs every file of the glob (in reverse alphabetical order)
+            return [f"Prolog={self.path('hooks', 'prolog.d', '*')}", f"Epilog={self.path('hooks', 'epilog.d', '*')}"]
+        return [f"Prolog={self.path('hooks', 'prolog')}", f"Epilog={self.path('hooks', 'epilog')}"]
+
     def _partitions(self) -> list[str]:
         main = "PartitionName=main Nodes=ALL Default=YES MaxTime=INFINITE State=UP"
         if self.preempt_grace is None:
@@ -348,6 +360,13 @@ class Cluster:
         if not os.path.exists(path):
             os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(10, 200))
         os.chmod(path, 0o666)
+
+    def _subnet_users(self) -> list[str]:
+        """Interfaces of the root namespace with an address in this cluster's subnet (another cluster's bridge
+        whose name hashes to the same subnet): sharing it would break both clusters' routing silently."""
+        links = json.loads(_run(["ip", "-j", "-4", "addr", "show"]).stdout or "[]")
+        return [link["ifname"] for link in links
+                if any(a.get("local", "").startswith(self.subnet + ".") for a in link.get("addr_info", []))]
 
     def _network_up(self) -> None:
         _run(["ip", "link", "add", self.bridge, "type", "bridge"])
@@ -583,16 +602,19 @@ def rootfs_path() -> str:
 
 
 def ensure_rootfs(venv: str | None, binds: list[str]) -> str:
-    """Build the trixie rootfs once (cached by recipe); install the project's venv inside when asked."""
+    """Build the trixie rootfs once (cached by recipe); install the project's venv inside when asked.
+    Under a lock: parallel test workers (xdist) and sessions bring 24.11 clusters up at the same time."""
     root = rootfs_path()
-    if not os.path.exists(os.path.join(root, ".complete")):
-        shutil.rmtree(root, ignore_errors=True)
-        os.makedirs(ROOTFS_CACHE, exist_ok=True)
-        _run(["debootstrap", "--variant=minbase", f"--include={','.join(ROOTFS_PACKAGES)}", "trixie", root],
-             timeout=1800)
-        open(os.path.join(root, ".complete"), "w").close()
-    if venv:
-        ensure_rootfs_venv(root, venv)
+    os.makedirs(ROOTFS_CACHE, exist_ok=True)
+    with open(os.path.join(ROOTFS_CACHE, ".rootfs.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(os.path.join(root, ".complete")):
+            shutil.rmtree(root, ignore_errors=True)
+            _run(["debootstrap", "--variant=minbase", f"--include={','.join(ROOTFS_PACKAGES)}", "trixie", root],
+                 timeout=1800)
+            open(os.path.join(root, ".complete"), "w").close()
+        if venv:
+            ensure_rootfs_venv(root, venv)
     return root
 
 

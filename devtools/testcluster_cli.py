@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
     up.add_argument("--name", default="tc")
     up.add_argument("--nodes", type=int, default=3)
     up.add_argument("--slurm", default="22.05", choices=["22.05", "24.11"])
-    up.add_argument("--hooks", default="record", choices=["none", "record", "slurm-vm"])
+    up.add_argument("--hooks", default="record", choices=["none", "record", "slurm-vm", "dirs"])
     up.add_argument("--venv")
     up.add_argument("--slurm-vm-config")
     up.add_argument("--bind", action="append", default=[])

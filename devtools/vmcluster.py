@@ -230,7 +230,7 @@ class VMCluster:
         found = []
         for node in self.cluster.nodes:
             state = self.node_state(node)
-            for sub in ("jobs", "journal", "nics"):
+            for sub in ("jobs", "journal", "nics", "trash"):
                 directory = os.path.join(state, sub)
                 if os.path.isdir(directory):
                     found += [f"{node}:{sub}/{n}" for n in os.listdir(directory)

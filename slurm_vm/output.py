@@ -82,8 +82,9 @@ def print_images(images: list[ImageInfo], as_json: bool) -> None:
     if not images:
         click.echo("no images in the image store: ask the admins")
         return
-    print_table(("NAME", "BOOT", "FORMAT", "SIZE", "DESCRIPTION"),
-                [(i.name, i.boot, i.format, _size(i.size_bytes), i.description) for i in images])
+    print_table(("NAME", "LOGIN", "BOOT", "FORMAT", "SIZE", "DESCRIPTION"),
+                [(i.name, i.login_user or "-", i.boot, i.format, _size(i.size_bytes), i.description)
+                 for i in images])
 
 
 def print_networks(networks: list[NetworkInfo], as_json: bool) -> None:

@@ -165,6 +165,9 @@ def _check_against_config(spec: VMSpec, config: Config, ctx: Context) -> None:
         known = ", ".join(sorted(config.images)) or "none configured"
         ctx.problem(("image",), f"no image {spec.image!r} in the image store; available: {known} "
                     "(`slurm-vm images` describes them)")
+    elif not (config.images[spec.image].kernel or config.images[spec.image].firmware):
+        ctx.problem(("image",), f"image {spec.image!r} has neither `kernel` nor `firmware` in the admin config, so "
+                    "no VM can boot from it: ask the admins to add one")
     if spec.mounts and not config.mounts.allowed:
         ctx.problem(("mounts",), "this site shares no host directories (the admins' `mounts.allowed` is empty); "
                     "remove `mounts:` and copy data in over ssh")

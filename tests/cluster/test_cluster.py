@@ -9,7 +9,7 @@ import pytest
 
 from devtools.testcluster import Cluster
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.both_flavours]   # the flavour's cluster itself: hooks, cgroups
 
 
 def run_ok(cluster, argv, user="svmtest", timeout=120):
