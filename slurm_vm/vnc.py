@@ -255,7 +255,7 @@ def run_session(target: Target, timeout: float, port: int, web: bool, novnc_dir:
 
 
 def login_host() -> str:
-    return socket.getfqdn()
+    return socket.gethostname()
 
 
 def user_name() -> str:

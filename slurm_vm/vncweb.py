@@ -93,6 +93,7 @@ class _Handler:
     """Mixed in front of websockify's WebSocketRequestHandlerMixIn and SimpleHTTPRequestHandler."""
     bridge: WebBridge
     ws: object
+    protocol_version = "HTTP/1.1"       # a websocket upgrade answers `HTTP/1.1 101`
 
     def _allowed(self) -> str | None:
         from .vnc import allowed
