@@ -41,21 +41,29 @@ class VncCommand:
         self.proc = subprocess.Popen(vc.slurm_vm_argv("vnc", *args, user=user), stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, start_new_session=True)
         self.lines: list[str] = []
+        self.pending = ""
 
     def read_until(self, pattern: str, timeout: float = 90) -> re.Match:
+        """The first match of `pattern` in a line of the command's stdout (read unbuffered: select then os.read)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        fd = self.proc.stdout.fileno()
+        while True:
             for line in self.lines:
                 if (match := re.search(pattern, line)):
                     return match
-            ready, _, _ = select.select([self.proc.stdout], [], [], 1.0)
-            if ready:
-                line = self.proc.stdout.readline()
-                if not line and self.proc.poll() is not None:
+            if time.monotonic() > deadline or not select.select([fd], [], [], 1.0)[0]:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
                     break
-                self.lines.append(line)
-        self.proc.kill()
-        raise AssertionError(f"{pattern!r} not printed; stdout {self.lines}; stderr {self.proc.stderr.read()}")
+                continue
+            data = os.read(fd, 65536)
+            if not data:
+                break
+            self.pending += data.decode(errors="replace")
+            *done, self.pending = self.pending.split("\n")
+            self.lines += done
+        self.__exit__()
+        raise AssertionError(f"{pattern!r} not printed; stdout {self.lines + [self.pending]}; "
+                             f"stderr {self.proc.stderr.read()}")
 
     def __enter__(self) -> "VncCommand":
         return self
