@@ -83,10 +83,8 @@ class Session:
         assert self.proc is not None
         _stop(self.proc)
         err = self.proc.stderr.read().decode(errors="replace").strip() if self.proc.stderr else ""
-        lines = [ln.removeprefix("slurm-vm vnc: ") for ln in err.splitlines() if ln.strip()]
         code = self.proc.returncode
-        message = lines[-1] if lines else f"the VM's node relay ended without a session (exit {code})"
-        raise VncRefused(message, code if code in {c.value for c in VncExit} and code else 1)
+        raise VncRefused(refusal(err, code), code if code in {c.value for c in VncExit} and code else 1)
 
     def stream(self, conn: socket.socket) -> subprocess.Popen:
         """A relay to the VM's VNC server whose stdin and stdout are `conn` (closed here, the relay keeps it)."""
@@ -122,6 +120,15 @@ class Session:
                 self.proc.wait(timeout=STOP_WAIT)
             except (OSError, subprocess.TimeoutExpired):
                 _stop(self.proc)
+
+
+def refusal(stderr: str, code: int) -> str:
+    """The node relay's own one-line reason (srun adds lines of its own, e.g. the task's exit code)."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    own = [ln.removeprefix("slurm-vm vnc: ") for ln in lines if ln.startswith("slurm-vm vnc: ")]
+    if own or lines:
+        return (own or lines)[-1]
+    return f"the VM's node relay ended without a session (exit {code})"
 
 
 def _raise_exit(signum, frame):

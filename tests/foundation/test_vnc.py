@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from slurm_vm.errors import SlurmVmError
-from slurm_vm.vnc import Target, allowed, peer_uid, relay_argv, socket_owner, tcp_key
+from slurm_vm.vnc import Target, allowed, peer_uid, refusal, relay_argv, socket_owner, tcp_key
 from slurm_vm.vncrelay import (ALPHABET, PASSWORD_LENGTH, VncExit, connect, lockout_commands, new_password,
                                no_display_reason, password_commands)
 
@@ -26,6 +26,14 @@ def test_relay_argv_goes_through_srun_into_the_job_on_its_node():
     assert argv[:2] == ["srun", "-u"] and "--jobid=42" in argv and "--overlap" in argv
     assert "--nodelist=node2" in argv and argv[-3:] == ["vnc-relay", "42", "--session"]
     assert relay_argv(TARGET, session=False)[-2:] == ["vnc-relay", "42"]
+
+
+def test_refusal_is_the_relays_own_line_not_sruns():
+    err = ("slurm-vm vnc: the VM's display is in use by another `slurm-vm vnc` session; end that one first\n"
+           "srun: error: node2: task 0: Exited with exit code 11\n")
+    assert refusal(err, 11).startswith("the VM's display is in use by another")
+    assert refusal("srun: error: Unable to create step\n", 1) == "srun: error: Unable to create step"
+    assert "without a session (exit 1)" in refusal("", 1)
 
 
 def test_session_password_is_a_lease_and_the_lockout_an_unknown_expired_one():
