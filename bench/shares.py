@@ -82,7 +82,7 @@ def one_run(transport: str, mib: int, base: str) -> dict[str, tuple[float, float
     for path in (run_dir, share_dir, *[os.path.join(run_dir, n) for n in os.listdir(run_dir)]):
         os.chown(path, user.pw_uid, user.pw_gid)
     proc = subprocess.run(["setpriv", f"--reuid={USER}", f"--regid={USER}", "--clear-groups", sys.executable, "-m",
-                           "slurm_vm.hypervisor", os.path.join(run_dir, "vm.json")], cwd=REPO,
+                           "slurm_vm.launcher", os.path.join(run_dir, "vm.json")], cwd=REPO,
                           capture_output=True, text=True, timeout=1800)
     try:
         serial = open(os.path.join(run_dir, "serial.log"), errors="replace").read()

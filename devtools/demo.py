@@ -13,8 +13,9 @@ from .testcluster import Cluster
 from .vmcluster import KILL_WAIT, SetupError, setup_node_bridges, venv_dir, write_test_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO_DIR = "/var/lib/slurm-vm-demo"
-CLUSTER_NAME = "demo"
+# SLURM_VM_TEST_PREFIX (the tests' cluster prefix) keeps a test run's demo off a demo someone left running.
+CLUSTER_NAME = os.environ.get("SLURM_VM_TEST_PREFIX", "") + "demo"
+DEMO_DIR = f"/var/lib/slurm-vm-{CLUSTER_NAME}"
 USER = "svmtest"
 EXAMPLE = os.path.join(REPO, "etc", "examples", "tiny.yaml")
 PREEMPT_GRACE = 60   # partition `urgent` preempts `main` (requeue) with this GraceTime: try checkpoints
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     say("starting a 3-node Slurm cluster in network namespaces, Prolog/Epilog = slurm-vm's")
     cluster = Cluster(CLUSTER_NAME, slurm="22.05", nodes_count=3, hooks="slurm-vm", venv=venv_dir(),
                       slurm_vm_config=config, bind=[REPO, directory], kill_wait=KILL_WAIT,
-                      preempt_grace=PREEMPT_GRACE)
+                      preempt_grace=PREEMPT_GRACE, accounting=True)
     cluster.up()
     setup_node_bridges(cluster)
     env = {"SLURM_VM_CONFIG": config}

@@ -128,6 +128,8 @@ def _node_step(cluster, node: str, argv: list[str]) -> None:
         raise SetupError(f"cannot set up {NODE_BRIDGE} on {node}: {' '.join(argv)}: {proc.stderr.strip()}")
 
 TEST_ROOT = "/var/lib/slurm-vm-test"
+ENDED_STATES = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
+                "DEADLINE"}
 TEST_USER = "svmtest"
 
 
@@ -205,15 +207,30 @@ class VMCluster:
                              f"output:\n{self.output(job_id)[-3000:]}")
 
     def wait_gone_or_ended(self, job_id: int, timeout: float = 120) -> str:
-        return self.wait_state(job_id, {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
-                                        "PREEMPTED", "BOOT_FAIL", "DEADLINE"}, timeout)
+        """The job's final state: from sacct where the cluster has accounting storage, else from squeue."""
+        state = self.wait_state(job_id, ENDED_STATES, timeout)
+        return self.accounted_state(job_id) if getattr(self.cluster, "accounting", False) else state
+
+    def accounted_state(self, job_id: int, timeout: float = 30) -> str:
+        """The state of the job's last run in the accounting storage, once it has ended there (slurmctld sends
+        the end to slurmdbd shortly after the job ends)."""
+        deadline = time.monotonic() + timeout
+        state = ""
+        while time.monotonic() < deadline:
+            out = self.cluster.client(["sacct", "-X", "-P", "-n", "-j", str(job_id), "-S", "2000-01-01",
+                                       "-o", "State"]).stdout.split("\n")[0].strip()
+            state = out.split(" ")[0]
+            if state in ENDED_STATES:
+                return state
+            time.sleep(0.5)
+        raise AssertionError(f"sacct says job {job_id} is {state or 'unknown'}, not ended, after {timeout}s")
 
     def leaks(self, job_id: int | None = None) -> list[str]:
         """slurm-vm objects left on any node: job dirs, journals, notes, svm links, VMM and virtiofsd processes."""
         found = []
         for node in self.cluster.nodes:
             state = self.node_state(node)
-            for sub in ("jobs", "journal", "nics"):
+            for sub in ("jobs", "journal", "nics", "trash"):
                 directory = os.path.join(state, sub)
                 if os.path.isdir(directory):
                     found += [f"{node}:{sub}/{n}" for n in os.listdir(directory)

@@ -117,7 +117,8 @@ def _wait_and_tell(config, backend, job_id: int, wait_for: str | None, timeout: 
         progress = wait_for_ready(backend, config, job_id, wait_for, timeout, report)
     if not quiet:
         job = backend.jobs(job_ids=(job_id,))
-        click.echo(how_to_connect(job[0], progress) if job else f"VM {progress.vm_name} is ready")
+        from .lifecycle import with_spec
+        click.echo(how_to_connect(with_spec(backend, job[0]), progress) if job else f"VM {progress.vm_name} is ready")
 
 
 @main.command("wait")
@@ -150,15 +151,25 @@ def launch(definition: str | None, grace_seconds: int | None, config_path: str |
 @main.command("list")
 @click.option("--all-users", is_flag=True, help="every user's VMs (as far as Slurm shows them)")
 @click.option("--ended", is_flag=True, help="include VMs that ended recently")
+@click.option("--all", "history", is_flag=True, help="your VMs that ended too, from Slurm's accounting (sacct)")
+@click.option("--since", metavar="WHEN", help="with --all: 30m, 12h, 7d, 2w back, or a date (default 30d)")
+@click.option("--state", "states", metavar="STATE,...", help="with --all: only VMs whose last run is in these states")
 @json_option
 @config_option
-def list_cmd(all_users: bool, ended: bool, as_json: bool, config_path: str | None) -> None:
+def list_cmd(all_users: bool, ended: bool, history: bool, since: str | None, states: str | None, as_json: bool,
+             config_path: str | None) -> None:
     """List your VM jobs."""
     from .checkpoint.listing import unlisted_note
     from .lifecycle import current_user, list_vms
     from .output import print_records
     config = _config(config_path)
     user = None if all_users else current_user()
+    if history or since or states:
+        from .history import DEFAULT_SINCE, history_or_live, parse_states
+        from .output import print_history
+        listing = history_or_live(_backend(config), config, user, since or DEFAULT_SINCE, parse_states(states))
+        print_history(listing, as_json, user)
+        return
     records = list_vms(_backend(config), user, ended, config)
     note = unlisted_note(config.checkpoint.user_dir(current_user()), {r.job_id for r in records})
     print_records(records, as_json, user, ended, note)
@@ -171,12 +182,18 @@ def list_cmd(all_users: bool, ended: bool, as_json: bool, config_path: str | Non
 @config_option
 def status(ref: str, lines: int, as_json: bool, config_path: str | None) -> None:
     """Show one VM: its job, node, cores, memory and the last serial console lines."""
-    from .errors import SlurmError
-    from .lifecycle import current_user, find_vm, managed_addresses, record_of, serial_tail
+    from .errors import NotFound, SlurmError
+    from .lifecycle import current_user, find_vm, managed_addresses, record_of, serial_tail, with_spec
     from .output import print_status
     config = _config(config_path)
     backend = _backend(config)
-    job = find_vm(backend, ref, current_user())
+    try:
+        job = with_spec(backend, find_vm(backend, ref, current_user()))
+    except NotFound as missing:   # slurmctld forgot it: the accounting storage may know
+        from .history import ended_status
+        from .output import print_history_status
+        print_history_status(*ended_status(config, ref, current_user(), missing), as_json)
+        return
     try:
         serial = serial_tail(config, job, lines, config.slurm.command_timeout)
     except SlurmError as exc:
@@ -321,7 +338,7 @@ def ssh(ref: str, login: str | None, ssh_args: tuple[str, ...], config_path: str
     backend = _backend(config)
     job = owned_vm(backend, ref, current_user())
     argv = ssh_command(job, require_running(backend, job), config.slurm_vm_command, login, ssh_args,
-                       managed_addresses(backend, config, [job]).get(job.job_id, ()))
+                       managed_addresses(backend, config, [job]).get(job.job_id, ()), config.networks)
     os.execvp(argv[0], argv)
 
 
@@ -374,7 +391,8 @@ def scp(scp_args: tuple[str, ...], config_path: str | None) -> None:
     def resolve(name: str):
         job = owned_vm(backend, name, current_user())
         return job, require_running(backend, job), config.slurm_vm_command
-    argv = scp_command(scp_args, resolve, lambda job: managed_addresses(backend, config, [job]).get(job.job_id, ()))
+    argv = scp_command(scp_args, resolve, lambda job: managed_addresses(backend, config, [job]).get(job.job_id, ()),
+                       config.networks)
     os.execvp(argv[0], argv)
 
 
@@ -387,10 +405,10 @@ def tcp_relay_cmd(host: str, port: int) -> None:
     sys.exit(tcp_relay(host, port))
 
 
-@main.command(hidden=True)
+@main.command()
 @click.argument("which", type=click.Choice(["spec", "config"]))
 def reference(which: str) -> None:
-    """Print the generated field reference (docs/*-reference.md are made from it)."""
+    """Print every field of a spec or of the admin config (docs/*-reference.md are made from it)."""
     from .reference import render_reference
     click.echo(render_reference(which), nl=False)
 
@@ -419,6 +437,44 @@ def doctor(fix: bool, node_name: str | None, as_json: bool, config_path: str | N
             click.echo("no leftovers")
     sys.exit(1 if findings and not fix else 0)
 
+
+
+@node.command("check")
+@click.option("--node", "node_name", metavar="NAME", help="Slurm node name of this host (default: hostname)")
+@click.option("--root", default="/", show_default=True, type=click.Path(file_okay=False),
+              help="read /proc, /lib/modules, /dev and the images under this directory (tests, chroots)")
+@click.option("--drain", is_flag=True, help="HealthCheckProgram: drain this node with the first problem as the "
+              "reason; resume it once ready if this check drained it")
+@click.option("--quiet", "-q", is_flag=True, help="print problems only")
+@json_option
+@config_option
+def check(node_name: str | None, root: str, drain: bool, quiet: bool, as_json: bool, config_path: str | None) -> None:
+    """Is this node ready for the configured images, networks and hypervisors? One line per prerequisite."""
+    import socket
+    from .node.readycheck import check_node, drain_reason
+    config = _config(config_path)
+    node_name = node_name or socket.gethostname().split(".")[0]
+    results = check_node(config, node_name, root)
+    if as_json:
+        click.echo(json.dumps([r.as_json() for r in results], indent=2))
+    else:
+        for result in results:
+            if not (quiet and result.ok):
+                click.echo(result.line())
+    if drain:
+        from .node.healthcheck import apply_drain
+        apply_drain(config, node_name, drain_reason(results))
+    sys.exit(0 if all(r.ok for r in results) else 1)
+
+@node.command("install-hook")
+@click.argument("dest", type=click.Path(dir_okay=False))
+@click.option("--config", "config_path", metavar="PATH", envvar="SLURM_VM_CONFIG", default="/etc/slurm-vm/config.yaml",
+              show_default=True, help="the admin config the hook reads")
+@click.option("--venv", metavar="DIR", help="the venv whose Python the hook runs (default: this command's)")
+def install_hook_cmd(dest: str, config_path: str, venv: str | None) -> None:
+    """Copy the node hook to DEST (e.g. /usr/local/sbin/slurm-vm-hook) for Prolog=/Epilog= or prolog.d/epilog.d."""
+    from .node.hookinstall import current_venv, install_hook
+    click.echo(install_hook(dest, config_path, current_venv() if venv is None else venv))
 
 if __name__ == "__main__":
     main()

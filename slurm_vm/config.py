@@ -8,6 +8,7 @@ import pwd
 from dataclasses import dataclass
 
 from .errors import Problem, ValidationError
+from .hypervisor import registry
 from .limits import CONFIG_ENV, DEFAULT_CONFIG_PATH  # noqa: F401  (spelled in limits for light importers)
 from .schema import AbsPath, Bool, Context, Int, ListOf, MapOf, Obj, SharePath, Size, Str, field, parse_object
 from .yamldoc import load_document
@@ -28,6 +29,9 @@ class Image:
     cmdline: str | None = field(Str(max_len=2048), "kernel command line for direct boot", None)
     firmware: str | None = field(AbsPath(), "firmware (e.g. CLOUDHV.fd or OVMF) for disk boot", None)
     description: str = field(Str(max_len=200), "shown by `slurm-vm images`", "")
+    login_user: str | None = field(Str(pattern=USER_PATTERN, pattern_help=USER_HELP),
+                                   "the image's login user (cloud-init's default user, who gets the spec's "
+                                   "`ssh_authorized_keys`), shown by `slurm-vm images`", None)
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ class Network:
 
 @dataclass(frozen=True)
 class HypervisorConfig:
-    default: str = field(Str(choices=("auto", "qemu", "cloud-hypervisor")), "hypervisor for specs that say `auto`",
+    default: str = field(Str(choices=registry.NAMES), "hypervisor for specs that say `auto`",
                          "auto")
     accelerator: str = field(Str(choices=("auto", "kvm", "tcg")),
                              "`auto` uses KVM only where it can boot guests, else TCG", "auto")
@@ -119,8 +123,9 @@ class MountsConfig:
 @dataclass(frozen=True)
 class CheckpointConfig:
     dir: str | None = field(AbsPath(), "where VM checkpoints go: storage every node sees; `%u` is replaced by the "
-                            "job's user name. The launcher (as the user) makes the per-user dir with mode 0700 "
-                            "(its parent must let users create it, e.g. mode 1777, or be made by the admin). "
+                            "job's user name. The prolog makes the per-user dir, owned by the user with mode "
+                            "0700: as root when its parent is root's with mode 0755 (recommended: no user can "
+                            "make another's first), else as the user; a dir another user made is refused. "
                             "Unset: specs may not ask for `checkpoint`", None, example="/scratch/slurm-vm/%u")
     keep: int = field(Int(1, 100), "complete checkpoints kept per job (older ones are removed after a new save)", 1)
     compress: bool = field(Bool(), "gzip the saved RAM and device state (smaller, slower)", False)

@@ -15,8 +15,9 @@ from typing import Callable
 
 from .config import Config
 from .errors import SlurmError
-from .lifecycle import ACTIVE_STATES, node_command, record_of, serial_log_path
+from .lifecycle import node_command, record_of, serial_log_path
 from .limits import GUEST_READY_MARKER
+from .slurm.states import ACTIVE_STATES
 from .slurm import JobInfo, SlurmBackend
 
 

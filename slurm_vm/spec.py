@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from .config import Config, groups_of_user, user_may_use_network
 from .errors import Problem, ValidationError
+from .hypervisor import registry
 from .limits import DERIVED_MAC_FIRST_OCTET, MAX_NICS, MAX_VMS_PER_JOB
 from .mounts import HOME, allowed_prefix, expand_home, home_is_usable, is_under, target_problem
 from .schema import (NAME_HELP, NAME_PATTERN, AbsPath, Bool, Context, Int, ListOf, Obj, RawMapping, SharePath, Size,
@@ -74,7 +75,7 @@ class VMSpec:
     networks: tuple = field(ListOf(Obj(NetworkRef), MAX_NICS), "NICs, in order", [])
     cloud_init: CloudInit = field(Obj(CloudInit), "cloud-init NoCloud seed", CloudInit())
     volumes: tuple = field(ListOf(Obj(Volume), MAX_VOLUMES), "persistent disks, attached after the root disk", [])
-    hypervisor: str = field(Str(choices=("auto", "qemu", "cloud-hypervisor")), "hypervisor", "auto")
+    hypervisor: str = field(Str(choices=registry.NAMES), "hypervisor", registry.AUTO)
     time: str | None = field(SlurmTime(), "Slurm time limit (default: the partition's)", None)
     count: int = field(Int(1, 4096), "VMs in the job, one per node, on a job-private network", 1)
     mounts: tuple = field(ListOf(Obj(Mount), MAX_MOUNTS), "host directories shared into the VM", [])
@@ -164,6 +165,9 @@ def _check_against_config(spec: VMSpec, config: Config, ctx: Context) -> None:
         known = ", ".join(sorted(config.images)) or "none configured"
         ctx.problem(("image",), f"no image {spec.image!r} in the image store; available: {known} "
                     "(`slurm-vm images` describes them)")
+    elif not (config.images[spec.image].kernel or config.images[spec.image].firmware):
+        ctx.problem(("image",), f"image {spec.image!r} has neither `kernel` nor `firmware` in the admin config, so "
+                    "no VM can boot from it: ask the admins to add one")
     if spec.mounts and not config.mounts.allowed:
         ctx.problem(("mounts",), "this site shares no host directories (the admins' `mounts.allowed` is empty); "
                     "remove `mounts:` and copy data in over ssh")
@@ -207,10 +211,12 @@ def _check_checkpoint(spec: VMSpec, config: Config, ctx: Context) -> None:
     if config.checkpoint.dir is None:
         ctx.problem(key, "this site has no checkpoint storage (`checkpoint.dir` in the admin config); "
                     "use `shutdown` or ask the admins")
-    hypervisor = spec.hypervisor if spec.hypervisor != "auto" else config.hypervisor.default
-    if hypervisor == "cloud-hypervisor" and spec.count > 1:
-        ctx.problem(key, "checkpoints of multi-VM jobs need `hypervisor: qemu`: a cloud-hypervisor guest ends with its "
-                    "save, so a round that another VM fails could not resume it")
+    hypervisor = spec.hypervisor if spec.hypervisor != registry.AUTO else config.hypervisor.default
+    kind = registry.HYPERVISORS.get(hypervisor)
+    if kind is not None and not kind.keeps_running_after_save and spec.count > 1:
+        keepers = " or ".join(h.name for h in registry.HYPERVISORS.values() if h.keeps_running_after_save)
+        ctx.problem(key, f"checkpoints of multi-VM jobs need `hypervisor: {keepers}`: a {hypervisor} guest ends with "
+                    "its save, so a round that another VM fails could not resume it")
     if spec.mounts:
         ctx.problem(key, "a VM with `mounts` cannot be checkpointed (neither QEMU nor cloud-hypervisor can save "
                     "9p/virtiofs shares); remove `mounts` or use `shutdown`")

@@ -30,4 +30,5 @@ def test_demo_runs_a_vm_through_slurm_and_cleans_up():
                      " 0% packet loss", "asked VM tiny", ": COMPLETED", "SLURM-VM-TEST acpi-shutdown",
                      "tearing the cluster down"):
         assert expected in out, (expected, out[-4000:])
-    assert not os.path.exists("/var/lib/slurm-vm-testcluster/demo")
+    name = os.environ.get("SLURM_VM_TEST_PREFIX", "") + "demo"
+    assert not os.path.exists(f"/var/lib/slurm-vm-testcluster/{name}")

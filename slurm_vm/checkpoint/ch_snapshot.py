@@ -35,6 +35,10 @@ class CloudHypervisorSnapshotter:
     def __init__(self, api_factory, alive):
         self.api_factory, self.alive = api_factory, alive
 
+    @classmethod
+    def of(cls, runtime, alive) -> "CloudHypervisorSnapshotter":
+        return cls(runtime.api, alive)
+
     def _call(self, method: str, *args):
         api = self.api_factory()
         try:

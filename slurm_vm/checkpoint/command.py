@@ -6,7 +6,7 @@
     slurm-vm checkpoint --list              every checkpoint in your checkpoint dir, with its job's state
 
 A save goes `srun --jobid=J --overlap` to `slurm-vm checkpoint-relay J` on the VM's node, which asks the
-launcher over its control socket (hypervisor/requests.py) and prints the launcher's JSON answer.
+launcher over its control socket (hypervisor/control_socket.py) and prints the launcher's JSON answer.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ import time
 
 from ..config import Config
 from ..errors import EXIT_USAGE, NotFound, SlurmError, SlurmVmError
-from ..lifecycle import ACTIVE_STATES, check_job_id, node_command, spec_of_job
+from ..lifecycle import check_job_id, node_command, spec_of_job
 from ..limits import CONTROL_SOCKET
 from ..slurm import JobInfo, SlurmBackend
+from ..slurm.states import ACTIVE_STATES, RESTARTING_STATES
 from ..vmaccess import owned_vm, require_running
 from .drop import drop_job
 from .flow import SAVE_TIMEOUT
-from .listing import QUEUED_STATES, JobCheckpoints, user_checkpoints
+from .listing import JobCheckpoints, user_checkpoints
 
 RELAY_TIMEOUT = SAVE_TIMEOUT + 300       # the save, the overlay's copy, srun's own start
 
@@ -92,7 +93,7 @@ def describe_answer(job: JobInfo, answer: dict) -> str:
 
 def relay(job_dir: str, stop: bool) -> int:
     """Node side (run by srun as the user, inside the job): the launcher's answer as JSON on stdout."""
-    from ..hypervisor.requests import RequestError, ask
+    from ..hypervisor.control_socket import RequestError, ask
     path = os.path.join(job_dir, CONTROL_SOCKET)
     try:
         answer = ask(path, {"op": "checkpoint", "stop": stop}, RELAY_TIMEOUT)
@@ -125,7 +126,7 @@ def drop(backend: SlurmBackend, config: Config, ref: str, user: str) -> str:
     if before is None:
         raise NotFound(f"job {job_id} has no checkpoints in {user_dir}; see `slurm-vm checkpoint --list`")
     after = (f"; job {job_id} is {job.state.lower()}: it boots afresh when it starts"
-             if job is not None and job.state in QUEUED_STATES else "")
+             if job is not None and job.state in RESTARTING_STATES else "")
     return f"dropped {len(removed)} checkpoint(s) of job {job_id} ({before.size_bytes / 2**20:.1f} MiB){after}"
 
 
@@ -140,7 +141,7 @@ def row(c: JobCheckpoints, job: JobInfo | None) -> dict:
     state = job.state if job is not None else "gone"
     data = c.as_json()
     data.update(name=job.vm_name if job is not None else "-", state=state,
-                restores=state in QUEUED_STATES and c.count > 0,
+                restores=state in RESTARTING_STATES and c.count > 0,
                 kept_because=_why_kept(state, c))
     return data
 
@@ -148,7 +149,7 @@ def row(c: JobCheckpoints, job: JobInfo | None) -> dict:
 def _why_kept(state: str, c: JobCheckpoints) -> str:
     if c.count == 0:
         return "unfinished saves only"
-    if state in QUEUED_STATES:
+    if state in RESTARTING_STATES:
         return "restores when the job starts"
     if state in ACTIVE_STATES:
         return "the running VM's latest save"

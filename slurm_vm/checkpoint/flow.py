@@ -10,10 +10,10 @@ import time
 from ..errors import HypervisorError, SlurmVmError
 from ..hypervisor.definition import VMDefinition
 from . import group, store
-from . import requeue as requeue_rules
+from ..slurm import requeue as requeue_rules
 from .manifest import OVERLAY_NAME, CheckpointRefused, Expected, Manifest, read_manifest, write_manifest
 from .qemu_save import copy_with_digest, restore_file
-from .settings import CheckpointSettings
+from ..hypervisor.checkpoint_settings import CheckpointSettings
 from .vmm import Snapshotter
 
 SAVE_TIMEOUT = 600.0

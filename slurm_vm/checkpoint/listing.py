@@ -9,9 +9,7 @@ from dataclasses import asdict, dataclass
 
 from . import barrier, group, store
 from .manifest import CheckpointRefused, read_manifest
-
-QUEUED_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"}
-
+from ..slurm.states import RESTARTING_STATES
 
 def owner_uid(user: str) -> int:
     try:
@@ -111,7 +109,7 @@ def summary(count: int, size_bytes: int, state: str) -> str:
     from its checkpoint when it starts again, ', restores'."""
     if count == 0:
         return "-"
-    restores = ", restores" if state in QUEUED_STATES else ""
+    restores = ", restores" if state in RESTARTING_STATES else ""
     return f"{count} ({size_bytes / 2**20:.0f} MiB){restores}"
 
 

@@ -1,7 +1,7 @@
 """`slurm-vm checkpoint` in the launcher: save the running guest and resume it, or (`--stop`) save it and end the
 run with the job requeued and held, so that `scontrol release` continues the VM later (any node).
 
-Runs in the launcher's main loop (hypervisor/requests.py hands it the request), so it never overlaps a
+Runs in the launcher's main loop (hypervisor/control_socket.py hands it the request), so it never overlaps a
 preemption's or time limit's save. A stop signal that arrives during a manual save is handled after it: when
 the signal asks for a checkpoint (preemption, `on_timeout: checkpoint`), the guest is still paused in exactly the
 state just saved, so the job ends with this checkpoint instead of saving again.
@@ -13,7 +13,7 @@ import os
 import time
 
 from ..errors import HypervisorError, SlurmVmError
-from ..hypervisor.requests import Request
+from ..hypervisor.control_socket import Request
 from ..hypervisor.runtime import say
 from . import flow
 from .drop import saving

@@ -78,6 +78,10 @@ class QemuSnapshotter:
     def __init__(self, qmp_path: str, alive):
         self.qmp_path, self.alive = qmp_path, alive
 
+    @classmethod
+    def of(cls, runtime, alive) -> "QemuSnapshotter":
+        return cls(runtime.qmp_path, alive)
+
     def version(self) -> str:
         return qemu_version(self.qmp_path)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from ..hypervisor import registry
 from ..hypervisor.definition import VMDefinition
 from ..hypervisor.runtime import Runtime
 from .manifest import FileEntry
@@ -42,27 +43,14 @@ class Snapshotter(Protocol):
         """Let the guest run again (after a failed save; after a successful one only if keeps_running)."""
 
 
-def hypervisor_of(runtime: Runtime) -> str:
-    from ..hypervisor.cloud_hypervisor import CloudHypervisorRuntime
-    return "cloud-hypervisor" if isinstance(runtime, CloudHypervisorRuntime) else "qemu"
-
-
 def snapshotter(runtime: Runtime) -> Snapshotter:
-    """The Snapshotter of a started runtime."""
+    """The Snapshotter of a started runtime (the registry's, for the runtime's hypervisor)."""
     alive = lambda: runtime.proc is not None and runtime.proc.poll() is None  # noqa: E731
-    if hypervisor_of(runtime) == "cloud-hypervisor":
-        from .ch_snapshot import CloudHypervisorSnapshotter
-        return CloudHypervisorSnapshotter(runtime.api, alive)  # type: ignore[attr-defined]
-    from .qemu_save import QemuSnapshotter
-    return QemuSnapshotter(runtime.qmp_path, alive)  # type: ignore[attr-defined]
+    return registry.snapshotter_class(runtime.hypervisor).of(runtime, alive)
 
 
 def restoring_runtime(hypervisor: str, defn: VMDefinition, accelerator: str, cores: list[int],
                       found: Found) -> Runtime:
     """A runtime that continues the verified checkpoint `found` instead of booting. Its after_start raises
     CheckpointRefused when this node's VMM cannot take the state (the caller may boot afresh)."""
-    if hypervisor == "cloud-hypervisor":
-        from .ch_restore import RestoringCloudHypervisorRuntime
-        return RestoringCloudHypervisorRuntime(defn, accelerator, cores, found)
-    from .qemu_runtime import RestoringQemuRuntime
-    return RestoringQemuRuntime(defn, accelerator, cores, found)
+    return registry.restoring_runtime_class(hypervisor)(defn, accelerator, cores, found)

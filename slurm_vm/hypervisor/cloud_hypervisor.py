@@ -142,6 +142,8 @@ def snapshot_config(directory: str) -> dict:
 
 
 class CloudHypervisorRuntime(Runtime):
+    hypervisor = "cloud-hypervisor"
+
     def argv(self, fds: list[int]) -> list[str]:
         return ch_argv(self.defn, self.cores, fds)
 

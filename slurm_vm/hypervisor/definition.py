@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import MISSING, asdict, dataclass, fields
 
-from ..checkpoint.settings import CheckpointSettings, settings_from_dict
+from .checkpoint_settings import CheckpointSettings, settings_from_dict
 from ..errors import HypervisorError
+from . import registry
 
-HYPERVISORS = ("auto", "qemu", "cloud-hypervisor")
 ACCELERATORS = ("auto", "kvm", "tcg")
 
 
@@ -56,9 +56,6 @@ class Share:
     readonly: bool
 
 
-SHARE_TRANSPORTS = ("9p", "virtiofs")
-
-
 @dataclass(frozen=True)
 class VMDefinition:
     job_id: int
@@ -75,7 +72,7 @@ class VMDefinition:
     qemu_binary: str
     cloud_hypervisor_binary: str
     shares: tuple[Share, ...] = ()
-    share_transport: str = "9p"                       # QEMU's; cloud-hypervisor always uses virtiofs
+    share_transport: str = "9p"                       # the one the hypervisor serves (registry.share_transport)
     virtiofsd_binary: str = "/usr/lib/qemu/virtiofsd"
     memory_overhead_bytes: int = 0   # what the VMM needs beyond guest RAM (the site's hypervisor.memory_overhead)
     checkpoint: CheckpointSettings | None = None     # slurm_vm.checkpoint: on_preempt/on_timeout, where to save
@@ -130,15 +127,18 @@ def from_dict(data: object) -> VMDefinition:
         if not share.path.startswith("/") or "," in share.path or not 0 < len(share.tag) <= 31 \
                 or "," in share.tag:
             raise HypervisorError(f"vm.json: shares[{i}] has a bad tag or path")
-    if d.get("share_transport", "9p") not in SHARE_TRANSPORTS:
+    if d.get("share_transport", "9p") not in registry.SHARE_TRANSPORTS:
         raise HypervisorError("vm.json: share_transport must be 9p or virtiofs")
+    kind = registry.HYPERVISORS.get(d["hypervisor"])
+    if kind is not None and d.get("share_transport", "9p") not in kind.share_transports:
+        raise HypervisorError(f"vm.json: {kind.name} serves shares over {' or '.join(kind.share_transports)} only")
     for i, disk in enumerate(disks):
         if disk.format not in ("qcow2", "raw"):
             raise HypervisorError(f"vm.json: disks[{i}].format must be qcow2 or raw")
     for i, nic in enumerate(nics):
         if (nic.tap is None) == (nic.device is None):
             raise HypervisorError(f"vm.json: nics[{i}] needs exactly one of tap or device")
-    if d["hypervisor"] not in HYPERVISORS or d["accelerator"] not in ACCELERATORS:
+    if d["hypervisor"] not in registry.NAMES or d["accelerator"] not in ACCELERATORS:
         raise HypervisorError("vm.json: unknown hypervisor or accelerator")
     for key in ("job_id", "cpus", "memory_bytes", "grace_seconds"):
         _typed(d[key], int, key)

@@ -131,6 +131,8 @@ def quit_now(socket_path: str) -> None:
 
 
 class QemuRuntime(Runtime):
+    hypervisor = "qemu"
+
     def argv(self, fds: list[int]) -> list[str]:
         return qemu_argv(self.defn, self.accelerator, fds)
 

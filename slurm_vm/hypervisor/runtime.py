@@ -63,6 +63,7 @@ def on_cores(cores: list[int]):
 
 class Runtime:
     """One VMM process and how to talk to it."""
+    hypervisor = ""        # its name in hypervisor/registry.py
 
     def __init__(self, defn: VMDefinition, accelerator: str, cores: list[int]):
         self.defn, self.accelerator, self.cores = defn, accelerator, cores

@@ -41,11 +41,6 @@ def guest_mount_options(transport: str, readonly: bool) -> str:
     return ",".join(options)
 
 
-def effective_transport(defn: VMDefinition, hypervisor: str) -> str:
-    """cloud-hypervisor has no 9p: it always uses virtio-fs."""
-    return "virtiofs" if hypervisor == "cloud-hypervisor" else defn.share_transport
-
-
 def socket_path(defn: VMDefinition, index: int) -> str:
     return defn.path(VIRTIOFS_SOCKET.format(index=index))
 

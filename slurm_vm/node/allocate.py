@@ -22,11 +22,8 @@ from ..networks.allocation import (COMMITTED, FAILED, AddressNeed, Holding, MacN
                                    with_holding)
 from ..errors import UserFault
 from ..slurm.cli import JobRecord
+from ..slurm.states import LIVE_STATES   # the jobs whose records hold VNIs/addresses
 
-# Jobs whose records hold VNIs/addresses: every state in which the job's nodes may still have its segments.
-# A job requeued and held (REQUEUE_HOLD, PENDING) holds nothing: it may wait for days; it chooses anew.
-LIVE_STATES = {"RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "STOPPED", "SIGNALING",
-               "STAGE_OUT", "REQUEUED", "REQUEUE_FED"}
 LOCK_NAME = "allocation.lock"
 POLL_SECONDS = 1.0
 MAX_POLL_SECONDS = 3.0

@@ -11,12 +11,10 @@ from dataclasses import dataclass
 
 from ..config import Config
 from ..slurm import SlurmBackend
+from ..slurm.states import LIVE_STATES
 from .objects import KINDS, journal_leftovers
 from .system import HostSystem, System
 from .teardown import teardown_job
-
-LIVE_STATES = {"RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "STOPPED"}
-
 
 @dataclass(frozen=True)
 class Finding:
@@ -48,15 +46,16 @@ def live_jobs_on_node(backend: SlurmBackend, node: str) -> set[int]:
     return {job.job_id for job in backend.jobs(node=node) if job.state in LIVE_STATES}
 
 
-def run_doctor(config: Config, backend: SlurmBackend, fix: bool, node: str | None = None) -> list[Finding]:
+def run_doctor(config: Config, backend: SlurmBackend, fix: bool, node: str | None = None,
+               system: System | None = None) -> list[Finding]:
     node = node or socket.gethostname()
     state_dir = config.node_state_dir(node)
-    findings = find_leftovers(state_dir, live_jobs_on_node(backend, node))
+    findings = find_leftovers(state_dir, live_jobs_on_node(backend, node), system)
     if not fix:
         return findings
     errors: dict[int, str] = {}
     for job_id in sorted({f.job_id for f in findings}):
-        report = teardown_job(state_dir, job_id, None)
+        report = teardown_job(state_dir, job_id, None, system)
         if report.errors:
             errors[job_id] = "; ".join(report.errors)
     return [Finding(f.kind, f.name, f.job_id, fixed=f.job_id not in errors, error=errors.get(f.job_id, ""))

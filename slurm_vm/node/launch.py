@@ -22,7 +22,7 @@ def _say(message: str) -> None:
 
 def launch_job(definition_path: str | None, config_path: str | None, grace_seconds: int | None = None) -> int:
     from ..hypervisor.definition import VMDefinition
-    from ..hypervisor.launcher import run
+    from ..launcher.launcher import run
     try:
         if definition_path is None:
             config = load_config(config_path)

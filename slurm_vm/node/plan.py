@@ -20,6 +20,7 @@ from .cloudinit import (hosts_vendor_data, mounts_vendor_data, ready_vendor_data
                         render_network_config,
                         render_user_data)
 from .context import JobContext
+from .hostfacts import HostFacts, concrete_hypervisor
 from ..limits import OVERLAY_FILE, SEED_FILE
 from .layout import job_dir, nic_nodes_dir
 from .shares import (SharePlan, definition_fields, plan_shares, share_transport,
@@ -113,7 +114,7 @@ def plan_nics(spec: VMSpec, config: Config, ctx: JobContext, jdir: str, holding:
 
 
 def plan_seed(spec: VMSpec, config: Config, ctx: JobContext, nics: tuple[NicPlan, ...], jdir: str,
-              holding: Holding | None = None) -> SeedPlan:
+              holding: Holding | None, hypervisor: str) -> SeedPlan:
     hostname = spec.hostname(ctx.vm_index)
     user_data, vendor_data = render_user_data(spec.cloud_init.user_data, list(spec.cloud_init.ssh_authorized_keys),
                                               hostname)
@@ -122,20 +123,18 @@ def plan_seed(spec: VMSpec, config: Config, ctx: JobContext, nics: tuple[NicPlan
                         instance_id(ctx, keeps_identity(spec)), hostname),
                     user_data=user_data, network_config=network_config,
                     vendor_data=ready_vendor_data(mounts_vendor_data(
-                        plan_shares(spec, user_home(ctx.user)), share_transport(spec, config),
+                        plan_shares(spec, user_home(ctx.user)), share_transport(hypervisor, config),
                         hosts_vendor_data(hosts_entries(spec, config, holding), vendor_data))))
 
 
 def plan_definition(spec: VMSpec, config: Config, ctx: JobContext, jdir: str, overlay: str, seed: str,
-                    nics: tuple[NicPlan, ...]) -> VMDefinition:
-    """The launcher's contract (vm.json). Volume formats stay `auto` until the prolog has probed them."""
+                    nics: tuple[NicPlan, ...], hypervisor: str) -> VMDefinition:
+    """The launcher's contract (vm.json), for a concrete hypervisor. Volume formats stay `auto` until the prolog
+    has probed them."""
     image = config.images[spec.image]
     disks = (Disk(overlay, "qcow2", readonly=False, role="root", backing=True),
              Disk(seed, "raw", readonly=True, role="seed"),
              *(Disk(v.path, "auto", readonly=v.readonly, role="volume") for v in spec.volumes))
-    hypervisor = spec.hypervisor if spec.hypervisor != "auto" else config.hypervisor.default
-    if spec.checkpoints and hypervisor == "auto":
-        hypervisor = "qemu"   # a checkpoint restores only into the same VMM; `auto` picks per node (docs/checkpoint.md)
     return VMDefinition(
         job_id=ctx.job_id,
         name=spec.hostname(ctx.vm_index),
@@ -151,29 +150,31 @@ def plan_definition(spec: VMSpec, config: Config, ctx: JobContext, jdir: str, ov
         grace_seconds=config.grace_seconds,
         qemu_binary=config.hypervisor.qemu_binary,
         cloud_hypervisor_binary=config.hypervisor.cloud_hypervisor_binary,
-        **definition_fields(plan_shares(spec, user_home(ctx.user)), config),
+        **definition_fields(plan_shares(spec, user_home(ctx.user)), hypervisor, config),
         checkpoint=checkpoint_definition(spec, config, ctx.user, ctx.restart_count,
                                          instance_id(ctx, keeps_identity(spec)), ctx.vm_index),
     )
 
 
 def make_plan(spec: VMSpec, config: Config, ctx: JobContext, holding: Holding | None = None,
-              underlays: dict | None = None) -> NodePlan:
+              underlays: dict | None = None, facts: HostFacts | None = None) -> NodePlan:
     """`holding`: what the job agreed cluster-wide (node.allocate): its private VNIs and shared addresses;
-    `underlays`: network -> node -> underlay address for unicast VXLAN networks (node.underlay)."""
+    `underlays`: network -> node -> underlay address for unicast VXLAN networks (node.underlay);
+    `facts`: what the prolog found on the node (node.hostfacts), to resolve `hypervisor: auto`."""
+    hypervisor = concrete_hypervisor(spec, config, facts or HostFacts())
     image = config.images[spec.image]
     state_dir = config.node_state_dir(ctx.node)
     jdir = job_dir(state_dir, ctx.job_id)
     overlay = os.path.join(jdir, OVERLAY_FILE)
     nics = plan_nics(spec, config, ctx, jdir, holding, underlays)
-    seed = plan_seed(spec, config, ctx, nics, jdir, holding)
+    seed = plan_seed(spec, config, ctx, nics, jdir, holding, hypervisor)
     from .portfilters import plan_port_filters
     port_filters = plan_port_filters(nics, plan_addresses(spec, config, ctx.vm_index, holding), config)
     return NodePlan(job_id=ctx.job_id, uid=ctx.uid, gid=ctx.gid, user=ctx.user, state_dir=state_dir,
                     job_dir=jdir, base_image=image.path, base_format=image.format,
                     overlay=overlay, disk_size=spec.disk, seed=seed,
                     volumes=tuple((v.path, v.readonly) for v in spec.volumes), nics=nics,
-                    definition=plan_definition(spec, config, ctx, jdir, overlay, seed.path, nics),
+                    definition=plan_definition(spec, config, ctx, jdir, overlay, seed.path, nics, hypervisor),
                     qemu_img=config.hypervisor.qemu_img, shares=plan_shares(spec, user_home(ctx.user)),
                     share_allowed=tuple(config.mounts.allowed), home=user_home(ctx.user),
                     port_filters=port_filters)

@@ -11,6 +11,7 @@ import pwd
 from dataclasses import dataclass
 
 from ..config import Config
+from ..hypervisor import registry
 from ..hypervisor.definition import Share
 from ..mounts import expand_home, mount_tag
 from ..spec import VMSpec
@@ -37,12 +38,12 @@ def plan_shares(spec: VMSpec, home: str) -> tuple[SharePlan, ...]:
                  for i, m in enumerate(spec.mounts))
 
 
-def share_transport(spec: VMSpec, config: Config) -> str:
-    hypervisor = spec.hypervisor if spec.hypervisor != "auto" else config.hypervisor.default
-    return "virtiofs" if hypervisor == "cloud-hypervisor" else config.mounts.transport
+def share_transport(hypervisor: str, config: Config) -> str:
+    """The transport the (concrete) hypervisor serves shares over: vm.json's and the guest's fstab's alike."""
+    return registry.share_transport(hypervisor, config.mounts.transport)
 
 
-def definition_fields(shares: tuple[SharePlan, ...], config: Config) -> dict:
+def definition_fields(shares: tuple[SharePlan, ...], hypervisor: str, config: Config) -> dict:
     """VMDefinition's share fields; the prolog replaces each path with the directory it resolved as the user."""
     return {"shares": tuple(Share(s.tag, s.source, s.readonly) for s in shares),
-            "share_transport": config.mounts.transport, "virtiofsd_binary": config.mounts.virtiofsd}
+            "share_transport": share_transport(hypervisor, config), "virtiofsd_binary": config.mounts.virtiofsd}

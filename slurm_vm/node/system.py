@@ -8,6 +8,7 @@ a fake one without root; the root tests run HostSystem.
 from __future__ import annotations
 
 import os
+import time
 from typing import Protocol
 
 from ..disks.overlay import create_overlay
@@ -25,6 +26,8 @@ class System(Protocol):
     def write_private_file(self, path: str, data: bytes) -> None: ...
     def create_overlay(self, base: str, base_format: str, overlay: str, size: int | None, qemu_img: str) -> None: ...
     def remove_tree(self, path: str) -> None: ...
+    def remove_job_dir(self, path: str, trash: str, seconds: float) -> bool: ...
+    def empty_trash(self, trash: str, seconds: float) -> list[str]: ...
     def give_dir_to_user(self, path: str, uid: int, gid: int) -> None: ...
     def list_dir(self, path: str) -> list[str]: ...
     # network devices
@@ -75,6 +78,28 @@ class HostSystem:
 
     def remove_tree(self, path: str) -> None:
         remove_tree_safely(path)
+
+    def remove_job_dir(self, path: str, trash: str, seconds: float) -> bool:
+        """Move the (user's) job dir into the root-only trash in one rename, then remove it within `seconds`;
+        False: what is left stays in the trash for the next hook (a user can make a tree of any size)."""
+        try:
+            os.lstat(path)
+        except FileNotFoundError:
+            return True
+        if not os.path.isdir(trash):
+            remove_tree_safely(path)   # a state dir of an older slurm-vm, before `trash` existed
+            return True
+        parked = os.path.join(trash, f"{os.path.basename(path)}.{os.urandom(4).hex()}")
+        os.rename(path, parked)
+        return remove_tree_safely(parked, time.monotonic() + seconds)
+
+    def empty_trash(self, trash: str, seconds: float) -> list[str]:
+        """Remove what earlier hooks left in the trash, within `seconds`; the entries still there."""
+        deadline = time.monotonic() + seconds
+        for name in self.list_dir(trash):
+            if not remove_tree_safely(os.path.join(trash, name), deadline):
+                break
+        return self.list_dir(trash)
 
     def give_dir_to_user(self, path: str, uid: int, gid: int) -> None:
         """chown a directory and its entries (not deeper) without following links."""

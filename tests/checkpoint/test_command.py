@@ -14,7 +14,7 @@ from slurm_vm.checkpoint.command import CheckpointFailed, describe_answer, parse
 from slurm_vm.checkpoint.drop import SaveInProgress, drop_job, saving
 from slurm_vm.checkpoint.listing import JobCheckpoints
 from slurm_vm.errors import SlurmError
-from slurm_vm.hypervisor.requests import ControlServer, RequestError, ask, parse_request
+from slurm_vm.hypervisor.control_socket import ControlServer, RequestError, ask, parse_request
 from slurm_vm.limits import CONTROL_SOCKET
 from slurm_vm.slurm import JobInfo
 

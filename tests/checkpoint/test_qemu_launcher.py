@@ -228,7 +228,7 @@ def test_checkpoint_of_qemu_7_2_is_refused_by_qemu_10(make_run, ckpt_root):
 
 def ask_checkpoint(run: Run, out: list, stop: bool = False) -> threading.Thread:
     """The request the node relay sends (root may ask too: the socket admits its user and root)."""
-    from slurm_vm.hypervisor.requests import ask
+    from slurm_vm.hypervisor.control_socket import ask
     thread = threading.Thread(target=lambda: out.append(ask(os.path.join(run.dir, "control.sock"),
                                                             {"op": "checkpoint", "stop": stop}, 300)))
     thread.start()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from slurm_vm.checkpoint.requeue import decide, slurm_version
+from slurm_vm.slurm.requeue import decide, slurm_version
 
 IN_GRACE = {"JobState": "RUNNING", "PreemptTime": "2026-12-01T10:44:06", "Restarts": "0"}      # 24.11: USR1 at start
 REQUEUED = {"JobState": "PENDING", "PreemptTime": "None", "Restarts": "1"}                    # 22.05: TERM at end

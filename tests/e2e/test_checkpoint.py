@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-pytestmark = [pytest.mark.cluster, pytest.mark.guest]
+pytestmark = [pytest.mark.cluster, pytest.mark.guest, pytest.mark.both_flavours]   # preemption, time limit, requeue
 COUNT = re.compile(r"SLURM-VM-TEST count=(\d+) boot_id=(\S+) uptime=([\d.]+)")
 SPEC = """name: {name}
 image: tiny-counter
@@ -108,8 +108,18 @@ def test_preempted_vm_continues_on_another_node(preempt_cluster):
         assert_continued(before, [c for c in after if c[0] > 0])
         stop_and_check(vc, job, second)
         assert not os.listdir(os.path.join(vc.directory, "checkpoints", "svmtest")), "checkpoint not removed"
+        assert_preempted_run_in_accounting(vc, job)
     finally:
         vc.cluster.client(["scancel", hog.stdout.strip().split(";")[0]])
+
+
+def assert_preempted_run_in_accounting(vc, job: int) -> None:
+    """sacct (the cluster has accounting storage) and `list --all`: the preempted run, then the one that ended."""
+    listing = vc.slurm_vm("list", "--all", "--json")
+    assert listing.returncode == 0, listing.stderr
+    record = {r["job_id"]: r for r in json.loads(listing.stdout)}[job]
+    assert (record["state"], record["earlier_runs"]) == ("COMPLETED", ["PREEMPTED"]), record
+    assert record["exit_code"] == "0:0" and record["restarts"] == 1, record
 
 
 def test_time_limit_checkpoints_requeues_and_ends_only_at_poweroff(preempt_cluster):

@@ -12,7 +12,7 @@ import pytest
 
 from tests.e2e.test_checkpoint import assert_continued, counters, wait_count, wait_output
 
-pytestmark = [pytest.mark.cluster, pytest.mark.guest]
+pytestmark = [pytest.mark.cluster, pytest.mark.guest, pytest.mark.both_flavours]   # hold, release, requeue, cancel
 SPEC = "name: {name}\nimage: tiny-counter\nmemory: 256M\ndisk: 128M\n{extra}"
 SAVED = re.compile(r"checkpoint of VM (\S+) \(job (\d+)\): (\S+), ([\d.]+) MiB, saved in ([\d.]+)s; (.*)")
 PAUSED = re.compile(r"the guest was paused ([\d.]+)s and keeps running")

@@ -14,7 +14,7 @@ import pytest
 from slurm_vm.checkpoint import barrier
 from tests.e2e.test_checkpoint import counters, wait_count, wait_output
 
-pytestmark = [pytest.mark.cluster, pytest.mark.guest]
+pytestmark = [pytest.mark.cluster, pytest.mark.guest, pytest.mark.both_flavours]   # srun steps, preemption, requeue
 SPEC = """name: {name}
 image: tiny-counter
 count: 2

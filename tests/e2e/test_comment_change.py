@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-pytestmark = [pytest.mark.cluster, pytest.mark.guest]
+pytestmark = [pytest.mark.cluster, pytest.mark.guest, pytest.mark.both_flavours]   # the job comment
 
 SPEC = "name: golf\nimage: tiny\ncpus: 1\nmemory: 256M\nnetworks:\n  - network: lan\n"
 

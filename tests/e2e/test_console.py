@@ -9,7 +9,7 @@ import pytest
 from tests.e2e.test_vm_jobs import start_tiny
 
 pexpect = pytest.importorskip("pexpect")
-pytestmark = [pytest.mark.cluster, pytest.mark.guest]
+pytestmark = [pytest.mark.cluster, pytest.mark.guest, pytest.mark.both_flavours]   # srun --pty, job states and reasons
 
 
 def spawn(vc, *args: str, user: str = "svmtest"):

@@ -15,6 +15,7 @@ SPEC = "name: {name}\nimage: tiny\nmemory: 256M\nnetworks:\n  - network: lan\n  
 
 
 @pytest.mark.cluster
+@pytest.mark.both_flavours   # the memory Slurm hands the job
 def test_a_hand_made_job_with_too_little_memory_is_refused_before_the_vmm_starts(vm_cluster):
     """A batch job written by hand (slurm-vm's script, --mem=300M): the launcher reads the job's cgroup."""
     vc = vm_cluster

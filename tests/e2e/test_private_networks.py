@@ -75,6 +75,7 @@ def _two_private_jobs(vc, node_a: str, node_b: str) -> None:
         stop_all(vc, [a, b])
 
 
+@pytest.mark.both_flavours   # segments are agreed through the jobs' AdminComment
 def test_private_segments_of_two_users_on_two_nodes_never_meet(vm_cluster):
     nodes = vm_cluster.cluster.nodes
     _two_private_jobs(vm_cluster, nodes[0], nodes[1])
@@ -157,6 +158,7 @@ networks:
 {address}"""
 
 
+@pytest.mark.both_flavours   # addresses are agreed through the jobs' AdminComment
 def test_managed_addresses_are_distinct_and_a_taken_static_address_or_mac_is_refused(vm_cluster):
     vc = vm_cluster
     jobs = []

@@ -21,7 +21,7 @@ from devtools.vmcluster import REPO, venv_dir
 
 from slurm_vm.errors import EXIT_AMBIGUOUS, EXIT_NOT_FOUND, EXIT_NOT_RUNNING, EXIT_NOT_YOURS
 
-pytestmark = [pytest.mark.cluster]
+pytestmark = [pytest.mark.cluster, pytest.mark.both_flavours]   # squeue/scontrol output, job states
 
 USER = "svmother"
 SPEC = "name: {name}\nimage: tiny\nmemory: 256M\nnetworks:\n  - network: lan\n"

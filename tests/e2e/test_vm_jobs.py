@@ -38,6 +38,7 @@ def start_tiny(vc, name: str, *sbatch: str, image: str = "tiny", cpus: int = 1) 
     return job, node
 
 
+@pytest.mark.both_flavours   # the stop signal, COMPLETED
 def test_vm_runs_with_seed_and_network_then_stops_gracefully(vm_cluster):
     vc = vm_cluster
     job, node = start_tiny(vc, "alpha")
@@ -68,6 +69,7 @@ def test_vm_runs_with_seed_and_network_then_stops_gracefully(vm_cluster):
     vc.wait_no_leaks(job)
 
 
+@pytest.mark.both_flavours   # scancel, KillWait, CANCELLED
 def test_scancel_shuts_the_guest_down_within_killwait(vm_cluster):
     vc = vm_cluster
     job, node = start_tiny(vc, "bravo")
@@ -90,18 +92,7 @@ def test_guest_ignoring_acpi_is_hard_stopped_after_grace(vm_cluster):
     vc.wait_no_leaks(job)
 
 
-def test_time_limit_shuts_guest_down_before_the_kill_and_ends_timeout(vm_cluster):
-    """The guest gets the power button before the limit; the job then ends TIMEOUT, as Slurm users expect.
-    The test cluster has no accounting storage (no sacct): squeue -t all shows the final state."""
-    vc = vm_cluster
-    job = vc.submit(tiny("delta"), "--time=2", name="delta")
-    vc.wait_state(job, {"RUNNING"}, timeout=120)
-    state = vc.wait_gone_or_ended(job, timeout=260)
-    out = vc.output(job)
-    assert "SLURM-VM-TEST acpi-shutdown" in out, out
-    assert out.index("the guest shut down after SIGUSR1") < out.index("waiting for Slurm to end the job"), out
-    assert state == "TIMEOUT", out
-    vc.wait_no_leaks(job)
+# The time limit (power button before the limit, then TIMEOUT): tests/e2e/test_accounting.py, with sacct.
 
 
 def test_launcher_killed_leaves_nothing(vm_cluster):
@@ -114,6 +105,7 @@ def test_launcher_killed_leaves_nothing(vm_cluster):
     vc.wait_no_leaks(job)
 
 
+@pytest.mark.both_flavours   # FAILED, the epilog after a crash
 def test_hypervisor_crash_ends_job_and_leaves_nothing(vm_cluster):
     vc = vm_cluster
     job, node = start_tiny(vc, "foxtrot")
@@ -125,6 +117,7 @@ def test_hypervisor_crash_ends_job_and_leaves_nothing(vm_cluster):
     vc.wait_no_leaks(job)
 
 
+@pytest.mark.both_flavours   # a refusing prolog must not drain the node
 def test_refused_spec_fails_the_job_with_the_reason(vm_cluster):
     """A volume the user cannot read is refused on the node: the job fails with a clear line, nothing stays."""
     vc = vm_cluster
@@ -142,6 +135,7 @@ def test_refused_spec_fails_the_job_with_the_reason(vm_cluster):
     assert drained == ""
 
 
+@pytest.mark.both_flavours   # the task cgroup's cpuset
 def test_vcpus_are_pinned_to_the_allocated_cores(vm_cluster):
     vc = vm_cluster
     job, node = start_tiny(vc, "hotel", cpus=2)
@@ -215,6 +209,7 @@ cloud_init:
 """
 
 
+@pytest.mark.both_flavours   # one srun step over 3 nodes
 def test_three_vm_job_guests_ping_each_other_by_hostname_across_nodes(vm_cluster):
     vc = vm_cluster
     job = vc.submit(MULTI, name="vc")

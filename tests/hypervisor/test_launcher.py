@@ -66,7 +66,7 @@ class Run:
 
     def start(self) -> subprocess.Popen:
         script = (f"mount --bind {self.tun} /dev/net/tun && exec setpriv --reuid={USER} --regid={USER} "
-                  f"--clear-groups {sys.executable} -m slurm_vm.hypervisor {self.dir}/vm.json")
+                  f"--clear-groups {sys.executable} -m slurm_vm.launcher {self.dir}/vm.json")
         return subprocess.Popen(["nsenter", f"--net=/run/netns/{self.netns}", "unshare", "--mount",
                                  "--propagation", "private", "sh", "-c", script],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -153,7 +153,7 @@ def read_until(proc: subprocess.Popen, text: str, timeout: float = 60) -> list[s
 
 def assert_no_vmm_besides_the_launcher(run: Run) -> None:
     left = subprocess.run(["pgrep", "-a", "-f", run.dir], capture_output=True, text=True).stdout.splitlines()
-    assert [line for line in left if "slurm_vm.hypervisor" not in line] == [], left
+    assert [line for line in left if "slurm_vm.launcher" not in line] == [], left
 
 
 def assert_no_qemu(run: Run) -> None:

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from slurm_vm.errors import HypervisorError
 from slurm_vm.hypervisor.cores import cgroup_cpuset, io_cores, parse_cpu_list, vcpu_map
-from slurm_vm.hypervisor.definition import (ACCELERATORS, HYPERVISORS, SHARE_TRANSPORTS, Boot, Disk, Nic, Share,
-                                            VMDefinition)
+from slurm_vm.hypervisor.definition import ACCELERATORS, Boot, Disk, Nic, Share, VMDefinition
+from slurm_vm.hypervisor.registry import HYPERVISORS, NAMES, SHARE_TRANSPORTS
 from slurm_vm.hypervisor.kvm import kvm_usability
 from slurm_vm.hypervisor.qemu import qemu_argv
 from tests.hypervisor.shapes import SHAPES, definition
@@ -37,7 +37,7 @@ DISKS = st.builds(Disk, path=PATH, format=st.sampled_from(["qcow2", "raw"]), rea
 NICS = st.one_of(st.builds(Nic, mac=TEXT, tap=TEXT), st.builds(Nic, mac=TEXT, device=PATH))
 DEFINITIONS = st.builds(
     VMDefinition, job_id=st.integers(1, 2**32 - 1), name=TEXT, cpus=st.integers(1, 512),
-    memory_bytes=st.integers(16 << 20, 1 << 50), hypervisor=st.sampled_from(HYPERVISORS),
+    memory_bytes=st.integers(16 << 20, 1 << 50), hypervisor=st.sampled_from(NAMES),
     accelerator=st.sampled_from(ACCELERATORS), boot=BOOTS, disks=st.lists(DISKS, max_size=4).map(tuple),
     nics=st.lists(NICS, max_size=8).map(tuple), run_dir=PATH, grace_seconds=st.integers(0, 3600),
     qemu_binary=PATH, cloud_hypervisor_binary=PATH,
@@ -45,7 +45,8 @@ DEFINITIONS = st.builds(
                               path=st.text("abc/_-", max_size=30).map(lambda t: "/" + t), readonly=st.booleans()),
                     max_size=4).map(tuple),
     share_transport=st.sampled_from(SHARE_TRANSPORTS), virtiofsd_binary=PATH,
-    memory_overhead_bytes=st.integers(0, 1 << 40))
+    memory_overhead_bytes=st.integers(0, 1 << 40)).filter(
+        lambda d: d.hypervisor not in HYPERVISORS or d.share_transport in HYPERVISORS[d.hypervisor].share_transports)
 
 
 @settings(max_examples=300)

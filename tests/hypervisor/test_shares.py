@@ -15,7 +15,8 @@ from slurm_vm.errors import HypervisorError
 from slurm_vm.hypervisor.cloud_hypervisor import ch_argv, ch_vm_config
 from slurm_vm.hypervisor.definition import VMDefinition
 from slurm_vm.hypervisor.qemu import qemu_argv
-from slurm_vm.hypervisor.shares import effective_transport, virtiofsd_argv
+from slurm_vm.hypervisor.registry import share_transport
+from slurm_vm.hypervisor.shares import virtiofsd_argv
 from tests.hypervisor.shapes import definition
 
 RUN = "/var/lib/slurm-vm/jobs/42"
@@ -40,8 +41,8 @@ def test_qemu_virtiofs_shares_guest_memory_and_uses_the_sockets():
 
 def test_cloud_hypervisor_always_uses_virtiofs_with_shared_memory():
     defn = definition(shares=2)
-    assert effective_transport(defn, "cloud-hypervisor") == "virtiofs"
-    assert effective_transport(defn, "qemu") == "9p"
+    assert share_transport("cloud-hypervisor", "9p") == "virtiofs"
+    assert share_transport("qemu", "9p") == "9p"
     argv = ch_argv(defn, [0], [3])
     assert argv[argv.index("--memory") + 1] == "size=1024M,shared=on"
     fs = argv[argv.index("--fs") + 1:]

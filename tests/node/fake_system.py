@@ -61,6 +61,13 @@ class FakeSystem:
         self.dirs = {d for d in self.dirs if d != path and not d.startswith(inside)}
         self.files = {f: v for f, v in self.files.items() if f != path and not f.startswith(inside)}
 
+    def remove_job_dir(self, path: str, trash: str, seconds: float) -> bool:
+        self.remove_tree(path)
+        return True
+
+    def empty_trash(self, trash: str, seconds: float) -> list[str]:
+        return []
+
     def give_dir_to_user(self, path: str, uid: int, gid: int) -> None:
         if path not in self.dirs:
             raise NodeError(f"{path} does not exist")

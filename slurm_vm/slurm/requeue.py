@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .states import REQUEUED_STATES
+
 SLURM_REQUEUES_IN_GRACE = (24, 5)     # Slurm commit a689104d "Treat jobs completing after being signalled for
 #                                       GraceTime as preempted", first released in 24.05
-REQUEUED_STATES = ("REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "PENDING", "PREEMPTED")
 
 
 @dataclass(frozen=True)

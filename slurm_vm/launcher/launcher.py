@@ -21,15 +21,14 @@ from ..checkpoint.control import CheckpointControl, RestoreRefused
 from ..checkpoint.manifest import CheckpointRefused
 from ..errors import HypervisorError, NotEnoughCores, NotEnoughMemory
 from ..limits import CONTROL_SOCKET, LAUNCHER_LOCK, LAUNCHER_PID, VMM_LOG, VMM_PID
-from .cloud_hypervisor import CloudHypervisorRuntime
-from .cores import allowed_cores, io_cores, vcpu_map
-from .definition import VMDefinition
-from .kvm import choose_backend
-from .memlimit import cgroup_memory_limit, check_memory
-from .qemu import QemuRuntime
-from .requests import ControlServer
-from .runtime import START_TIMEOUT, Runtime, open_nics, say
-from .shares import ShareDaemons, effective_transport
+from ..hypervisor import registry
+from ..hypervisor.cores import allowed_cores, io_cores, vcpu_map
+from ..hypervisor.definition import VMDefinition
+from ..hypervisor.kvm import choose_backend
+from ..hypervisor.memlimit import cgroup_memory_limit, check_memory
+from ..hypervisor.control_socket import ControlServer
+from ..hypervisor.runtime import START_TIMEOUT, Runtime, open_nics, say
+from ..hypervisor.shares import ShareDaemons
 
 # After the time-limit warning (SIGUSR1) has shut the guest down, the launcher waits for Slurm to end the job
 # at its limit, so that the job's state is TIMEOUT. Slurm sends the warning up to 60 s early and enforces
@@ -117,11 +116,12 @@ class Launcher:
         hypervisor, accelerator, warnings = choose_backend(self.defn)
         for warning in warnings:
             say(f"warning: {warning}")
-        runtime_class = CloudHypervisorRuntime if hypervisor == "cloud-hypervisor" else QemuRuntime
+        self.defn = replace(self.defn, hypervisor=hypervisor,
+                            share_transport=registry.share_transport(hypervisor, self.defn.share_transport))
         runtime = self.checkpoint.restoring_runtime(hypervisor, accelerator, cores)
         say(f"{'restoring' if runtime else 'starting'} VM {self.defn.name} on {node_name()} with {hypervisor} "
             f"({accelerator}), {self.defn.cpus} vCPU(s), {self.defn.memory_bytes >> 20} MiB")
-        runtime = runtime or runtime_class(self.defn, accelerator, cores)
+        runtime = runtime or registry.runtime_class(hypervisor)(self.defn, accelerator, cores)
         runtime.io_cores = io_cores(allowed, cores)
         say(f"VMM and share daemon threads on core(s) {','.join(map(str, runtime.io_cores))}"
             f"{'' if set(runtime.io_cores).isdisjoint(cores) else ' (shared with the vCPUs)'}")
@@ -277,9 +277,8 @@ def node_name() -> str:
 
 
 def share_daemons(defn: VMDefinition, runtime: Runtime, log_path: str) -> ShareDaemons:
-    """The virtiofsd daemons this VM needs (none for QEMU with 9p)."""
-    hypervisor = "cloud-hypervisor" if isinstance(runtime, CloudHypervisorRuntime) else "qemu"
-    wanted = defn if effective_transport(defn, hypervisor) == "virtiofs" else replace(defn, shares=())
+    """The virtiofsd daemons this VM needs (none for QEMU with 9p): vm.json's transport is the concrete one."""
+    wanted = defn if defn.share_transport == "virtiofs" else replace(defn, shares=())
     return ShareDaemons(wanted, log_path, runtime.io_cores)
 
 
