@@ -2,7 +2,7 @@
 """Checkpoint save and restore time and size with QEMU (TCG) and the tiny guest, without Slurm (root not needed).
 
 For each guest size (256 MiB, 2 GiB) and each RAM fill (idle guest; part of its RAM holding random data,
-`svmtest.fill`), plain and gzip: boot, then the launcher's own steps (slurm_vm.checkpoint.qemu_save): save
+`svmtest.fill`), plain and gzip: boot, then the launcher's own steps (slurm_vm.launcher.qemu_save): save
 (stop + migrate to exec:), restore (-incoming defer + migrate-incoming, until running), the state file's
 size. The overlay copy is not included (its size is what the guest wrote to its disk).
 
@@ -21,9 +21,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from slurm_vm.checkpoint.qemu_save import load_state, save_state, state_name  # noqa: E402
+from slurm_vm.launcher.qemu_save import load_state, save_state, state_name  # noqa: E402
 from slurm_vm.errors import HypervisorError  # noqa: E402
-from slurm_vm.hypervisor.qemu import qmp  # noqa: E402
+from slurm_vm.launcher.qemu import qmp  # noqa: E402
 
 GUEST_CACHE = os.environ.get("SLURM_VM_TEST_CACHE", "/var/cache/slurm-vm/guests")
 

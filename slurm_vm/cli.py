@@ -214,7 +214,7 @@ def status(ref: str, lines: int, as_json: bool, config_path: str | None) -> None
 @config_option
 def checkpoint(ref: str | None, stop: bool, drop: bool, list_all: bool, as_json: bool, config_path: str | None) -> None:
     """Save a running VM (it keeps running); --stop, --drop, --list: see docs/checkpoint.md."""
-    from .checkpoint import command
+    from . import checkpoint_command as command
     from .lifecycle import current_user
     if sum((stop, drop, list_all)) > 1 or (ref is None) != list_all:
         raise click.UsageError("give NAME|JOBID with at most one of --stop and --drop, or --list alone")
@@ -235,7 +235,7 @@ def checkpoint(ref: str | None, stop: bool, drop: bool, list_all: bool, as_json:
 def checkpoint_relay(job_id: int, stop: bool, config_path: str | None) -> None:
     """The node end of `slurm-vm checkpoint` (run by srun inside the job): asks the launcher, prints its answer."""
     import os
-    from .checkpoint.command import relay
+    from .checkpoint_command import relay
     from .node.layout import job_dir
     config = _config(config_path)
     sys.exit(relay(job_dir(config.node_state_dir(os.environ.get("SLURMD_NODENAME", "")), job_id), stop))

@@ -28,6 +28,7 @@ from typing import Iterator
 from .errors import SlurmError, SlurmVmError
 from .limits import CONSOLE_LOCK as LOCK_NAME
 from .limits import SERIAL_SOCKET as SOCKET_NAME
+from .slurm.srun import srun_in_job
 
 DETACH_KEY = b"\x1d"          # Ctrl-]
 DETACH_NAME = "Ctrl-]"
@@ -43,8 +44,7 @@ class RelayExit:
 # --- client side ------------------------------------------------------------------------------------
 
 def relay_argv(job_id: int, node: str, slurm_vm_command: str) -> list[str]:
-    return ["srun", f"--jobid={job_id}", "--overlap", "--pty", "--nodes=1", "--ntasks=1", f"--nodelist={node}",
-            "--quiet", slurm_vm_command, "console-relay", str(job_id)]
+    return srun_in_job(job_id, node, [slurm_vm_command, "console-relay", str(job_id)], pty=True)
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ from .config import Config
 from .errors import Ambiguous, NotFound, NotRunning, NotYours, SlurmError, ValidationError
 from .limits import JOB_NAME_PREFIX, SERIAL_LOG
 from .slurm import JobInfo, SlurmBackend
+from .slurm.srun import srun_in_job
 from .slurm.states import ACTIVE_STATES
 from .spec import VMSpec, parse_spec
 
@@ -90,11 +91,10 @@ def managed_addresses(backend: SlurmBackend, config: Config | None, jobs: list[J
     (job-private segments have their own subnets, so only shared networks' addresses are named)."""
     from .networks.addresses import network_address_plan
     from .networks.allocation import COMMITTED, parse_holding
-    from .slurm.cli import CliBackend, job_records
-    if config is None or not jobs or not isinstance(backend, CliBackend):
+    if config is None or not jobs:
         return {}
     try:
-        records = job_records(backend, tuple(j.job_id for j in jobs))
+        records = backend.records(tuple(j.job_id for j in jobs))
     except SlurmError:
         return {}
     out: dict[int, tuple[str, ...]] = {}
@@ -209,8 +209,7 @@ def job_is_single_vm(job: JobInfo) -> bool:
 
 def node_command(job: JobInfo, node: str, argv: list[str], timeout: int | None) -> subprocess.CompletedProcess:
     """Run a command as the user inside the running job on one of its nodes (srun --overlap)."""
-    srun = ["srun", f"--jobid={job.job_id}", "--overlap", "--nodes=1", "--ntasks=1", f"--nodelist={node}",
-            "--quiet", *argv]
+    srun = srun_in_job(job.job_id, node, argv)
     try:
         return subprocess.run(srun, capture_output=timeout is not None, text=True, timeout=timeout, check=False)
     except FileNotFoundError:

@@ -18,6 +18,7 @@ import sys
 from .errors import NotFound, SlurmVmError
 from .lifecycle import record_of, spec_of_job
 from .slurm import JobInfo
+from .slurm.srun import srun_in_job
 
 CONNECT_TIMEOUT = 20.0
 
@@ -58,9 +59,7 @@ def network_of(job: JobInfo, address: str, networks: dict) -> tuple[str, str]:
 
 
 def proxy_command(job: JobInfo, node: str, slurm_vm_command: str) -> str:
-    # -u: slurmstepd forwards the relay's output as it comes (by default it holds it until a newline)
-    argv = ["srun", "-u", f"--jobid={job.job_id}", "--overlap", "--nodes=1", "--ntasks=1", f"--nodelist={node}",
-            "--quiet", slurm_vm_command, "tcp-relay"]
+    argv = srun_in_job(job.job_id, node, [slurm_vm_command, "tcp-relay"], unbuffered=True)
     return " ".join(shlex.quote(a) for a in argv) + " %h %p"
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from .errors import SlurmError, SlurmVmError
 from .vncrelay import VncExit
+from .slurm.srun import srun_in_job
 
 STOP_WAIT = 10.0
 
@@ -46,10 +47,8 @@ class Target:
 
 
 def relay_argv(target: Target, session: bool) -> list[str]:
-    # -u: slurmstepd forwards the relay's output as it comes (by default it holds it until a newline)
-    return ["srun", "-u", f"--jobid={target.job_id}", "--overlap", "--nodes=1", "--ntasks=1",
-            f"--nodelist={target.node}", "--quiet", target.slurm_vm_command, "vnc-relay", str(target.job_id),
-            *(["--session"] if session else [])]
+    return srun_in_job(target.job_id, target.node, [target.slurm_vm_command, "vnc-relay", str(target.job_id),
+                                                    *(["--session"] if session else [])], unbuffered=True)
 
 
 def _spawn(argv: list[str], **kw) -> subprocess.Popen:

@@ -67,7 +67,7 @@ def no_display_reason(job_dir: str) -> str | None:
 
 
 def _qmp(job_dir: str, commands: list[tuple[str, dict]]) -> None:
-    from .hypervisor.qemu import qmp
+    from .launcher.qemu import qmp
     qmp(os.path.join(job_dir, QMP_SOCKET), *commands)
 
 

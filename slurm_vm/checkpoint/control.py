@@ -49,7 +49,7 @@ class CheckpointControl:
         if "checkpoint" not in (s.on_preempt, s.on_timeout) or signum not in (signal.SIGTERM, signal.SIGUSR1):
             return False
         try:
-            preempted = flow.is_preemption(self.defn.job_id, s)
+            preempted = flow.job_control(self.defn, s).is_preemption()
         except SlurmVmError as exc:
             say(f"cannot ask Slurm about the job ({exc}): taking {signal.Signals(signum).name} as "
                 f"{'the time-limit warning' if signum == signal.SIGUSR1 else 'a scancel'}")
@@ -131,12 +131,12 @@ class CheckpointControl:
         if self.settings.vm_index > 0:      # a multi-VM job: its first launcher requeues it
             say("the job's checkpoint is complete; VM 0's launcher requeues the job")
             return CHECKPOINTED_EXIT
-        decision = flow.requeue_decision(self.defn.job_id, reason, self.settings)
+        decision = flow.job_control(self.defn, self.settings).decision(reason)
         if not decision.by_launcher:
             say(f"{decision.why}: it continues from the checkpoint when it starts again")
             return CHECKPOINTED_EXIT
         try:
-            flow.requeue(self.defn.job_id, self.settings)
+            flow.job_control(self.defn, self.settings).requeue()
             say("requeued the job: it continues from the checkpoint when it starts again")
         except SlurmVmError as exc:
             say(f"could not requeue the job ({exc}); the checkpoint stays for a later requeue")

@@ -4,15 +4,14 @@ on preemption or at the time-limit warning, requeue, and tell preemption apart f
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 
-from ..errors import HypervisorError, SlurmVmError
+from ..errors import HypervisorError
 from ..hypervisor.definition import VMDefinition
 from . import group, store
-from ..slurm import requeue as requeue_rules
+from ..slurm.requeue import JobControl
 from .manifest import OVERLAY_NAME, CheckpointRefused, Expected, Manifest, read_manifest, write_manifest
-from .qemu_save import copy_with_digest, restore_file
+from .files import copy_with_digest, restore_file
 from ..hypervisor.checkpoint_settings import CheckpointSettings
 from .vmm import Snapshotter
 
@@ -123,59 +122,10 @@ def _size(path: str) -> int:
         return 0
 
 
-def _scontrol(settings: CheckpointSettings, *args: str) -> str:
-    try:
-        proc = subprocess.run([settings.scontrol, *args], capture_output=True, text=True,
-                              timeout=settings.command_timeout, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SlurmVmError(f"scontrol {args[0]}: {exc}") from None
-    if proc.returncode != 0:
-        raise SlurmVmError(f"scontrol {args[0]} failed: {' '.join(proc.stderr.split())}")
-    return proc.stdout
-
-
-def job_fields(text: str) -> dict[str, str]:
-    """`scontrol show job -o` prints one line of Key=Value pairs (the stable form on every Slurm version)."""
-    out = {}
-    for word in text.split():
-        key, sep, value = word.partition("=")
-        if sep and key not in out:
-            out[key] = value
-    return out
-
-
-def is_preemption(job_id: int, settings: CheckpointSettings) -> bool:
-    """During a preemption's GraceTime Slurm has set the job's PreemptTime; at its end Slurm requeues the job
-    (JobState REQUEUED/PENDING, or Restarts beyond this run's) before the SIGTERM. A plain scancel does neither."""
-    return preempted(job_state(job_id, settings), settings.restart_count)
-
-
-def job_state(job_id: int, settings: CheckpointSettings) -> dict[str, str]:
-    return job_fields(_scontrol(settings, "show", "job", "-o", str(job_id)))
-
-
-def preempted(fields: dict[str, str], restart_count: int) -> bool:
-    if fields.get("PreemptTime", "None") not in ("None", "Unknown", ""):
-        return True
-    return requeue_rules.already_requeued(fields, restart_count)
-
-
-def requeue_decision(job_id: int, reason: str, settings: CheckpointSettings) -> requeue_rules.RequeueDecision:
-    """After a save: requeue the job here, or leave it to Slurm (requeue.py)."""
-    try:
-        fields: dict[str, str] | None = job_state(job_id, settings)
-    except SlurmVmError:
-        fields = None
-    try:
-        version = requeue_rules.slurm_version(_scontrol(settings, "--version"))
-    except SlurmVmError:
-        version = None
-    return requeue_rules.decide(reason, fields, settings.restart_count, version)
-
-
-def requeue(job_id: int, settings: CheckpointSettings) -> None:
-    _scontrol(settings, "requeue", str(job_id))
+def job_control(defn: VMDefinition, settings: CheckpointSettings) -> JobControl:
+    """The job's own Slurm calls (slurm/requeue.py), with the site's scontrol and timeout."""
+    return JobControl(defn.job_id, settings.restart_count, settings.scontrol, settings.command_timeout)
 
 
 __all__ = ["CheckpointRefused", "find_restore", "put_overlay_in_place", "back_to_fresh_overlay", "restored", "save",
-           "is_preemption", "requeue", "requeue_decision", "job_fields"]
+           "job_control"]

@@ -23,7 +23,7 @@ from typing import Callable
 
 from ..errors import SlurmVmError
 from . import barrier, store
-from .manifest import CheckpointRefused, Expected, Manifest, MANIFEST_NAME, mismatches, read_manifest, \
+from .manifest import CheckpointRefused, Expected, Manifest, MANIFEST_NAME, json_object, mismatches, read_manifest, \
     read_owned_file, sha256_of, verify_files
 
 JOB_FORMAT = 1
@@ -60,12 +60,7 @@ def abort_content(index: int, why: str) -> bytes:
 
 def parse_verdict(data: bytes) -> JobManifest:
     """A committed round's job manifest; CheckpointRefused for an aborted round or a damaged file."""
-    try:
-        raw = json.loads(data)
-    except ValueError:
-        raise CheckpointRefused("the job manifest is not JSON (damaged)") from None
-    if not isinstance(raw, dict):
-        raise CheckpointRefused("the job manifest is not a JSON object (damaged)")
+    raw = json_object(data, "the job manifest")
     if raw.get("kind") == "aborted":
         raise CheckpointRefused(f"the save was aborted ({raw.get('why', 'no reason')!s:.200})")
     names = {"kind", "job_id", "uid", "count", "restart_count", "reason", "created", "parts", "format"}

@@ -109,14 +109,20 @@ TYPES = {"job_id": int, "uid": int, "user": str, "restart_count": int, "reason":
          "cpus": int, "memory_bytes": int, "macs": list, "instance_id": str, "compressed": bool, "format": int}
 
 
-def parse_manifest(text: str | bytes) -> Manifest:
-    """Strict: every key present with its type, nothing unknown. Raises CheckpointRefused."""
+def json_object(text: str | bytes, what: str) -> dict:
+    """`text` as a JSON object; CheckpointRefused naming `what` when it is not one (a damaged file)."""
     try:
         data = json.loads(text)
     except ValueError:
-        raise CheckpointRefused("manifest is not JSON (damaged)") from None
+        raise CheckpointRefused(f"{what} is not JSON (damaged)") from None
     if not isinstance(data, dict):
-        raise CheckpointRefused("manifest is not a JSON object (damaged)")
+        raise CheckpointRefused(f"{what} is not a JSON object (damaged)")
+    return data
+
+
+def parse_manifest(text: str | bytes) -> Manifest:
+    """Strict: every key present with its type, nothing unknown. Raises CheckpointRefused."""
+    data = json_object(text, "manifest")
     if data.get("format") not in READABLE_FORMATS or isinstance(data.get("format"), bool):
         raise CheckpointRefused(f"manifest format {data.get('format')!r} is not one of {READABLE_FORMATS}")
     names = {f.name for f in fields(Manifest)}

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Protocol
 
 from ..errors import HypervisorError, SlurmVmError
 from ..hypervisor.control_socket import Request
-from ..hypervisor.runtime import say
+from ..hypervisor.definition import VMDefinition
+from ..hypervisor.runtime import Runtime, say
+from ..slurm.requeue import JobControl
 from . import flow
+from .control import CheckpointControl
 from .drop import saving
 from .vmm import Snapshotter, snapshotter
 
@@ -24,7 +28,15 @@ ANSWER_WAIT = 10.0           # seconds for the control socket to send the answer
 RELAY_GRACE = 1.0            # ... and for the relay to print it before the requeue ends its step
 
 
-def refusal(launcher, runtime, stop: bool) -> str | None:
+class RunningVM(Protocol):
+    """What a manual checkpoint needs of the launcher that runs the VM (and nothing more)."""
+    defn: VMDefinition
+    checkpoint: CheckpointControl       # the launcher's checkpoint decisions
+    requested: object | None            # set once a signal asked the VM to stop
+    request_signal: str                 # that signal's name
+
+
+def refusal(launcher: RunningVM, runtime: Runtime, stop: bool) -> str | None:
     """Why this VM cannot be checkpointed by hand now (None: it can)."""
     defn, control = launcher.defn, launcher.checkpoint
     if control.settings is None:
@@ -45,7 +57,7 @@ def refusal(launcher, runtime, stop: bool) -> str | None:
     return None
 
 
-def handle(request: Request, launcher, runtime) -> int | None:
+def handle(request: Request, launcher: RunningVM, runtime: Runtime) -> int | None:
     """Work on one control request; the launcher's exit code when the run ends here (None: it goes on)."""
     try:
         if request.op != "checkpoint":
@@ -61,7 +73,7 @@ def handle(request: Request, launcher, runtime) -> int | None:
         request.fail("the launcher could not finish the request")      # a no-op once answered
 
 
-def _checkpoint(request: Request, launcher, runtime, stop: bool) -> int | None:
+def _checkpoint(request: Request, launcher: RunningVM, runtime: Runtime, stop: bool) -> int | None:
     defn, control = launcher.defn, launcher.checkpoint
     settings = control.settings
     snap = snapshotter(runtime)
@@ -84,15 +96,15 @@ def _checkpoint(request: Request, launcher, runtime, stop: bool) -> int | None:
     if stop:
         _end(runtime)
         _answer_and_wait(request, **facts, paused_seconds=round(saved, 2), ended=True)
-        _requeue(defn.job_id, settings, hold=True)
+        _requeue(flow.job_control(defn, settings), hold=True)
         return CHECKPOINTED_EXIT
     if launcher.requested is not None and control.wanted():
         say(f"{control.trigger} during the manual save: the job ends with this checkpoint")
         _end(runtime)
         _answer_and_wait(request, **facts, paused_seconds=round(saved, 2), ended=True, because=control.trigger)
-        decision = flow.requeue_decision(defn.job_id, control.trigger, settings)
+        decision = flow.job_control(defn, settings).decision(control.trigger)
         if decision.by_launcher:
-            _requeue(defn.job_id, settings, hold=False)
+            _requeue(flow.job_control(defn, settings), hold=False)
         else:
             say(f"{decision.why}: it continues from the checkpoint when it starts again")
         return CHECKPOINTED_EXIT
@@ -122,21 +134,18 @@ def _resume(snap: Snapshotter) -> bool:
         return False
 
 
-def _end(runtime) -> None:
+def _end(runtime: Runtime) -> None:
     try:
         runtime.hard_stop()
     except HypervisorError:
         pass
 
 
-def _requeue(job_id: int, settings, hold: bool) -> None:
+def _requeue(job: JobControl, hold: bool) -> None:
     """`scontrol requeuehold` (--stop: the job waits, held, until `scontrol release`) or `requeue`."""
     try:
-        if hold:
-            flow._scontrol(settings, "requeuehold", str(job_id))
-            say("requeued the job, held: `scontrol release` continues the VM from its checkpoint")
-        else:
-            flow.requeue(job_id, settings)
-            say("requeued the job: it continues from the checkpoint when it starts again")
+        job.requeue(hold)
+        say("requeued the job, held: `scontrol release` continues the VM from its checkpoint" if hold else
+            "requeued the job: it continues from the checkpoint when it starts again")
     except SlurmVmError as exc:
         say(f"could not requeue the job ({exc}); the checkpoint stays")

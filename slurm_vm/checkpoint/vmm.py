@@ -27,7 +27,7 @@ class Snapshotter(Protocol):
     vmm: str              # qemu | cloud-hypervisor: the manifest's `vmm`
     can_compress: bool    # save() honours `compress`
     keeps_running: bool   # the VMM lives on after save(), so resume() can continue the guest; cloud-hypervisor
-                          # ends in save() (its qcow2 cache is flushed only on close: see ch_snapshot.py)
+                          # ends in save() (its qcow2 cache is flushed only on close: see launcher/ch_snapshot.py)
 
     def version(self) -> str:
         """The running VMM's version, for the manifest (a restore needs the same one)."""

@@ -55,14 +55,14 @@ def restoring_runtime_class(hypervisor: str):
 HYPERVISORS: dict[str, Hypervisor] = {h.name: h for h in (
     Hypervisor("cloud-hypervisor", ("virtiofs",), keeps_running_after_save=False, display=False, needs_kvm=True,
                binary_field="cloud_hypervisor_binary",
-               runtime="slurm_vm.hypervisor.cloud_hypervisor:CloudHypervisorRuntime",
-               snapshotter="slurm_vm.checkpoint.ch_snapshot:CloudHypervisorSnapshotter",
-               restoring_runtime="slurm_vm.checkpoint.ch_restore:RestoringCloudHypervisorRuntime"),
+               runtime="slurm_vm.launcher.cloud_hypervisor:CloudHypervisorRuntime",
+               snapshotter="slurm_vm.launcher.ch_snapshot:CloudHypervisorSnapshotter",
+               restoring_runtime="slurm_vm.launcher.ch_restore:RestoringCloudHypervisorRuntime"),
     Hypervisor("qemu", ("9p", "virtiofs"), keeps_running_after_save=True, display=True, needs_kvm=False,
                binary_field="qemu_binary",
-               runtime="slurm_vm.hypervisor.qemu:QemuRuntime",
-               snapshotter="slurm_vm.checkpoint.qemu_save:QemuSnapshotter",
-               restoring_runtime="slurm_vm.checkpoint.qemu_runtime:RestoringQemuRuntime"),
+               runtime="slurm_vm.launcher.qemu:QemuRuntime",
+               snapshotter="slurm_vm.launcher.qemu_save:QemuSnapshotter",
+               restoring_runtime="slurm_vm.launcher.qemu_restore:RestoringQemuRuntime"),
 )}
 # `auto` takes the first of these whose needs the node meets (KVM usable by the job's user, its binary there);
 # the last one needs nothing.

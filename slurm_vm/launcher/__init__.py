@@ -1,1 +1,2 @@
-"""The launcher: the job step that runs one VM (launcher.py), above checkpoint, which it drives."""
+"""The launcher: the job step that runs one VM (launcher.py), above checkpoint, which it drives; one module per
+VMM (qemu.py, cloud_hypervisor.py) with its checkpoint snapshotter and restoring runtime beside it."""

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..limits import JOB_NAME_PREFIX
+
+if TYPE_CHECKING:
+    from .cli import JobRecord
 
 
 @dataclass(frozen=True)
@@ -47,3 +50,7 @@ class SlurmBackend(Protocol):
     def batch_script(self, job_id: int) -> str: ...
 
     def output_path(self, job_id: int) -> str | None: ...
+
+    def records(self, job_ids: tuple[int, ...] = ()) -> list[JobRecord]:
+        """Jobs with their AdminComment (slurm-vm's allocation records); SlurmError where the backend has none."""
+        ...

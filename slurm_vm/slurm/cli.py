@@ -82,6 +82,9 @@ class CliBackend:
     def batch_script(self, job_id: int) -> str:
         return self._run([self._cmd("scontrol"), "write", "batch_script", str(job_id), "-"])
 
+    def records(self, job_ids: tuple[int, ...] = ()) -> list[JobRecord]:
+        return job_records(self, job_ids)
+
     def output_path(self, job_id: int) -> str | None:
         """The job's standard output file (StdOut of `scontrol show job -o`), None when Slurm forgot it."""
         try:

@@ -60,6 +60,9 @@ class PyslurmBackend:
         except pyslurm.RPCError as exc:
             raise SlurmError(f"cannot read the batch script of job {job_id}: {exc}") from None
 
+    def records(self, job_ids: tuple[int, ...] = ()) -> list:
+        raise SlurmError("the pyslurm backend does not read AdminComment records")
+
     def output_path(self, job_id: int) -> str | None:
         try:
             return pyslurm.Job.load(job_id).standard_output or None

@@ -15,7 +15,10 @@ Measured on the namespace cluster and read in Slurm's source (docs/checkpoint.md
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import dataclass
+
+from ..errors import SlurmError
 
 from .states import REQUEUED_STATES
 
@@ -56,3 +59,63 @@ def decide(reason: str, fields: dict[str, str] | None, restart_count: int,
         return RequeueDecision(False, f"Slurm {version[0]}.{version[1]:02d} requeues a job that ends in its "
                                       "preemption GraceTime")
     return RequeueDecision(True, "Slurm before 24.05 ends a job that ends in its GraceTime: the job requeues itself")
+
+
+def job_fields(text: str) -> dict[str, str]:
+    """`scontrol show job -o` prints one line of Key=Value pairs (the stable form on every Slurm version)."""
+    out = {}
+    for word in text.split():
+        key, sep, value = word.partition("=")
+        if sep and key not in out:
+            out[key] = value
+    return out
+
+
+def preempted(fields: dict[str, str], restart_count: int) -> bool:
+    if fields.get("PreemptTime", "None") not in ("None", "Unknown", ""):
+        return True
+    return already_requeued(fields, restart_count)
+
+
+@dataclass(frozen=True)
+class JobControl:
+    """A job's own Slurm calls from inside it (the launcher): its state, and its requeue after a checkpoint."""
+    job_id: int
+    restart_count: int          # SLURM_JOB_RESTART_COUNT of this run
+    scontrol: str = "scontrol"
+    timeout: int = 30
+
+    def _run(self, *args: str) -> str:
+        try:
+            proc = subprocess.run([self.scontrol, *args], capture_output=True, text=True, timeout=self.timeout,
+                                  check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise SlurmError(f"scontrol {args[0]}: {exc}") from None
+        if proc.returncode != 0:
+            raise SlurmError(f"scontrol {args[0]} failed: {' '.join(proc.stderr.split())}")
+        return proc.stdout
+
+    def fields(self) -> dict[str, str]:
+        return job_fields(self._run("show", "job", "-o", str(self.job_id)))
+
+    def is_preemption(self) -> bool:
+        """During a preemption's GraceTime Slurm has set the job's PreemptTime; at its end Slurm requeues the job
+        (JobState REQUEUED/PENDING, or Restarts beyond this run's) before the SIGTERM. A plain scancel does
+        neither."""
+        return preempted(self.fields(), self.restart_count)
+
+    def decision(self, reason: str) -> RequeueDecision:
+        """After a save: requeue the job here, or leave it to Slurm."""
+        try:
+            fields: dict[str, str] | None = self.fields()
+        except SlurmError:
+            fields = None
+        try:
+            version = slurm_version(self._run("--version"))
+        except SlurmError:
+            version = None
+        return decide(reason, fields, self.restart_count, version)
+
+    def requeue(self, hold: bool = False) -> None:
+        """`scontrol requeue`, or `requeuehold` (the job then waits, held, until `scontrol release`)."""
+        self._run("requeuehold" if hold else "requeue", str(self.job_id))

@@ -5,7 +5,7 @@ slurm-vm itself would start (ch_vm_config) plus what the VMM adds when it serial
 
 from __future__ import annotations
 
-from slurm_vm.hypervisor.cloud_hypervisor import ch_vm_config
+from slurm_vm.launcher.cloud_hypervisor import ch_vm_config
 from slurm_vm.hypervisor.definition import VMDefinition
 
 

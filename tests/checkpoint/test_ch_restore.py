@@ -10,8 +10,8 @@ import os
 import pytest
 
 from slurm_vm.checkpoint import store
-from slurm_vm.checkpoint.ch_restore import (build_restore_dir, restore_argv, restore_option, retarget_config)
-from slurm_vm.checkpoint.ch_snapshot import snapshot_files
+from slurm_vm.launcher.ch_restore import (build_restore_dir, restore_argv, restore_option, retarget_config)
+from slurm_vm.launcher.ch_snapshot import snapshot_files
 from slurm_vm.checkpoint.manifest import CheckpointRefused, FileEntry, Manifest, sha256_of, write_manifest
 from slurm_vm.errors import HypervisorError
 from tests.checkpoint.ch_fixtures import saved_config
@@ -164,8 +164,8 @@ def test_a_manual_checkpoint_that_continues_is_refused_for_cloud_hypervisor():
     from types import SimpleNamespace
 
     from slurm_vm.checkpoint.manual import refusal
-    from slurm_vm.hypervisor.cloud_hypervisor import CloudHypervisorRuntime
-    from slurm_vm.hypervisor.qemu import QemuRuntime
+    from slurm_vm.launcher.cloud_hypervisor import CloudHypervisorRuntime
+    from slurm_vm.launcher.qemu import QemuRuntime
     defn = definition()
     launcher = SimpleNamespace(defn=defn, checkpoint=SimpleNamespace(settings=SimpleNamespace(vm_count=1)),
                                requested=None)

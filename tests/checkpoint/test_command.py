@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from slurm_vm.checkpoint import store
-from slurm_vm.checkpoint.command import CheckpointFailed, describe_answer, parse_relay_output, relay, row
+from slurm_vm.checkpoint_command import CheckpointFailed, describe_answer, parse_relay_output, relay, row
 from slurm_vm.checkpoint.drop import SaveInProgress, drop_job, saving
 from slurm_vm.checkpoint.listing import JobCheckpoints
 from slurm_vm.errors import SlurmError

@@ -139,7 +139,7 @@ def test_multi_vm_job_checkpoints_and_each_vm_knows_its_index():
     ({"JobState": "RUNNING", "PreemptTime": "None", "Restarts": "0"}, 0, False),
 ])
 def test_preemption_is_told_apart_from_scancel(fields, restarts, expected):
-    from slurm_vm.checkpoint.flow import job_fields, preempted
+    from slurm_vm.slurm.requeue import job_fields, preempted
     line = "JobId=5 JobName=vm-x " + " ".join(f"{k}={v}" for k, v in fields.items()) + " Comment=slurm-vm:1:z:eJ="
     assert job_fields(line)["Comment"] == "slurm-vm:1:z:eJ="
     assert preempted(job_fields(line), restarts) is expected

@@ -26,12 +26,12 @@ from dataclasses import replace
 
 import pytest
 
-from slurm_vm.checkpoint.ch_restore import RestoringCloudHypervisorRuntime, restore_option, retarget_config
+from slurm_vm.launcher.ch_restore import RestoringCloudHypervisorRuntime, restore_option, retarget_config
 from slurm_vm.checkpoint.control import CheckpointControl
 from slurm_vm.checkpoint.manifest import MANIFEST_NAME, CheckpointRefused, read_manifest
 from slurm_vm.hypervisor.checkpoint_settings import CheckpointSettings
 from slurm_vm.checkpoint.store import Found, job_dir
-from slurm_vm.hypervisor.cloud_hypervisor import CloudHypervisorRuntime, snapshot_config
+from slurm_vm.launcher.cloud_hypervisor import CloudHypervisorRuntime, snapshot_config
 from tests.checkpoint.ch_fixtures import saved_config
 from tests.hypervisor.shapes import SHAPES, definition
 from tests.hypervisor.test_cloud_hypervisor_contract import load_subset

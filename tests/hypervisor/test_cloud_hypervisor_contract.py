@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from slurm_vm.errors import HypervisorError
-from slurm_vm.hypervisor.cloud_hypervisor import CloudHypervisorAPI, ch_argv, ch_vm_config
+from slurm_vm.launcher.cloud_hypervisor import CloudHypervisorAPI, ch_argv, ch_vm_config
 from tests.hypervisor.shapes import SHAPES, definition
 
 jsonschema = pytest.importorskip("jsonschema")

@@ -18,7 +18,7 @@ from slurm_vm.hypervisor.cores import cgroup_cpuset, io_cores, parse_cpu_list, v
 from slurm_vm.hypervisor.definition import ACCELERATORS, Boot, Disk, Nic, Share, VMDefinition
 from slurm_vm.hypervisor.registry import HYPERVISORS, NAMES, SHARE_TRANSPORTS
 from slurm_vm.hypervisor.kvm import kvm_usability
-from slurm_vm.hypervisor.qemu import qemu_argv
+from slurm_vm.launcher.qemu import qemu_argv
 from tests.hypervisor.shapes import SHAPES, definition
 
 

@@ -12,9 +12,9 @@ import json
 import pytest
 
 from slurm_vm.errors import HypervisorError
-from slurm_vm.hypervisor.cloud_hypervisor import ch_argv, ch_vm_config
+from slurm_vm.launcher.cloud_hypervisor import ch_argv, ch_vm_config
 from slurm_vm.hypervisor.definition import VMDefinition
-from slurm_vm.hypervisor.qemu import qemu_argv
+from slurm_vm.launcher.qemu import qemu_argv
 from slurm_vm.hypervisor.registry import share_transport
 from slurm_vm.hypervisor.shares import virtiofsd_argv
 from tests.hypervisor.shapes import definition

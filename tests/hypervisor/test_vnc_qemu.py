@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from slurm_vm.hypervisor.qemu import display_argv
+from slurm_vm.launcher.qemu import display_argv
 from slurm_vm.vncrelay import VncExit, session
 from tests.e2e.vnc_probe import handshake
 from tests.hypervisor.shapes import definition

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from devtools.hooknode import SPEC, STEPS, USER, VENV_BIN
+from slurm_vm.hypervisor.registry import HYPERVISORS
 
 pytestmark = pytest.mark.root
 
@@ -45,6 +46,7 @@ def test_prolog_prepares_and_epilog_removes_everything(hook_node):
     assert info["virtual-size"] == 64 << 20
     definition = json.load(open(os.path.join(jdir, "vm.json")))
     assert definition["nics"][0]["tap"] == "svm101n0"
+    assert definition["hypervisor"] in HYPERVISORS     # the prolog resolved `auto` on the node (issue 21)
     assert definition["disks"][0]["path"].endswith("overlay.qcow2")
     iso = os.path.join(jdir, "seed.iso")
     isoinfo = subprocess.run(["isoinfo", "-d", "-i", iso], capture_output=True, text=True, timeout=30)

@@ -12,19 +12,14 @@ import stat
 import pytest
 
 from slurm_vm.config import parse_config
-from slurm_vm.networks.allocation import Holding
-from slurm_vm.node.context import JobContext
 from slurm_vm.node.doctor import find_leftovers, run_doctor
 from slurm_vm.node.journal import Journal
-from slurm_vm.node.layout import journal_dir
-from slurm_vm.node.plan import make_plan
 from slurm_vm.node.prepare import prepare_node
 from slurm_vm.slurm.cli import SEP, CliBackend
 from slurm_vm.slurm.states import ACTIVE_STATES, LIVE_STATES, QUEUED_STATES
-from slurm_vm.spec import parse_spec
 
 from .fake_system import FakeSystem
-from .test_objects import SPEC, config_text
+from .test_objects import config_text, node  # noqa: F401  (node: the fixture)
 
 TRANSITIONAL = ("SIGNALING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "RESIZING", "STAGE_OUT",
                 "SUSPENDED", "STOPPED")
@@ -44,16 +39,11 @@ def squeue_reporting(tmp_path, job_id: int, state: str) -> CliBackend:
 
 
 @pytest.fixture
-def prepared(tmp_path):
-    state = str(tmp_path / "state")
-    os.makedirs(journal_dir(state))
-    config = parse_config(config_text(state), "config")
-    ctx = JobContext(job_id=4321, uid=5000, gid=5000, user="alice", node="n1", nodes=("n1",), cluster="c",
-                     comment="")
-    plan = make_plan(parse_spec(SPEC, "spec", config), config, ctx, Holding(vnis={"private": 1077}))
+def prepared(node):
+    state, plan = node
     system = FakeSystem()
     prepare_node(plan, Journal(state, plan.job_id), system)
-    return config, state, system
+    return parse_config(config_text(state), "config"), state, system
 
 
 @pytest.mark.parametrize("state", TRANSITIONAL + ("RUNNING",))
@@ -78,14 +68,15 @@ def test_the_sets_agree():
 
 
 def test_one_definition_of_job_states_in_the_tree():
-    """No module but slurm/states.py spells a Slurm state that only a set of states would need."""
+    """No module outside slurm/ spells a Slurm state that only a set of states would need (slurm/states.py has
+    the sets; slurm/accounting.py lists what sacct may select)."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     package = os.path.join(root, "slurm_vm")
     spelled = []
     for folder, _, files in os.walk(package):
         for name in files:
             path = os.path.join(folder, name)
-            if name.endswith(".py") and path != os.path.join(package, "slurm", "states.py"):
+            if name.endswith(".py") and not path.startswith(os.path.join(package, "slurm", "")):
                 with open(path) as fh:
                     text = fh.read()
                 spelled += [f"{path}: {s}" for s in ("SIGNALING", "REQUEUE_HOLD", "STAGE_OUT", "RESIZING")

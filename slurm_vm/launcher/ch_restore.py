@@ -30,14 +30,14 @@ import subprocess
 import time
 
 from ..errors import HypervisorError
-from ..hypervisor.cloud_hypervisor import CloudHypervisorRuntime
+from .cloud_hypervisor import CloudHypervisorRuntime
 from ..hypervisor.definition import VMDefinition
 from ..limits import CH_API_SOCKET, CH_EVENT_LOG, VMM_SERIAL_SOCKET
 from ..hypervisor.runtime import say
 from .ch_snapshot import CONFIG_NAME
-from .manifest import MAX_MANIFEST_BYTES, CheckpointRefused, FileEntry, Manifest, version_mismatch
-from .qemu_save import copy_with_digest
-from .store import Found
+from ..checkpoint.manifest import MAX_MANIFEST_BYTES, CheckpointRefused, FileEntry, Manifest, version_mismatch
+from ..checkpoint.files import copy_with_digest
+from ..checkpoint.store import Found
 
 RESTORE_DIR = "restore"
 RESTORE_TIMEOUT = 600.0

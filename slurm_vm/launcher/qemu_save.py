@@ -8,14 +8,14 @@ so the overlay is then consistent and can be copied. Restore: QEMU started with 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shlex
 import time
 
 from ..errors import HypervisorError
-from ..hypervisor.qemu import qmp
-from .manifest import CHUNK, STATE_NAME, STATE_NAME_GZ, CheckpointRefused, FileEntry, sha256_of
+from .qemu import qmp
+from ..checkpoint.files import seal
+from ..checkpoint.manifest import STATE_NAME, STATE_NAME_GZ, CheckpointRefused, FileEntry
 
 MAX_BANDWIDTH = 1 << 40          # bytes/s: the guest is stopped, nothing to throttle for
 POLL = 0.1
@@ -99,18 +99,6 @@ class QemuSnapshotter:
         qmp(self.qmp_path, ("cont", None))
 
 
-def seal(path: str) -> FileEntry:
-    """A state file the VMM wrote: private, on disk (fsync), hashed for the manifest."""
-    os.chmod(path, 0o600)
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    size, digest = sha256_of(path)
-    return FileEntry(os.path.basename(path), size, digest)
-
-
 def load_state(qmp_path: str, path: str, compress: bool, deadline: float, alive) -> None:
     """QEMU was started with `-incoming defer` (and -S): load the state; the caller resumes with `cont`."""
     qmp(qmp_path, ("migrate-incoming", {"uri": load_uri(path, compress)}))
@@ -118,44 +106,3 @@ def load_state(qmp_path: str, path: str, compress: bool, deadline: float, alive)
         wait_migration(qmp_path, deadline, alive)
     except HypervisorError as exc:
         raise CheckpointRefused(f"QEMU could not load the saved state: {exc}") from None
-
-
-def copy_with_digest(src: str, dst_dir: str, name: str) -> FileEntry:
-    """Copy a file into the checkpoint dir (0600), fsync it, and hash it on the way."""
-    digest, size = hashlib.sha256(), 0
-    fd_in = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        fd_out = os.open(os.path.join(dst_dir, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
-                         os.O_CLOEXEC, 0o600)
-        try:
-            while chunk := os.read(fd_in, CHUNK):
-                digest.update(chunk)
-                os.write(fd_out, chunk)
-                size += len(chunk)
-            os.fsync(fd_out)
-        finally:
-            os.close(fd_out)
-    finally:
-        os.close(fd_in)
-    return FileEntry(name, size, digest.hexdigest())
-
-
-def restore_file(src: str, dst: str) -> None:
-    """Put the saved overlay in place of the fresh one the prolog made (same directory, atomic rename)."""
-    tmp = dst + ".restoring"
-    fd_in = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        fd_out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            remaining = os.fstat(fd_in).st_size
-            while remaining > 0:
-                copied = os.copy_file_range(fd_in, fd_out, min(remaining, 1 << 30))
-                if copied == 0:
-                    break
-                remaining -= copied
-            os.fsync(fd_out)
-        finally:
-            os.close(fd_out)
-    finally:
-        os.close(fd_in)
-    os.replace(tmp, dst)

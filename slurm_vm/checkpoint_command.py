@@ -16,16 +16,16 @@ import os
 import sys
 import time
 
-from ..config import Config
-from ..errors import EXIT_USAGE, NotFound, SlurmError, SlurmVmError
-from ..lifecycle import check_job_id, node_command, spec_of_job
-from ..limits import CONTROL_SOCKET
-from ..slurm import JobInfo, SlurmBackend
-from ..slurm.states import ACTIVE_STATES, RESTARTING_STATES
-from ..vmaccess import owned_vm, require_running
-from .drop import drop_job
-from .flow import SAVE_TIMEOUT
-from .listing import JobCheckpoints, user_checkpoints
+from .config import Config
+from .errors import EXIT_USAGE, NotFound, SlurmError, SlurmVmError
+from .lifecycle import check_job_id, node_command, spec_of_job
+from .limits import CONTROL_SOCKET
+from .slurm import JobInfo, SlurmBackend
+from .slurm.states import ACTIVE_STATES, RESTARTING_STATES
+from .vmaccess import owned_vm, require_running
+from .checkpoint.drop import drop_job
+from .checkpoint.flow import SAVE_TIMEOUT
+from .checkpoint.listing import JobCheckpoints, user_checkpoints
 
 RELAY_TIMEOUT = SAVE_TIMEOUT + 300       # the save, the overlay's copy, srun's own start
 
@@ -93,7 +93,7 @@ def describe_answer(job: JobInfo, answer: dict) -> str:
 
 def relay(job_dir: str, stop: bool) -> int:
     """Node side (run by srun as the user, inside the job): the launcher's answer as JSON on stdout."""
-    from ..hypervisor.control_socket import RequestError, ask
+    from .hypervisor.control_socket import RequestError, ask
     path = os.path.join(job_dir, CONTROL_SOCKET)
     try:
         answer = ask(path, {"op": "checkpoint", "stop": stop}, RELAY_TIMEOUT)
@@ -157,7 +157,7 @@ def _why_kept(state: str, c: JobCheckpoints) -> str:
 
 
 def print_listing(rows: list[dict], as_json: bool) -> None:
-    from ..output import print_json, print_table
+    from .output import print_json, print_table
     if as_json:
         print_json(rows)
         return

@@ -12,9 +12,9 @@ from ..errors import HypervisorError
 from ..limits import CH_API_SOCKET as API_SOCKET
 from ..limits import CH_EVENT_LOG as EVENT_LOG
 from ..limits import SERIAL_LOG, SERIAL_SOCKET, VMM_SERIAL_SOCKET
-from .definition import VMDefinition, boot_argv
-from .runtime import Runtime, say
-from .shares import ch_fs_argv, ch_fs_config
+from ..hypervisor.definition import VMDefinition, boot_argv
+from ..hypervisor.runtime import Runtime, say
+from ..hypervisor.shares import ch_fs_argv, ch_fs_config
 
 API_TIMEOUT = 10.0
 
@@ -151,7 +151,7 @@ class CloudHypervisorRuntime(Runtime):
         return CloudHypervisorAPI(self.defn.path(API_SOCKET))
 
     def after_start(self, deadline: float) -> None:
-        from .serialmux import SerialMux
+        from ..hypervisor.serialmux import SerialMux
         self.wait_for_socket(self.defn.path(API_SOCKET), deadline)
         SerialMux(self.defn.path(VMM_SERIAL_SOCKET), self.defn.path(SERIAL_LOG), self.defn.path(SERIAL_SOCKET),
                   max(1.0, deadline - time.monotonic())).start()

@@ -6,11 +6,11 @@ import os
 import time
 
 from ..errors import HypervisorError
-from ..hypervisor.qemu import QemuRuntime, qmp
+from .qemu import QemuRuntime, qmp
 from ..hypervisor.runtime import say
-from .manifest import CheckpointRefused, version_mismatch
+from ..checkpoint.manifest import CheckpointRefused, version_mismatch
 from .qemu_save import load_state, qemu_version
-from .store import Found
+from ..checkpoint.store import Found
 
 LOAD_TIMEOUT = 600.0
 

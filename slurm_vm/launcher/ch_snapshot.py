@@ -18,8 +18,8 @@ import os
 import time
 
 from ..errors import HypervisorError
-from .manifest import MANIFEST_NAME, OVERLAY_NAME, FileEntry
-from .qemu_save import seal
+from ..checkpoint.manifest import MANIFEST_NAME, OVERLAY_NAME, FileEntry
+from ..checkpoint.files import seal
 
 CONFIG_NAME = "config.json"
 STATE_JSON = "state.json"

@@ -9,9 +9,9 @@ import time
 
 from ..errors import HypervisorError
 from ..limits import QMP_SOCKET, SERIAL_LOG, SERIAL_SOCKET, VNC_SOCKET
-from .definition import VMDefinition, boot_argv
-from .runtime import Runtime, say
-from .shares import qemu_share_argv
+from ..hypervisor.definition import VMDefinition, boot_argv
+from ..hypervisor.runtime import Runtime, say
+from ..hypervisor.shares import qemu_share_argv
 
 QMP_TIMEOUT = 10.0
 
