@@ -15,6 +15,7 @@ from ..spec import VMSpec, check_user_access, parse_spec
 from .allocate import allocate_for_job
 from .context import JobContext
 from .hostfacts import HostFacts, gather
+from .identities import check_node_identities
 from .journal import Journal
 from .layout import ensure_state_dirs, error_note_path
 from .log import hook_context, log_event, one_line
@@ -99,6 +100,7 @@ def run_prolog(env: dict[str, str]) -> int:
             if journal.exists():   # a requeued job, or a prolog retried after a crash
                 teardown_job(state_dir, ctx.job_id, ctx.uid)
             spec = load_job_spec(ctx, config)
+            check_node_identities(spec, config)
             ensure_checkpoint_dir(spec, config, ctx)
             holding = allocate_for_job(spec, config, ctx, state_dir)
             facts = gather(config, ctx.user, ctx.uid, ctx.gid)

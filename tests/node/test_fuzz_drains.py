@@ -162,7 +162,8 @@ HOSTILE_COMMENTS = st.one_of(
         lambda t: "slurm-vm:2:" + t),
     st.sampled_from(["slurm-vm:", "slurm-vm:1:", "slurm-vm:1:z:", "slurm-vm:1:z:====", "slurm-vm:2:z:eJw=",
                      "slurm-vm:1:sha256:", "slurm-vm:1:sha256:" + "g" * 64, "slurm-vm:1:z:" + "A" * 1000,
-                     "slurm-vm:2:", "slurm-vm:2:" + "A" * 64, "slurm-vm:3:" + "a" * 64]),
+                     "slurm-vm:2:", "slurm-vm:2:" + "g" * 64, "slurm-vm:2:" + "0" * 63, "slurm-vm:3:" + "0" * 64,
+                     "slurm-vm:2:" + "A" * 64]),
 )
 
 
@@ -281,9 +282,9 @@ def test_real_hooks_never_drain_and_leave_nothing(hook_node):
                            max_size=3, unique_by=lambda p: p[0]),
            comment=st.one_of(st.none(), HOSTILE_COMMENTS))
     def check(text: str, plants, comment) -> None:
-        assume(not re.fullmatch(r"slurm-vm:(1:sha256:|2:)[0-9a-f]{64}", comment or ""))   # needs a real Slurm
+        assume(not re.fullmatch(r"slurm-vm:(1:sha256|2):[0-9a-f]{64}", comment or ""))   # needs a real Slurm
         try:
-            encoded = transport.legacy_inline_comment(text)   # the form that carries the spec without Slurm
+            encoded = transport.legacy_inline_comment(text)   # the spec inline: no Slurm to read a script from
         except UnicodeEncodeError:
             encoded = None   # not a text a user can submit (lone surrogates in the file itself)
         assume(comment is not None or (encoded is not None and len(encoded) <= COMMENT_LIMIT))
