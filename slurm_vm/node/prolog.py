@@ -9,11 +9,12 @@ import yaml
 from .. import transport
 from ..config import Config
 from ..errors import NodeNotReady, SlurmVmError, UserFault, is_users_fault
+from ..networks.allocation import Holding
 from ..slurm import get_backend
 from ..spec import VMSpec, check_user_access, parse_spec
 from .allocate import allocate_for_job
 from .context import JobContext
-from .hostfacts import gather
+from .hostfacts import HostFacts, gather
 from .identities import check_node_identities
 from .journal import Journal
 from .layout import ensure_state_dirs, error_note_path
@@ -56,7 +57,8 @@ def ensure_checkpoint_dir(spec: VMSpec, config: Config, ctx: JobContext) -> None
 _PLANNING_BUGS = (ValueError, TypeError, LookupError, ArithmeticError, RecursionError, yaml.YAMLError)
 
 
-def plan_job(spec: VMSpec, config: Config, ctx: JobContext, holding, underlays, facts) -> NodePlan:
+def plan_job(spec: VMSpec, config: Config, ctx: JobContext, holding: Holding | None, underlays: dict | None,
+             facts: HostFacts | None) -> NodePlan:
     """make_plan, with everything it builds from the spec (seed documents included) proved writable."""
     try:
         plan = make_plan(spec, config, ctx, holding, underlays, facts)

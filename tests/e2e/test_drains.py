@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from slurm_vm import transport
 from slurm_vm.config import load_config
 from slurm_vm.spec import parse_spec
 from slurm_vm.submit import plan_submission
@@ -69,7 +70,9 @@ def test_surrogate_in_user_data_fails_the_job_not_the_node(vm_cluster):
 
 
 PLAIN_JOB = """#!/bin/sh
+{embedded}
 jdir={state}/$SLURMD_NODENAME/jobs/$SLURM_JOB_ID
+test -d $jdir && echo "job dir prepared"
 {plant}
 echo planted
 """
@@ -90,14 +93,13 @@ def test_plain_job_planting_in_its_job_dir_does_not_drain(vm_cluster, case, plan
     neighbours: a link to /etc/shadow or /etc, a huge file, a hard link, a directory 2000 deep full of FIFOs
     and one nobody may enter, at the names root opens or removes."""
     vc = vm_cluster
-    config = load_config(vc.config_path)
     spec_text = BENIGN.format(name="tango")
-    plan = plan_submission(spec_text, parse_spec(spec_text, "s", config), config)
-    script = PLAIN_JOB.format(state=vc.state_root, plant=plant)
+    salt = transport.new_salt()   # what `slurm-vm submit` puts in the comment and the script, by hand
+    script = PLAIN_JOB.format(embedded=transport.embed_in_script(spec_text, salt), state=vc.state_root, plant=plant)
     shadow = os.stat("/etc/shadow")
-    job = sbatch(vc, "tango", script, (f"--comment={plan.comment}", "--mem=512M"))
+    job = sbatch(vc, "tango", script, (f"--comment={transport.encode_comment(spec_text, salt)}", "--mem=512M"))
     assert vc.wait_gone_or_ended(job, timeout=180) == "COMPLETED", vc.output(job)
-    assert "planted" in vc.output(job)
+    assert "job dir prepared" in vc.output(job) and "planted" in vc.output(job), vc.output(job)
     assert_node_healthy(vc, job)
     after = os.stat("/etc/shadow")
     assert (after.st_ino, after.st_mode, after.st_uid) == (shadow.st_ino, shadow.st_mode, shadow.st_uid)

@@ -158,9 +158,12 @@ HOSTILE_COMMENTS = st.one_of(
     st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=60).map(
         lambda t: "slurm-vm:" + t),
     st.binary(max_size=60).map(lambda b: "slurm-vm:1:z:" + b.replace(b"\0", b"").decode("utf-8", "surrogateescape")),
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=70).map(
+        lambda t: "slurm-vm:2:" + t),
     st.sampled_from(["slurm-vm:", "slurm-vm:1:", "slurm-vm:1:z:", "slurm-vm:1:z:====", "slurm-vm:2:z:eJw=",
                      "slurm-vm:1:sha256:", "slurm-vm:1:sha256:" + "g" * 64, "slurm-vm:1:z:" + "A" * 1000,
-                     "slurm-vm:2:", "slurm-vm:2:" + "g" * 64, "slurm-vm:2:" + "0" * 63, "slurm-vm:3:" + "0" * 64]),
+                     "slurm-vm:2:", "slurm-vm:2:" + "g" * 64, "slurm-vm:2:" + "0" * 63, "slurm-vm:3:" + "0" * 64,
+                     "slurm-vm:2:" + "A" * 64]),
 )
 
 
@@ -249,13 +252,13 @@ def test_hostile_comments_are_the_users_fault():
         if budget.spent():
             return
         try:
-            text = transport.inline_spec(comment) if not comment.startswith("slurm-vm:1:sha256:") else None
-            if text is None:
-                transport.comment_digest(comment)
-                return
+            ref = transport.parse_comment(comment)
         except TransportError:
             return
-        outcome(text)
+        if ref.inline is not None:
+            outcome(ref.inline)
+        else:
+            assert ref.digest is not None and len(ref.digest) == 64
 
     budget.run(check)
 
