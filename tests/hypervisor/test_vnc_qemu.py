@@ -4,7 +4,6 @@ before a session, the session's password accepted while it runs, refused again o
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import signal
@@ -15,12 +14,13 @@ import time
 
 import pytest
 
+from devtools.testcluster import rootfs_path
 from slurm_vm.launcher.qemu import display_argv
 from slurm_vm.vncrelay import VncExit, session
 from tests.e2e.vnc_probe import handshake
 from tests.hypervisor.shapes import definition
 
-QEMUS = ["host"] + (["trixie"] if glob.glob("/var/cache/slurm-vm/rootfs-trixie-*/usr/bin/qemu-system-x86_64")
+QEMUS = ["host"] + (["trixie"] if os.path.exists(os.path.join(rootfs_path(), "usr/bin/qemu-system-x86_64"))
                     else [])
 
 
@@ -28,7 +28,7 @@ def qemu_binary(which: str, directory: str) -> str:
     if which == "host":
         return "/usr/bin/qemu-system-x86_64"
     from devtools.trixie_qemu import qemu_wrapper
-    return qemu_wrapper(directory, sorted(glob.glob("/var/cache/slurm-vm/rootfs-trixie-*"))[-1])
+    return qemu_wrapper(directory, rootfs_path())
 
 
 @pytest.fixture(params=QEMUS)
