@@ -585,7 +585,7 @@ def ensure_rootfs(venv: str | None, binds: list[str]) -> str:
     Under a lock: parallel test workers (xdist) and sessions bring 24.11 clusters up at the same time."""
     root = rootfs_path()
     os.makedirs(ROOTFS_CACHE, exist_ok=True)
-    with open(os.path.join(ROOTFS_CACHE, ".rootfs.lock"), "w") as lock:
+    with open(root + ".lock", "w") as lock:   # per recipe: another recipe's debootstrap does not hold this one up
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not os.path.exists(os.path.join(root, ".complete")):
             shutil.rmtree(root, ignore_errors=True)
