@@ -180,7 +180,7 @@ def main() -> int:
                       bind=[REPO, directory], kill_wait=KILL_WAIT, hook_timing=True)
     cluster.down()
     cluster.up()
-    setup_node_bridges(cluster)
+    setup_node_bridges(cluster, config)
     bench = Bench(cluster, directory, config)
     results: dict[str, list[float]] = {}
     try:
@@ -210,7 +210,7 @@ def main() -> int:
             "prolog, 6 concurrent VM jobs": bench.hook_times("prolog", {j for j, _ in concurrent}),
             "epilog, 6 concurrent VM jobs": bench.hook_times("epilog", {j for j, _ in concurrent}),
         }
-        comment = transport.encode_comment(SPEC.format(name="queued"))
+        comment = transport.encode_comment(SPEC.format(name="queued"), transport.new_salt())
         for i in range(args.queued):
             bench.run(["sbatch", "--hold", "-J", "vm-queued", f"--comment={comment}", "-o", "/dev/null",
                        "--wrap", "true"])

@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     say("starting a 3-node Slurm cluster in network namespaces, Prolog/Epilog = slurm-vm's")
     cluster = Cluster(CLUSTER_NAME, slurm="22.05", nodes_count=3, hooks="slurm-vm", venv=venv_dir(),
                       slurm_vm_config=config, bind=[REPO, directory], kill_wait=KILL_WAIT,
-                      preempt_grace=PREEMPT_GRACE)
+                      preempt_grace=PREEMPT_GRACE, accounting=True)
     cluster.up()
-    setup_node_bridges(cluster)
+    setup_node_bridges(cluster, config)
     env = {"SLURM_VM_CONFIG": config}
     slurm_vm = os.path.join(venv_dir(), "bin", "slurm-vm")
     try:

@@ -69,10 +69,11 @@ class Node:
         if comment is not None:
             env["SLURM_JOB_COMMENT"] = comment
         elif spec_text is not None:
-            env["SLURM_JOB_COMMENT"] = transport.encode_comment(spec_text)
+            env["SLURM_JOB_COMMENT"] = transport.legacy_inline_comment(spec_text)   # no Slurm to read a script from
         return env
 
     def hook(self, which: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+        env = {**env, "SLURM_SCRIPT_CONTEXT": f"{which}_slurmd"}   # as slurmd sets it
         return subprocess.run(["nsenter", f"--net=/run/netns/{self.netns}", os.path.join(VENV_BIN, f"slurm-vm-{which}")],
                               env=env, capture_output=True, text=True, timeout=120)
 
@@ -89,7 +90,7 @@ class Node:
 
     def leftovers(self, job_id: int) -> list[str]:
         found = [name for name in self.links() if name.startswith(f"svm{job_id}n")]
-        for sub in ("jobs", "journal", "nics"):
+        for sub in ("jobs", "journal", "nics", "trash"):
             directory = os.path.join(self.state, sub)
             if os.path.isdir(directory):
                 found += [f"{sub}/{n}" for n in os.listdir(directory) if n.split(".")[0] == str(job_id)]
@@ -114,7 +115,6 @@ memory: 256M
 disk: 64M
 networks:
   - network: lan
-    address: 10.9.0.5/24
 cloud_init:
   hostname: webhost
   user_data: |

@@ -26,6 +26,8 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
+from .accountingdb import AccountingDB, ports as accounting_ports, slurm_conf_lines as accounting_conf
+
 q = shlex.quote   # every value spliced into a shell line goes through this
 BASE_DIR = "/var/lib/slurm-vm-testcluster"
 MUNGE_USER = "munge"
@@ -80,13 +82,14 @@ class Cluster:
     name: str = "tc"
     slurm: str = "22.05"
     nodes_count: int = 3
-    hooks: str = "record"            # none | record | slurm-vm
+    hooks: str = "record"            # none | record | slurm-vm | dirs (Prolog=hooks/prolog.d/*, a site's 10-record)
     venv: str | None = None          # for hooks=slurm-vm: where slurm-vm-prolog/epilog live
     slurm_vm_config: str | None = None
     bind: list[str] = field(default_factory=list)
     kill_wait: int = 10
     hook_timing: bool = False        # benchmarks: each hook's wall time goes to hook-records/<hook>.times
     preempt_grace: int | None = None  # a partition `urgent` that preempts `main` (PreemptMode=REQUEUE, GraceTime)
+    accounting: bool = False         # slurmdbd with a MariaDB of its own (devtools.accountingdb)
 
     def __post_init__(self) -> None:
         if self.slurm not in ("22.05", "24.11"):
@@ -98,6 +101,7 @@ class Cluster:
         self.subnet = f"10.{200 + h % 50}.{(h >> 8) % 250}"
         self.bridge = f"tcbr{h % 100000}"
         self.ctl_port = 20000 + (h >> 20) % 20000
+        self.db_port, self.dbd_port = accounting_ports(h)
         self.rootfs = rootfs_path() if self.slurm == "24.11" else None
 
     # --- names ---------------------------------------------------------------------------------------
@@ -204,15 +208,21 @@ class Cluster:
         self._make_tun_node()
         self._network_up()
         self._start_munged()
+        if self.accounting:
+            AccountingDB(self).start()
         self._start_slurmctld()
+        registration = AccountingDB(self).register() if self.accounting else None
         for node in self.nodes:
             self._start_slurmd(node)
         self._wait_idle()
+        if registration is not None:
+            AccountingDB(self).finish_registration(registration)
 
     def is_up(self) -> bool:
         if not os.path.exists(self.path("state.json")):
             return False
-        pids = [self._read_pid(n) for n in ("munged.pid", "slurmctld.pid", *[f"{n}.pid" for n in self.nodes])]
+        daemons = ("munged.pid", "slurmctld.pid", *(("mariadb.pid", "slurmdbd.pid") if self.accounting else ()))
+        pids = [self._read_pid(n) for n in (*daemons, *[f"{n}.pid" for n in self.nodes])]
         if not all(pid and os.path.exists(f"/proc/{pid}") for pid in pids):
             return False
         proc = self.client(["sinfo", "-h", "-o", "%T"], timeout=20)
@@ -249,7 +259,10 @@ class Cluster:
         os.chmod(hooks, 0o755)
         for which in ("prolog", "epilog"):
             path = os.path.join(hooks, which)
-            if self.hooks == "record":
+            if self.hooks == "dirs":   # a site's hook dirs: callers add their own entries next to 10-record
+                os.makedirs(os.path.join(hooks, f"{which}.d"), mode=0o755, exist_ok=True)
+                path = os.path.join(hooks, f"{which}.d", "10-record")
+            if self.hooks in ("record", "dirs"):
                 body = (f'out={q(self.path("hook-records"))}/{which}.${{SLURM_JOB_ID}}.${{SLURMD_NODENAME}}\n'
                         'env | grep -E "^(SLURM|SLURMD)_" | sort > "$out.tmp"\n'
                         'echo "HOOK_UID=$(id -u)" >> "$out.tmp"\nmv "$out.tmp" "$out"\n')
@@ -294,8 +307,7 @@ class Cluster:
             "SelectType=select/cons_tres",
             "SelectTypeParameters=CR_Core_Memory",
             "PrologFlags=Alloc,Contain,DeferBatch",
-            f"Prolog={self.path('hooks', 'prolog')}",
-            f"Epilog={self.path('hooks', 'epilog')}",
+            *self._hook_lines(),
             f"KillWait={self.kill_wait}",
             "MinJobAge=600",
             "ReturnToService=2",
@@ -303,7 +315,7 @@ class Cluster:
             "SlurmdTimeout=60",
             "InactiveLimit=0",
             "JobAcctGatherType=jobacct_gather/none",
-            "AccountingStorageType=accounting_storage/none",
+            *accounting_conf(self),
             "JobCompType=jobcomp/none",
             "MpiDefault=none",
             "MailProg=/bin/true",
@@ -322,6 +334,11 @@ class Cluster:
             os.makedirs(self.path(node, "spool"), exist_ok=True)
         for name in ("slurm.conf", "cgroup.conf"):
             os.chmod(self.path("etc", name), 0o644)
+
+    def _hook_lines(self) -> list[str]:
+        if self.hooks == "dirs":   # slurmd runs every file of the glob (in reverse alphabetical order)
+            return [f"Prolog={self.path('hooks', 'prolog.d', '*')}", f"Epilog={self.path('hooks', 'epilog.d', '*')}"]
+        return [f"Prolog={self.path('hooks', 'prolog')}", f"Epilog={self.path('hooks', 'epilog')}"]
 
     def _partitions(self) -> list[str]:
         main = "PartitionName=main Nodes=ALL Default=YES MaxTime=INFINITE State=UP"
@@ -369,7 +386,7 @@ class Cluster:
             json.dump({"name": self.name, "slurm": self.slurm, "nodes_count": self.nodes_count, "hooks": self.hooks,
                        "venv": self.venv, "slurm_vm_config": self.slurm_vm_config, "bind": self.bind,
                        "kill_wait": self.kill_wait, "hook_timing": self.hook_timing,
-                       "preempt_grace": self.preempt_grace}, fh)
+                       "preempt_grace": self.preempt_grace, "accounting": self.accounting}, fh)
 
     def _spawn(self, argv: list[str], log: str, pid_name: str, env: dict[str, str] | None = None) -> int:
         with open(self.path("log", log), "ab") as out:
@@ -453,6 +470,7 @@ class Cluster:
         for node in self.nodes:
             self._stop_pid(f"{node}.pid")
         self._stop_pid("slurmctld.pid")
+        AccountingDB(self).stop()
         self._stop_pid("munged.pid")
         self._kill_leftover_processes()
         for node in self.nodes:
@@ -561,15 +579,18 @@ class Cluster:
                       if os.path.isdir(os.path.join("/sys/fs/cgroup", controller, f"slurm_{node}"))]
         if os.path.exists(self.dir):
             found.append(f"dir {self.dir}")
+        if self.accounting:
+            found += AccountingDB(self).leaks()
         return found
 
 
 # --- the 24.11 flavour: a debootstrapped trixie root filesystem ------------------------------------------
 
-ROOTFS_PACKAGES = ["munge", "slurmctld", "slurmd", "slurm-client", "python3", "python3-venv", "qemu-system-x86",
-                   "qemu-utils", "iproute2", "iputils-ping", "util-linux", "procps", "ca-certificates",
+ROOTFS_PACKAGES = ["munge", "slurmctld", "slurmd", "slurm-client", "slurmdbd", "python3", "python3-venv",
+                   "qemu-system-x86", "qemu-utils", "iproute2", "iputils-ping", "util-linux", "procps", "ca-certificates",
                    "nftables", "busybox", "openssh-client"]
-ROOTFS_CACHE = "/var/cache/slurm-vm"
+# SLURM_VM_TEST_ROOTFS_CACHE: a rootfs cache of one's own (while trying a new package list beside others' runs)
+ROOTFS_CACHE = os.environ.get("SLURM_VM_TEST_ROOTFS_CACHE", "/var/cache/slurm-vm")
 
 
 def rootfs_recipe() -> str:

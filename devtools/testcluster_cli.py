@@ -28,13 +28,15 @@ def main(argv: list[str]) -> int:
     up.add_argument("--name", default="tc")
     up.add_argument("--nodes", type=int, default=3)
     up.add_argument("--slurm", default="22.05", choices=["22.05", "24.11"])
-    up.add_argument("--hooks", default="record", choices=["none", "record", "slurm-vm"])
+    up.add_argument("--hooks", default="record", choices=["none", "record", "slurm-vm", "dirs"])
     up.add_argument("--venv")
     up.add_argument("--slurm-vm-config")
     up.add_argument("--bind", action="append", default=[])
     up.add_argument("--kill-wait", type=int, default=10)
     up.add_argument("--preempt-grace", type=int, default=None,
                     help="add a partition `urgent` that preempts `main` (PreemptMode=REQUEUE, GraceTime=N)")
+    up.add_argument("--accounting", action="store_true",
+                    help="slurmdbd with a MariaDB of its own (AccountingStorageType=accounting_storage/slurmdbd)")
     for name in ("down", "status"):
         sub.add_parser(name).add_argument("--name", default="tc")
     ex = sub.add_parser("exec")
@@ -52,7 +54,7 @@ def main(argv: list[str]) -> int:
     try:
         if args.command == "up":
             cluster = Cluster(args.name, args.slurm, args.nodes, args.hooks, args.venv, args.slurm_vm_config,
-                              args.bind, args.kill_wait, preempt_grace=args.preempt_grace)
+                              args.bind, args.kill_wait, preempt_grace=args.preempt_grace, accounting=args.accounting)
             cluster.up()
             print(cluster.status())
             return 0

@@ -113,21 +113,28 @@ def write_test_config(directory: str, state_root: str, underlay: str, cache: str
     return path
 
 
-def setup_node_bridges(cluster) -> None:
-    """Each node gets the `lan` bridge with the same address: nodes are separate network namespaces."""
+def setup_node_bridges(cluster, config_path: str | None = None) -> None:
+    """Each node gets the `lan` bridge with the same address: nodes are separate network namespaces. With the
+    slurm-vm config, each node then runs `slurm-vm node setup` (the VXLAN underlay kept to root), as an admin
+    runs it at boot."""
     for node in cluster.nodes:
         if cluster.node_exec(node, ["ip", "link", "show", NODE_BRIDGE], timeout=20).returncode != 0:
             _node_step(cluster, node, ["ip", "link", "add", NODE_BRIDGE, "type", "bridge"])
         _node_step(cluster, node, ["ip", "addr", "replace", NODE_BRIDGE_ADDR, "dev", NODE_BRIDGE])
         _node_step(cluster, node, ["ip", "link", "set", NODE_BRIDGE, "up"])
+        if config_path is not None:
+            _node_step(cluster, node, ["env", f"SLURM_VM_CONFIG={config_path}",
+                                       os.path.join(venv_dir(), "bin", "slurm-vm"), "node", "setup"])
 
 
 def _node_step(cluster, node: str, argv: list[str]) -> None:
     proc = cluster.node_exec(node, argv, timeout=20)
     if proc.returncode != 0:
-        raise SetupError(f"cannot set up {NODE_BRIDGE} on {node}: {' '.join(argv)}: {proc.stderr.strip()}")
+        raise SetupError(f"cannot set up {node}: {' '.join(argv)}: {proc.stderr.strip()}")
 
 TEST_ROOT = "/var/lib/slurm-vm-test"
+ENDED_STATES = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
+                "DEADLINE"}
 TEST_USER = "svmtest"
 
 
@@ -205,15 +212,30 @@ class VMCluster:
                              f"output:\n{self.output(job_id)[-3000:]}")
 
     def wait_gone_or_ended(self, job_id: int, timeout: float = 120) -> str:
-        return self.wait_state(job_id, {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
-                                        "PREEMPTED", "BOOT_FAIL", "DEADLINE"}, timeout)
+        """The job's final state: from sacct where the cluster has accounting storage, else from squeue."""
+        state = self.wait_state(job_id, ENDED_STATES, timeout)
+        return self.accounted_state(job_id) if getattr(self.cluster, "accounting", False) else state
+
+    def accounted_state(self, job_id: int, timeout: float = 30) -> str:
+        """The state of the job's last run in the accounting storage, once it has ended there (slurmctld sends
+        the end to slurmdbd shortly after the job ends)."""
+        deadline = time.monotonic() + timeout
+        state = ""
+        while time.monotonic() < deadline:
+            out = self.cluster.client(["sacct", "-X", "-P", "-n", "-j", str(job_id), "-S", "2000-01-01",
+                                       "-o", "State"]).stdout.split("\n")[0].strip()
+            state = out.split(" ")[0]
+            if state in ENDED_STATES:
+                return state
+            time.sleep(0.5)
+        raise AssertionError(f"sacct says job {job_id} is {state or 'unknown'}, not ended, after {timeout}s")
 
     def leaks(self, job_id: int | None = None) -> list[str]:
         """slurm-vm objects left on any node: job dirs, journals, notes, svm links, VMM and virtiofsd processes."""
         found = []
         for node in self.cluster.nodes:
             state = self.node_state(node)
-            for sub in ("jobs", "journal", "nics"):
+            for sub in ("jobs", "journal", "nics", "trash"):
                 directory = os.path.join(state, sub)
                 if os.path.isdir(directory):
                     found += [f"{node}:{sub}/{n}" for n in os.listdir(directory)
@@ -221,7 +243,8 @@ class VMCluster:
             proc = self.cluster.node_exec(node, ["ip", "-o", "link", "show"], timeout=20)
             for line in proc.stdout.splitlines():
                 name = line.split(":", 2)[1].strip().split("@")[0]
-                if name.startswith("svm") and (job_id is None or name.startswith(f"svm{job_id}n")):
+                if name.startswith("svm") and not name.startswith("svmgd") and (
+                        job_id is None or name.startswith(f"svm{job_id}n")):   # svmgd*: the node's VXLAN guards
                     found.append(f"{node}:link {name}")
             tables = self.cluster.node_exec(node, ["nft", "-j", "list", "tables", "netdev"], timeout=20).stdout
             for item in json.loads(tables or '{"nftables": []}')["nftables"]:

@@ -17,6 +17,7 @@ class ImageInfo:
     description: str
     boot: str              # "kernel" (direct boot) or "firmware" (disk boot)
     format: str
+    login_user: str | None  # the image's default user (cloud-init's), as the admins name it
     size_bytes: int | None  # the base image's virtual size, where this host can read it
 
     def as_json(self) -> dict:
@@ -54,7 +55,7 @@ def image_size(image: Image, qemu_img: str, timeout: int = 10) -> int | None:
 
 def list_images(config: Config) -> list[ImageInfo]:
     return [ImageInfo(name=name, description=image.description, boot="firmware" if image.firmware else "kernel",
-                      format=image.format, size_bytes=image_size(image, config.hypervisor.qemu_img))
+                      format=image.format, login_user=image.login_user, size_bytes=image_size(image, config.hypervisor.qemu_img))
             for name, image in sorted(config.images.items())]
 
 

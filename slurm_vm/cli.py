@@ -117,7 +117,8 @@ def _wait_and_tell(config, backend, job_id: int, wait_for: str | None, timeout: 
         progress = wait_for_ready(backend, config, job_id, wait_for, timeout, report)
     if not quiet:
         job = backend.jobs(job_ids=(job_id,))
-        click.echo(how_to_connect(job[0], progress) if job else f"VM {progress.vm_name} is ready")
+        from .lifecycle import with_spec
+        click.echo(how_to_connect(with_spec(backend, job[0]), progress) if job else f"VM {progress.vm_name} is ready")
 
 
 @main.command("wait")
@@ -150,15 +151,25 @@ def launch(definition: str | None, grace_seconds: int | None, config_path: str |
 @main.command("list")
 @click.option("--all-users", is_flag=True, help="every user's VMs (as far as Slurm shows them)")
 @click.option("--ended", is_flag=True, help="include VMs that ended recently")
+@click.option("--all", "history", is_flag=True, help="your VMs that ended too, from Slurm's accounting (sacct)")
+@click.option("--since", metavar="WHEN", help="with --all: 30m, 12h, 7d, 2w back, or a date (default 30d)")
+@click.option("--state", "states", metavar="STATE,...", help="with --all: only VMs whose last run is in these states")
 @json_option
 @config_option
-def list_cmd(all_users: bool, ended: bool, as_json: bool, config_path: str | None) -> None:
+def list_cmd(all_users: bool, ended: bool, history: bool, since: str | None, states: str | None, as_json: bool,
+             config_path: str | None) -> None:
     """List your VM jobs."""
     from .checkpoint.listing import unlisted_note
     from .lifecycle import current_user, list_vms
     from .output import print_records
     config = _config(config_path)
     user = None if all_users else current_user()
+    if history or since or states:
+        from .history import DEFAULT_SINCE, history_or_live, parse_states
+        from .output import print_history
+        listing = history_or_live(_backend(config), config, user, since or DEFAULT_SINCE, parse_states(states))
+        print_history(listing, as_json, user)
+        return
     records = list_vms(_backend(config), user, ended, config)
     note = unlisted_note(config.checkpoint.user_dir(current_user()), {r.job_id for r in records})
     print_records(records, as_json, user, ended, note)
@@ -171,12 +182,18 @@ def list_cmd(all_users: bool, ended: bool, as_json: bool, config_path: str | Non
 @config_option
 def status(ref: str, lines: int, as_json: bool, config_path: str | None) -> None:
     """Show one VM: its job, node, cores, memory and the last serial console lines."""
-    from .errors import SlurmError
-    from .lifecycle import current_user, find_vm, managed_addresses, record_of, serial_tail
+    from .errors import NotFound, SlurmError
+    from .lifecycle import current_user, find_vm, managed_addresses, record_of, serial_tail, with_spec
     from .output import print_status
     config = _config(config_path)
     backend = _backend(config)
-    job = find_vm(backend, ref, current_user())
+    try:
+        job = with_spec(backend, find_vm(backend, ref, current_user()))
+    except NotFound as missing:   # slurmctld forgot it: the accounting storage may know
+        from .history import ended_status
+        from .output import print_history_status
+        print_history_status(*ended_status(config, ref, current_user(), missing), as_json)
+        return
     try:
         serial = serial_tail(config, job, lines, config.slurm.command_timeout)
     except SlurmError as exc:
@@ -264,6 +281,38 @@ def console_relay(job_id: int, config_path: str | None) -> None:
 
 @main.command()
 @click.argument("ref", metavar="NAME|JOBID", shell_complete=_complete_vm)
+@click.option("--web", is_flag=True, help="serve the display to a browser (noVNC) instead of a VNC viewer")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="port on 127.0.0.1 (0: a free one)")
+@config_option
+def vnc(ref: str, web: bool, port: int, config_path: str | None) -> None:
+    """Show a VM's display in a VNC viewer (or a browser with --web) until Ctrl-C; QEMU VMs only."""
+    from .lifecycle import current_user
+    from .vmaccess import owned_vm, require_running
+    from .vnc import Target, run_session
+    config = _config(config_path)
+    backend = _backend(config)
+    job = owned_vm(backend, ref, current_user())
+    target = Target(job.job_id, job.vm_name, require_running(backend, job), config.slurm_vm_command)
+    sys.exit(run_session(target, config.slurm.command_timeout, port, web, config.novnc_dir))
+
+
+@main.command("vnc-relay", hidden=True)
+@click.argument("job_id", type=int)
+@click.option("--session", is_flag=True)
+@config_option
+def vnc_relay(job_id: int, session: bool, config_path: str | None) -> None:
+    """The node end of `slurm-vm vnc` (run by srun inside the job)."""
+    import os
+    from .node.layout import job_dir
+    from .vncrelay import connect, session as hold_session
+    config = _config(config_path)
+    directory = job_dir(config.node_state_dir(os.environ.get("SLURMD_NODENAME", "")), job_id)
+    sys.exit(hold_session(directory) if session else connect(directory))
+
+
+@main.command()
+@click.argument("ref", metavar="NAME|JOBID", shell_complete=_complete_vm)
 @click.option("--force", is_flag=True, help="cancel the job at once (plain scancel; the guest gets SIGTERM's grace)")
 @config_option
 def stop(ref: str, force: bool, config_path: str | None) -> None:
@@ -289,7 +338,7 @@ def ssh(ref: str, login: str | None, ssh_args: tuple[str, ...], config_path: str
     backend = _backend(config)
     job = owned_vm(backend, ref, current_user())
     argv = ssh_command(job, require_running(backend, job), config.slurm_vm_command, login, ssh_args,
-                       managed_addresses(backend, config, [job]).get(job.job_id, ()))
+                       managed_addresses(backend, config, [job]).get(job.job_id, ()), config.networks)
     os.execvp(argv[0], argv)
 
 
@@ -342,7 +391,8 @@ def scp(scp_args: tuple[str, ...], config_path: str | None) -> None:
     def resolve(name: str):
         job = owned_vm(backend, name, current_user())
         return job, require_running(backend, job), config.slurm_vm_command
-    argv = scp_command(scp_args, resolve, lambda job: managed_addresses(backend, config, [job]).get(job.job_id, ()))
+    argv = scp_command(scp_args, resolve, lambda job: managed_addresses(backend, config, [job]).get(job.job_id, ()),
+                       config.networks)
     os.execvp(argv[0], argv)
 
 
@@ -355,10 +405,10 @@ def tcp_relay_cmd(host: str, port: int) -> None:
     sys.exit(tcp_relay(host, port))
 
 
-@main.command(hidden=True)
+@main.command()
 @click.argument("which", type=click.Choice(["spec", "config"]))
 def reference(which: str) -> None:
-    """Print the generated field reference (docs/*-reference.md are made from it)."""
+    """Print every field of a spec or of the admin config (docs/*-reference.md are made from it)."""
     from .reference import render_reference
     click.echo(render_reference(which), nl=False)
 
@@ -369,12 +419,28 @@ def node() -> None:
 
 
 @node.command()
-@click.option("--fix", is_flag=True, help="remove the leftovers found")
+@config_option
+def setup(config_path: str | None) -> None:
+    """Keep the VXLAN underlay to root: guard devices on the VXLAN ports, rules against users' and guests' VXLAN
+    traffic. Run at boot, before users can log in and before slurmd starts (admin guide, "Node setup")."""
+    from .networks.underlay import ensure_underlay, guard_families, guard_name, plan_underlay
+    plan = plan_underlay(_config(config_path))
+    if plan is None:
+        click.echo("no VXLAN networks in the config: nothing to set up")
+        return
+    ensure_underlay(plan)
+    guards = ", ".join(guard_name(p, f) for p in plan.ports for f in guard_families())
+    click.echo(f"VXLAN underlay kept to root: guards {guards}; nftables table inet svm_underlay")
+
+
+@node.command()
+@click.option("--fix", is_flag=True, help="remove the leftovers found (and remake the VXLAN guard and rules)")
 @click.option("--node", "node_name", metavar="NAME", help="Slurm node name of this host (default: hostname)")
 @json_option
 @config_option
 def doctor(fix: bool, node_name: str | None, as_json: bool, config_path: str | None) -> None:
-    """List (and with --fix remove) slurm-vm objects that belong to no running job."""
+    """List (and with --fix remove) slurm-vm objects that belong to no running job, and check that the VXLAN
+    underlay is root's (guard devices, rules)."""
     from .node.doctor import run_doctor
     config = _config(config_path)
     findings = run_doctor(config, _backend(config), fix, node_name)
@@ -384,9 +450,47 @@ def doctor(fix: bool, node_name: str | None, as_json: bool, config_path: str | N
         for finding in findings:
             click.echo(str(finding))
         if not findings:
-            click.echo("no leftovers")
+            click.echo("no leftovers, underlay in place")
     sys.exit(1 if findings and not fix else 0)
 
+
+
+@node.command("check")
+@click.option("--node", "node_name", metavar="NAME", help="Slurm node name of this host (default: hostname)")
+@click.option("--root", default="/", show_default=True, type=click.Path(file_okay=False),
+              help="read /proc, /lib/modules, /dev and the images under this directory (tests, chroots)")
+@click.option("--drain", is_flag=True, help="HealthCheckProgram: drain this node with the first problem as the "
+              "reason; resume it once ready if this check drained it")
+@click.option("--quiet", "-q", is_flag=True, help="print problems only")
+@json_option
+@config_option
+def check(node_name: str | None, root: str, drain: bool, quiet: bool, as_json: bool, config_path: str | None) -> None:
+    """Is this node ready for the configured images, networks and hypervisors? One line per prerequisite."""
+    import socket
+    from .node.readycheck import check_node, drain_reason
+    config = _config(config_path)
+    node_name = node_name or socket.gethostname().split(".")[0]
+    results = check_node(config, node_name, root)
+    if as_json:
+        click.echo(json.dumps([r.as_json() for r in results], indent=2))
+    else:
+        for result in results:
+            if not (quiet and result.ok):
+                click.echo(result.line())
+    if drain:
+        from .node.healthcheck import apply_drain
+        apply_drain(config, node_name, drain_reason(results))
+    sys.exit(0 if all(r.ok for r in results) else 1)
+
+@node.command("install-hook")
+@click.argument("dest", type=click.Path(dir_okay=False))
+@click.option("--config", "config_path", metavar="PATH", envvar="SLURM_VM_CONFIG", default="/etc/slurm-vm/config.yaml",
+              show_default=True, help="the admin config the hook reads")
+@click.option("--venv", metavar="DIR", help="the venv whose Python the hook runs (default: this command's)")
+def install_hook_cmd(dest: str, config_path: str, venv: str | None) -> None:
+    """Copy the node hook to DEST (e.g. /usr/local/sbin/slurm-vm-hook) for Prolog=/Epilog= or prolog.d/epilog.d."""
+    from .node.hookinstall import current_venv, install_hook
+    click.echo(install_hook(dest, config_path, current_venv() if venv is None else venv))
 
 if __name__ == "__main__":
     main()

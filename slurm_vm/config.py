@@ -13,6 +13,8 @@ from .limits import CONFIG_ENV, DEFAULT_CONFIG_PATH  # noqa: F401  (spelled in l
 from .schema import AbsPath, Bool, Context, Int, ListOf, MapOf, Obj, SharePath, Size, Str, field, parse_object
 from .yamldoc import load_document
 
+GUARD_VNI = 16777215    # networks/underlay.py: the VNI of the node's VXLAN guard devices
+
 G = 1 << 30
 M = 1 << 20
 
@@ -29,6 +31,9 @@ class Image:
     cmdline: str | None = field(Str(max_len=2048), "kernel command line for direct boot", None)
     firmware: str | None = field(AbsPath(), "firmware (e.g. CLOUDHV.fd or OVMF) for disk boot", None)
     description: str = field(Str(max_len=200), "shown by `slurm-vm images`", "")
+    login_user: str | None = field(Str(pattern=USER_PATTERN, pattern_help=USER_HELP),
+                                   "the image's login user (cloud-init's default user, who gets the spec's "
+                                   "`ssh_authorized_keys`), shown by `slurm-vm images`", None)
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,10 @@ class Network:
                                     False)
     allow_router_advertisements: bool = field(Bool(), "let guests send IPv6 router advertisements and redirects",
                                               False)
+    reserved: tuple = field(ListOf(Str(pattern=r"[0-9A-Fa-f.:]{2,45}(/[0-9]{1,3})?",
+                                       pattern_help="an IPv4 or IPv6 address or network, e.g. 10.0.0.1 or 10.0.0.0/28")),
+                            "addresses of hosts that are not VMs (routers, servers, the gateway): no spec's static "
+                            "`address` may claim one (the node's own addresses and MACs are refused anyway)", [])
     allowed_users: tuple = field(ListOf(Str(pattern=USER_PATTERN, pattern_help=USER_HELP)),
                                  "users who may use it (empty and no groups: everyone)", [])
     allowed_groups: tuple = field(ListOf(Str(pattern=USER_PATTERN, pattern_help=USER_HELP)),
@@ -120,8 +129,9 @@ class MountsConfig:
 @dataclass(frozen=True)
 class CheckpointConfig:
     dir: str | None = field(AbsPath(), "where VM checkpoints go: storage every node sees; `%u` is replaced by the "
-                            "job's user name. The launcher (as the user) makes the per-user dir with mode 0700 "
-                            "(its parent must let users create it, e.g. mode 1777, or be made by the admin). "
+                            "job's user name. The prolog makes the per-user dir, owned by the user with mode "
+                            "0700: as root when its parent is root's with mode 0755 (recommended: no user can "
+                            "make another's first), else as the user; a dir another user made is refused. "
                             "Unset: specs may not ask for `checkpoint`", None, example="/scratch/slurm-vm/%u")
     keep: int = field(Int(1, 100), "complete checkpoints kept per job (older ones are removed after a new save)", 1)
     compress: bool = field(Bool(), "gzip the saved RAM and device state (smaller, slower)", False)
@@ -155,6 +165,8 @@ class Config:
                                  MountsConfig())
     checkpoint: CheckpointConfig = field(Obj(CheckpointConfig), "checkpoints on preemption and time limit",
                                          CheckpointConfig())
+    novnc_dir: str = field(AbsPath(), "noVNC's web files on login nodes, for `slurm-vm vnc --web` (Debian "
+                           "package novnc)", "/usr/share/novnc")
 
     def node_state_dir(self, node: str) -> str:
         return self.state_dir.replace("%n", node)
@@ -202,6 +214,10 @@ def _check_network(name: str, net: Network, ctx: Context) -> None:
     _check_addressing(name, net, ctx)
     if net.kind != "vxlan" and (net.vni is not None or net.vni_range is not None):
         ctx.problem(path + ("vni",), f"`vni`/`vni_range` apply to `vxlan` networks only, not `{net.kind}`")
+    if net.kind == "vxlan" and net.vni == GUARD_VNI or net.vni_range and GUARD_VNI in range(net.vni_range[0],
+                                                                                              net.vni_range[-1] + 1):
+        ctx.problem(path + ("vni",), f"VNI {GUARD_VNI} is slurm-vm's own (the node's VXLAN guard devices); use "
+                    "lower VNIs")
 
 
 def _check_addressing(name: str, net: Network, ctx: Context) -> None:
@@ -214,6 +230,12 @@ def _check_addressing(name: str, net: Network, ctx: Context) -> None:
     if net.vxlan_mode == "unicast" and net.vni_range is None:
         ctx.problem(path + ("vxlan_mode",), "`unicast` needs `vni_range` (job-private segments): a shared `vni` has "
                     "no job node list to replicate to")
+    for i, entry in enumerate(net.reserved):
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            ctx.problem(path + ("reserved", i), f"{entry!r} is not an address or network such as 10.0.0.1 or "
+                        "10.0.0.0/28")
     for node, address in net.underlay_addresses.items():
         try:
             check_ip(address)

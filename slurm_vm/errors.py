@@ -61,6 +61,14 @@ class NodeError(SlurmVmError):
     """Preparing or tearing down a node's objects failed."""
 
 
+class NodeNotReady(NodeError):
+    """This node lacks what the config promises a job (a network's bridge or parent interface).
+
+    The prolog fails the job with the reason and does not drain the node: `slurm-vm node check` (the admins'
+    HealthCheckProgram) is what drains nodes that are not ready.
+    """
+
+
 class HypervisorError(SlurmVmError):
     """The hypervisor could not be configured, started or controlled."""
 
@@ -86,6 +94,11 @@ class VolumeError(UserFault):
 
 class ShareError(UserFault):
     """A directory the spec mounts cannot be shared with the job user's rights."""
+
+
+class CheckpointDirError(UserFault):
+    """The user's checkpoint dir cannot be made or is not the user's (another user made it first): the job
+    fails with what the admins must do; never a node fault."""
 
 
 class NotEnoughCores(HypervisorError):

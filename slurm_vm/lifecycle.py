@@ -6,6 +6,7 @@ import getpass
 import os
 import subprocess
 from dataclasses import asdict, dataclass, replace
+from typing import Any, TypeVar
 
 from . import transport
 from .config import Config
@@ -15,6 +16,8 @@ from .slurm import JobInfo, SlurmBackend
 from .slurm.states import ACTIVE_STATES
 from .spec import VMSpec, parse_spec
 
+SPEC_READERS = 8     # batch scripts `list` reads at once
+R = TypeVar("R", bound=Any)   # a frozen dataclass with user, job_id, checkpoints, checkpoint_bytes
 
 
 @dataclass(frozen=True)
@@ -45,12 +48,41 @@ def current_user() -> str:
 
 
 def spec_of_job(job: JobInfo) -> VMSpec | None:
-    """The spec carried inline in the comment (None when only a digest travels there)."""
+    """The job's spec: read from its batch script by with_spec, or inline in a slurm-vm 1 comment;
+    None when neither is at hand (another user's job, an ended one, a damaged one)."""
     try:
-        text = transport.inline_spec(job.comment)
+        text = job.spec_text if job.spec_text is not None else transport.inline_spec(job.comment)
         return parse_spec(text, f"job {job.job_id}") if text is not None else None
     except (transport.TransportError, ValidationError):
         return None
+
+
+def with_spec(backend: SlurmBackend, job: JobInfo) -> JobInfo:
+    """`job` with its spec text, read from its batch script: one RPC, which Slurm answers for the job's owner
+    and root only (the comment carries only a salted digest). Unchanged when the script cannot be read."""
+    if job.spec_text is not None or not job.is_vm or job.state not in ACTIVE_STATES:
+        return job
+    try:
+        ref = transport.parse_comment(job.comment)
+        text = ref.inline if ref.inline is not None else \
+            transport.spec_from_script(backend.batch_script(job.job_id), ref)
+    except (transport.TransportError, SlurmError):
+        return job
+    return replace(job, spec_text=text)
+
+
+def with_specs(backend: SlurmBackend, jobs: list[JobInfo], reader: str) -> list[JobInfo]:
+    """with_spec for each job `reader` may read (its own; root: all), a few RPCs at a time (command-line
+    clients only: one process each; the pyslurm backend reads one after the other)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from .slurm.cli import CliBackend
+    mine = [j for j in jobs if reader == "root" or j.user == reader]
+    if not mine:
+        return jobs
+    readers = SPEC_READERS if isinstance(backend, CliBackend) else 1
+    with ThreadPoolExecutor(max_workers=min(readers, len(mine))) as pool:
+        loaded = {j.job_id: j for j in pool.map(lambda j: with_spec(backend, j), mine)}
+    return [loaded.get(j.job_id, j) for j in jobs]
 
 
 def managed_addresses(backend: SlurmBackend, config: Config | None, jobs: list[JobInfo]) -> dict[int, tuple[str, ...]]:
@@ -92,14 +124,15 @@ def record_of(job: JobInfo, managed: tuple[str, ...] = ()) -> VMRecord:
 def list_vms(backend: SlurmBackend, user: str | None, include_ended: bool = False,
              config: Config | None = None) -> list[VMRecord]:
     jobs = [j for j in backend.jobs(user=user) if j.is_vm and (include_ended or j.state in ACTIVE_STATES)]
+    jobs = with_specs(backend, jobs, current_user())
     managed = managed_addresses(backend, config, jobs)
     records = [record_of(j, managed.get(j.job_id, ())) for j in sorted(jobs, key=lambda j: j.job_id)]
     return with_checkpoints(records, config)
 
 
-def with_checkpoints(records: list[VMRecord], config: Config | None) -> list[VMRecord]:
-    """Each record with the count and size of its job's checkpoints, read from its owner's checkpoint dir
-    (other users' dirs are private: their VMs show none)."""
+def with_checkpoints(records: list[R], config: Config | None) -> list[R]:
+    """Each record (VMRecord, history.VMHistory) with the count and size of its job's checkpoints, read from
+    its owner's checkpoint dir (other users' dirs are private: their VMs show none)."""
     from .checkpoint.listing import owner_uid, user_checkpoints
     if config is None or config.checkpoint.dir is None:
         return records

@@ -26,8 +26,9 @@ SYSTEM_TREES = ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/l
 SYSTEM_DIRS = ("/", "/home", "/root", "/mnt", "/media", "/opt", "/srv", "/tmp")
 
 
-# Commas end a QEMU/virtiofsd option, whitespace ends an fstab field: such paths are refused, not escaped.
-_UNSAFE = re.compile(r"[\s,\\\x00-\x1f\x7f]")
+# Commas end a QEMU/virtiofsd option, whitespace ends an fstab field, a quote ends the quoted field of the
+# cloud-init `mounts:` line (node/cloudinit.py): such paths are refused, not escaped.
+_UNSAFE = re.compile(r"[\s,\\'\"\x00-\x1f\x7f]")
 
 
 def path_problem(value: Any, allow_home: bool) -> str | None:
@@ -39,7 +40,7 @@ def path_problem(value: Any, allow_home: bool) -> str | None:
     if len(value) > 1024:
         return "path is too long"
     if _UNSAFE.search(value):
-        return f"{value!r} contains a space, comma, backslash or control character; rename the directory"
+        return f"{value!r} contains a space, comma, quote, backslash or control character; rename the directory"
     rest = value
     if allow_home and (value == HOME or value.startswith(HOME + "/")):
         rest = value[len(HOME):] or "/"

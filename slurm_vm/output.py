@@ -13,6 +13,7 @@ from .lifecycle import VMRecord
 
 if TYPE_CHECKING:
     from .catalog import ImageInfo, NetworkInfo
+    from .history import Listing, VMHistory
     from .userdoctor import Report
 
 COLUMNS = ("NAME", "JOBID", "STATE", "NODES", "CPUS", "MEMORY", "UPTIME", "ADDRESS", "CHECKPOINTS")
@@ -81,8 +82,9 @@ def print_images(images: list[ImageInfo], as_json: bool) -> None:
     if not images:
         click.echo("no images in the image store: ask the admins")
         return
-    print_table(("NAME", "BOOT", "FORMAT", "SIZE", "DESCRIPTION"),
-                [(i.name, i.boot, i.format, _size(i.size_bytes), i.description) for i in images])
+    print_table(("NAME", "LOGIN", "BOOT", "FORMAT", "SIZE", "DESCRIPTION"),
+                [(i.name, i.login_user or "-", i.boot, i.format, _size(i.size_bytes), i.description)
+                 for i in images])
 
 
 def print_networks(networks: list[NetworkInfo], as_json: bool) -> None:
@@ -147,3 +149,52 @@ def progress_reporter(key: Callable[[object], object] = lambda p: p,
     from rich.console import Console
     with Console(stderr=True).status("waiting for the VM") as status:
         yield lambda progress: status.update(text(progress))
+
+
+HISTORY_COLUMNS = ("NAME", "JOBID", "STATE", "START", "ELAPSED", "NODES", "RESTARTS", "EXIT", "CHECKPOINTS")
+
+
+def _history_row(r: VMHistory) -> tuple[str, ...]:
+    """A row of `list --all`."""
+    from .checkpoint.listing import summary
+    restarts = f"{r.restarts} ({','.join(r.earlier_runs)})" if r.restarts else "0"
+    exit_text = " ".join(t for t in (r.exit_code, r.outcome) if t) or "-"
+    return (r.name, str(r.job_id), r.state, r.start or "-", r.elapsed, ",".join(r.nodes) or "-", restarts,
+            exit_text, summary(r.checkpoints, r.checkpoint_bytes, r.state))
+
+
+def print_history(listing: Listing, as_json: bool, whose: str | None) -> None:
+    """`list --all`. Without accounting storage its note goes to stderr, then what
+    slurmctld still knows (as `list --ended`)."""
+    if listing.note:
+        click.echo(f"slurm-vm: {listing.note}", err=True)
+        print_records(listing.live, as_json, whose, ended=True)
+        return
+    if as_json:   # one record per line: json's C encoder (indent= would take the pure Python one, 3x slower)
+        click.echo("[\n" + ",\n".join(json.dumps(r.as_json()) for r in listing.history) + "\n]")
+    elif not listing.history:
+        click.echo(f"no VM jobs{f' of user {whose}' if whose else ''} in Slurm's accounting for that time "
+                   "(`--since` looks further back)")
+    else:
+        print_table(HISTORY_COLUMNS, [_history_row(r) for r in listing.history])
+
+
+def print_history_status(record: VMHistory, checkpoints: list[dict], as_json: bool) -> None:
+    """`status` of a VM that slurmctld no longer knows, from the accounting storage."""
+    if as_json:
+        print_json({**record.as_json(), "checkpoints": checkpoints, "source": "accounting"})
+        return
+    runs = f" after {record.restarts} earlier run(s): {', '.join(record.earlier_runs)}" if record.restarts else ""
+    for label, value in (("VM", record.name), ("Job", record.job_id), ("State", record.state + runs),
+                         ("Nodes", ",".join(record.nodes) or "-"), ("Started", record.start or "-"),
+                         ("Ended", record.end or "-"), ("Elapsed", record.elapsed),
+                         ("Exit code", (record.exit_code or "-") + (f" ({record.outcome})" if record.outcome else "")),
+                         ("CPUs", record.cpus), ("Memory", record.memory or "-"),
+                         ("Time limit", record.time_limit or "-")):
+        click.echo(f"{label + ':':12} {value}")
+    if checkpoints:
+        from .checkpoint.listing import describe
+        click.echo("Checkpoints:")
+        for entry in checkpoints:
+            click.echo(f"  {describe(entry)}")
+    click.echo("(from Slurm's accounting: the job's output file has the guest's last console lines)")

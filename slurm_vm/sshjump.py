@@ -16,19 +16,45 @@ import socket
 import sys
 
 from .errors import NotFound, SlurmVmError
-from .lifecycle import record_of
+from .lifecycle import record_of, spec_of_job
 from .slurm import JobInfo
 
 CONNECT_TIMEOUT = 20.0
 
 
-def vm_address(job: JobInfo, managed: tuple[str, ...] = ()) -> str:
-    """The spec's static address, else one slurm-vm handed out (`managed`: lifecycle.managed_addresses)."""
+def vm_address(job: JobInfo, managed: tuple[str, ...] = (), networks: dict | None = None) -> str:
+    """The spec's static address, else one slurm-vm handed out (`managed`: lifecycle.managed_addresses); with
+    the config's `networks`, only an address on a network the VM's node can reach (a bridge)."""
     record = record_of(job, managed)
     if not record.addresses:
         raise NotFound(f"VM {job.vm_name} has no address slurm-vm knows: give its NIC a static `address` in "
                        "the spec, or ssh through its node to the address your network's DHCP gave it")
-    return record.addresses[0]
+    if networks is None:
+        return record.addresses[0]
+    where = {address: network_of(job, address, networks) for address in record.addresses}
+    reachable = [a for a, (_, kind) in where.items() if kind in ("bridge", "")]
+    if reachable:
+        return reachable[0]
+    named = ", ".join(f"{a} on {kind} network {name!r}" for a, (name, kind) in where.items())
+    raise NotFound(f"VM {job.vm_name} has no address its node can reach ({named}: the node has no address on "
+                   "job-private segments and cannot talk to its own macvtap guests): use `slurm-vm console "
+                   f"{job.vm_name}`, or give the VM a NIC on a bridge network")
+
+
+def network_of(job: JobInfo, address: str, networks: dict) -> tuple[str, str]:
+    """(network name, how the node sees it: bridge | macvtap | job-private | vxlan) of one of the VM's addresses;
+    ("", "") when the config does not say."""
+    import ipaddress
+    spec = spec_of_job(job)
+    names = [n.network for n in spec.networks if n.address and n.address.split("/")[0] == address] if spec else []
+    ip = ipaddress.ip_address(address)
+    names += [name for name, net in networks.items() if net.subnet and ip in ipaddress.ip_network(net.subnet)]
+    for name in names:
+        net = networks.get(name)
+        if net is not None:
+            private = net.kind == "vxlan" and net.vni_range is not None
+            return name, "job-private" if private else net.kind
+    return "", ""
 
 
 def proxy_command(job: JobInfo, node: str, slurm_vm_command: str) -> str:
@@ -44,8 +70,8 @@ def jump_options(job: JobInfo, node: str, slurm_vm_command: str) -> list[str]:
 
 
 def ssh_command(job: JobInfo, node: str, slurm_vm_command: str, login: str | None,
-                extra: tuple[str, ...], managed: tuple[str, ...] = ()) -> list[str]:
-    address = vm_address(job, managed)
+                extra: tuple[str, ...], managed: tuple[str, ...] = (), networks: dict | None = None) -> list[str]:
+    address = vm_address(job, managed, networks)
     target = f"{login}@{address}" if login else address
     options, command = split_ssh_args(extra)
     return ["ssh", *options, *jump_options(job, node, slurm_vm_command), target, *command]
@@ -73,7 +99,7 @@ def split_ssh_args(args: tuple[str, ...]) -> tuple[list[str], list[str]]:
     return options, list(args[i:])
 
 
-def scp_command(args: tuple[str, ...], resolve, managed_of=lambda job: ()) -> list[str]:
+def scp_command(args: tuple[str, ...], resolve, managed_of=lambda job: (), networks: dict | None = None) -> list[str]:
     """scp with `[user@]VM:path` operands; `resolve(name) -> (job, node, slurm_vm_command)`. One VM per call.
     `managed_of(job)`: the addresses slurm-vm handed out to the job (lifecycle.managed_addresses)."""
     out: list[str] = []
@@ -87,7 +113,7 @@ def scp_command(args: tuple[str, ...], resolve, managed_of=lambda job: ()) -> li
         if name not in seen:
             seen[name] = resolve(name)
         job = seen[name][0]
-        out.append(f"{user}{at}{vm_address(job, managed_of(job))}:{path}")
+        out.append(f"{user}{at}{vm_address(job, managed_of(job), networks)}:{path}")
     if len(seen) != 1:
         raise SlurmVmError("name exactly one VM as NAME:path (or user@NAME:path) in the scp arguments"
                            if not seen else "scp between two VMs is not supported: copy through your machine")
@@ -105,6 +131,13 @@ def tcp_relay(host: str, port: int, stdin: int = 0, stdout: int = 1) -> int:
         print(f"slurm-vm tcp-relay: cannot connect to {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     sock.settimeout(None)
+    pipe_socket(sock, stdin, stdout)
+    return 0
+
+
+def pipe_socket(sock: socket.socket, stdin: int, stdout: int) -> None:
+    """Copy stdin -> sock -> stdout until the socket's end closes (also used by `slurm-vm vnc`'s node relay);
+    closes the socket."""
     sel = selectors.DefaultSelector()
     sel.register(stdin, selectors.EVENT_READ, "in")
     sel.register(sock, selectors.EVENT_READ, "net")
@@ -121,7 +154,7 @@ def tcp_relay(host: str, port: int, stdin: int = 0, stdout: int = 1) -> int:
                 else:
                     data = sock.recv(65536)
                     if not data:
-                        return 0
+                        return
                     view = memoryview(data)
                     while view:
                         view = view[os.write(stdout, view):]

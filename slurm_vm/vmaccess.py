@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from .errors import NotFound, NotYours
-from .lifecycle import find_vm
+from .lifecycle import find_vm, with_spec
 from .lifecycle import require_running as require_running_job
 from .limits import JOB_NAME_PREFIX
 from .slurm import JobInfo, SlurmBackend
@@ -20,7 +20,7 @@ SERIAL_TAIL_HEADER = "lines of the guest's serial console:"
 
 
 def owned_vm(backend: SlurmBackend, ref: str, user: str) -> JobInfo:
-    """The VM `ref` (name or job id) of `user`; root may reach every VM."""
+    """The VM `ref` (name or job id) of `user`, with its spec; root may reach every VM."""
     try:
         job = find_vm(backend, ref, None if user == "root" else user)
     except NotFound:
@@ -32,7 +32,7 @@ def owned_vm(backend: SlurmBackend, ref: str, user: str) -> JobInfo:
         raise
     if user != "root" and job.user != user:
         raise NotYours(f"job {job.job_id} is VM {job.vm_name} of user {job.user}: not your VM")
-    return job
+    return with_spec(backend, job)
 
 
 def find_all_named(backend: SlurmBackend, name: str) -> list[JobInfo]:

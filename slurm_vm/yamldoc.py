@@ -72,7 +72,16 @@ class _Builder:
             raise self.fail(node, path, f"cannot read this value: {exc.problem or exc.context}") from None
         except yaml.YAMLError as exc:
             raise self.fail(node, path, f"cannot read this value: {_first_line(exc)}") from None
+        self._check_text(node, path, value)
         return value
+
+    def _check_text(self, node: yaml.Node, path: Path, value: object) -> None:
+        """Text must be valid Unicode: a `\\uD800` escape makes a lone surrogate that no file can hold."""
+        if isinstance(value, str):
+            bad = unencodable(value)
+            if bad is not None:
+                raise self.fail(node, path, f"contains U+{ord(bad):04X}, a lone surrogate (not a character); "
+                                "remove that \\u escape")
 
     def _mapping(self, node: yaml.MappingNode, path: Path) -> dict:
         result: dict = {}
@@ -80,11 +89,21 @@ class _Builder:
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
                 raise self.fail(key_node, path, "keys must be plain names (merge keys and complex keys are not allowed)")
             key = key_node.value
+            self._check_text(key_node, path, key)
             if key in result:
                 raise self.fail(key_node, path + (key,), f"key {key!r} appears twice; keep one")
             result[key] = self.build(value_node, path + (key,))
             self.lines[path + (key,)] = key_node.start_mark.line + 1
         return result
+
+
+def unencodable(text: str) -> str | None:
+    """The first character of `text` that UTF-8 cannot encode (a lone surrogate), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return text[exc.start]
+    return None
 
 
 def _first_line(exc: Exception) -> str:

@@ -1,7 +1,8 @@
 """The prolog's part of checkpointing (pure): the `checkpoint` block of vm.json and the stable instance-id.
 
 The prolog does not read the checkpoint dir: it lives on shared storage owned by the user, and root never
-touches user files there. It only says where the launcher (running as the user) looks and saves.
+touches user files there. It only says where the launcher (running as the user) looks and saves, and makes
+sure beforehand that the user's dir exists and is the user's (checkpoint/userdir.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Where a job's checkpoints live in the user's checkpoint dir, and which one a requeued job restores.
 
-    <checkpoint.dir with %u>/        the user's, 0700 (made by the launcher, as the user)
+    <checkpoint.dir with %u>/        the user's, 0700 (made by the prolog: checkpoint/userdir.py)
       job-<jobid>/                   0700
         ckpt-000001/                 one save: state.bin[.gz], overlay.qcow2, manifest.json (written last)
         ckpt-000002/ ...

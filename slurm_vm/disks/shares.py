@@ -18,8 +18,10 @@ from ..mounts import allowed_prefix, is_under, path_problem
 from .safefs import run_as_user
 
 
-def _resolve(source: str, readonly: bool) -> tuple[str, str | None]:
-    """Runs as the user: (resolved path, what is wrong with it or None)."""
+def _resolve(source: str, readonly: bool, allowed: tuple[str, ...], home: str,
+             uid: int) -> tuple[str, str | None, str | None]:
+    """Runs as the user: (resolved path, what is wrong with it or None, the other user whose home holds it
+    or None). Everything that touches the path is here, in the bounded child: it may be on a hung mount."""
     try:
         resolved = os.path.realpath(source, strict=True)
         st = os.stat(resolved)
@@ -29,13 +31,15 @@ def _resolve(source: str, readonly: bool) -> tuple[str, str | None]:
         if exc.errno in (errno.EACCES, errno.EPERM):
             raise NodeError("you may not reach it") from None
         raise NodeError(exc.strerror or str(exc)) from None
+    prefix = allowed_prefix(resolved, allowed, home)
+    other = _other_users_home(resolved, prefix, uid) if prefix is not None else None
     if not stat.S_ISDIR(st.st_mode):
-        return resolved, "is not a directory"
+        return resolved, "is not a directory", other
     mode = os.R_OK | os.X_OK | (0 if readonly else os.W_OK)
     if not os.access(resolved, mode, effective_ids=True):
         return resolved, ("you may not read it" if readonly else "you may not read and write it "
-                          "(set `readonly: true` to share it read-only)")
-    return resolved, None
+                          "(set `readonly: true` to share it read-only)"), other
+    return resolved, None, other
 
 
 def _other_users_home(path: str, stop: str, uid: int) -> str | None:
@@ -56,14 +60,13 @@ def _other_users_home(path: str, stop: str, uid: int) -> str | None:
 def check_share_as_user(source: str, allowed: tuple[str, ...], home: str, uid: int, gid: int,
                         groups: list[int], readonly: bool) -> str:
     """The resolved directory to share. Raises NodeError saying what is wrong (the caller names the field)."""
-    resolved, problem = run_as_user(uid, gid, groups, _resolve, source, readonly)
+    resolved, problem, other = run_as_user(uid, gid, groups, _resolve, source, readonly, allowed, home, uid)
     if path_problem(resolved, False) is not None:
         raise NodeError(f"resolves to {resolved!r}, a path that cannot be shared (space, comma or control "
                         "character)")
     prefix = allowed_prefix(resolved, allowed, home)
     if prefix is None:
         raise NodeError(f"resolves to {resolved}, outside the directories the admins allow ({', '.join(allowed)})")
-    other = _other_users_home(resolved, prefix, uid)
     if other is not None:
         raise NodeError(f"resolves to {resolved}, inside the home of user {other}")
     if problem is not None:

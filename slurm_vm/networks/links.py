@@ -13,11 +13,12 @@ import errno
 import fcntl
 import json
 import os
+import socket
 import sys
 import time
 from typing import Iterator
 
-from ..errors import NodeError
+from ..errors import NodeError, NodeNotReady
 from .names import multicast_group, parse_owned_name, vxlan_bridge_name, vxlan_device_name
 
 SEGMENT_LOCK_TIMEOUT = 30.0
@@ -71,11 +72,20 @@ def _require(ipr, name: str, what: str) -> int:
     return index
 
 
+def _require_admins(ipr, name: str, what: str) -> int:
+    """An interface the admins provide (a bridge, a parent): missing, it fails the job, not the node."""
+    index = _index(ipr, name)
+    if index is None:
+        raise NodeNotReady(f"{what} {name!r} does not exist on node {socket.gethostname()}: admins create it on "
+                           "every VM node (`slurm-vm node check` lists what a node lacks)")
+    return index
+
+
 def create_tap(name: str, uid: int, gid: int, bridge: str | None = None, mtu: int | None = None) -> None:
     """A persistent tap owned by uid/gid, up, in `bridge` if given. Replaces a stale one of the same name."""
     NetlinkError = _netlink_error()
     with _ipr() as ipr:
-        master = _require(ipr, bridge, "bridge") if bridge else None
+        master = _require_admins(ipr, bridge, "bridge") if bridge else None
         stale = _index(ipr, name)
         if stale is not None:
             ipr.link("del", index=stale)
@@ -119,6 +129,20 @@ def list_owned_links() -> list[tuple[str, int, int]]:
     return out
 
 
+def node_identities():
+    """This node's own identities (node/identities.py): every address, and the MAC of every interface that is not
+    a VM port (svm<job>n<i>: a macvtap carries its VM's MAC)."""
+    from ..node.identities import NodeIdentities
+    with _ipr() as ipr:
+        addresses = frozenset(str(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr() if a.get_attr("IFA_ADDRESS"))
+        macs = {}
+        for link in ipr.get_links():
+            name, mac = link.get_attr("IFLA_IFNAME") or "", (link.get_attr("IFLA_ADDRESS") or "").lower()
+            if mac and mac != "00:00:00:00:00:00" and parse_owned_name(name) is None:
+                macs.setdefault(mac, name)
+    return NodeIdentities(addresses, macs)
+
+
 # --- macvtap -----------------------------------------------------------------------------------------
 
 def create_macvtap(name: str, parent: str, mac: str, mode: str, uid: int, gid: int, device_path: str) -> str:
@@ -126,7 +150,7 @@ def create_macvtap(name: str, parent: str, mac: str, mode: str, uid: int, gid: i
     ACL entry (see devnode.py; `gid` is not used). The directory must be root's."""
     NetlinkError = _netlink_error()
     with _ipr() as ipr:
-        parent_index = _require(ipr, parent, "parent interface")
+        parent_index = _require_admins(ipr, parent, "parent interface")
         stale = _index(ipr, name)
         if stale is not None:
             ipr.link("del", index=stale)
@@ -247,7 +271,7 @@ def _create_segment(ipr, vni: int, bridge: str, device: str, parent: str, port: 
     the VTEP filter; else the VNI's multicast group with learning."""
     from . import unicast as uc
     NetlinkError = _netlink_error()
-    parent_index = _require(ipr, parent, "VXLAN parent interface")
+    parent_index = _require_admins(ipr, parent, "VXLAN parent interface")
     try:
         if _index(ipr, bridge) is None:
             ipr.link("add", ifname=bridge, kind="bridge")

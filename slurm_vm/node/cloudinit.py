@@ -37,7 +37,7 @@ def render_user_data(user_data: str | None, ssh_authorized_keys: list[str], host
     if user_data.lstrip().startswith(CLOUD_CONFIG_HEADER):
         try:
             parsed = yaml.safe_load(user_data)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):   # not ours to judge: it goes to the guest as written
             parsed = None
         if isinstance(parsed, dict):
             existing = parsed.get("ssh_authorized_keys")

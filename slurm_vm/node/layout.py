@@ -33,6 +33,11 @@ def journal_path(state_dir: str, job_id: int) -> str:
     return os.path.join(journal_dir(state_dir), f"{job_id}.jsonl")
 
 
+def trash_dir(state_dir: str) -> str:
+    """Root-only: job dirs moved aside whole (one rename) when removing them takes longer than a hook's budget."""
+    return os.path.join(state_dir, "trash")
+
+
 def locks_dir(state_dir: str) -> str:
     return os.path.join(state_dir, "locks")
 
@@ -65,3 +70,4 @@ def ensure_state_dirs(state_dir: str) -> None:
     ensure_root_dir(journal_dir(state_dir), 0o700)
     ensure_root_dir(locks_dir(state_dir), 0o700)
     ensure_root_dir(nics_dir(state_dir), 0o711)
+    ensure_root_dir(trash_dir(state_dir), 0o700)

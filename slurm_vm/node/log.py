@@ -24,8 +24,14 @@ def hook_context(hook: str, env: dict[str, str], settings_only: bool = False):
     return None
 
 
+def one_line(text: str) -> str:
+    """`text` as one printable line whatever a user put in it: control characters and lone surrogates escaped."""
+    escaped = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in escaped)
+
+
 def log_event(hook: str, job_id: int | str, message: str, log_file: str | None = None, error: bool = False) -> None:
-    line = f"slurm-vm-{hook}: job {job_id}: {message}"
+    line = one_line(f"slurm-vm-{hook}: job {job_id}: {message}")
     print(line, file=sys.stderr, flush=True)
     syslog.openlog("slurm-vm", syslog.LOG_PID, syslog.LOG_DAEMON)
     syslog.syslog(syslog.LOG_ERR if error else syslog.LOG_INFO, line)

@@ -20,8 +20,13 @@ from ..disks.volumes import VolumeInfo
 from ..errors import NodeError
 from ..networks.names import parse_owned_name
 from ..networks.portfilter import PortFilter
-from .layout import error_note_path, job_dir, jobs_dir, journal_dir, locks_dir, nic_nodes_dir, nics_dir
+from .layout import error_note_path, job_dir, jobs_dir, journal_dir, locks_dir, nic_nodes_dir, nics_dir, trash_dir
 from .system import System
+
+# A teardown's budget for removing a job dir the user filled; the rest of it waits in the trash for the
+# next hook (the epilog's whole limit is timelimit.EPILOG_TIMEOUT_SECONDS).
+JOB_DIR_SECONDS = 20.0
+TRASH_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -105,17 +110,42 @@ class JobDir(HostObject):
     def undo(cls, system: System, scope: Scope, data: dict) -> str:
         if data.get("path") != scope.job_dir:
             raise NodeError(f"journal names job dir {data.get('path')!r}, expected {scope.job_dir}: not removed")
-        system.remove_tree(scope.job_dir)
-        return f"removed {scope.job_dir}"
+        return cls._remove(system, scope)
 
     @classmethod
     def sweep(cls, system: System, scope: Scope) -> list[str]:
-        system.remove_tree(scope.job_dir)
-        return [f"job dir {scope.job_id}"]
+        return [cls._remove(system, scope)]
+
+    @classmethod
+    def _remove(cls, system: System, scope: Scope) -> str:
+        if system.remove_job_dir(scope.job_dir, trash_dir(scope.state_dir), JOB_DIR_SECONDS):
+            return f"removed {scope.job_dir}"
+        return f"moved {scope.job_dir} to the trash (too big to remove now: the next hooks go on)"
 
     @classmethod
     def leftovers(cls, system: System, state_dir: str) -> list[Leftover]:
         return [Leftover("job dir", path, job) for job, path in _numbered(system, jobs_dir(state_dir))]
+
+
+class Trash(HostObject):
+    """<state>/trash/<job id>.<tag>: job dirs moved aside because removing them took longer than a hook
+    may wait (a user can fill a job dir with millions of files). Every teardown removes some more."""
+
+    kind: ClassVar[str] = "trash"
+
+    @classmethod
+    def sweep(cls, system: System, scope: Scope) -> list[str]:
+        left = system.empty_trash(trash_dir(scope.state_dir), TRASH_SECONDS)
+        return [f"trash: {len(left)} job dirs still being removed"] if left else []
+
+    @classmethod
+    def leftovers(cls, system: System, state_dir: str) -> list[Leftover]:
+        out = []
+        for name in system.list_dir(trash_dir(state_dir)):
+            stem = name.split(".")[0]
+            out.append(Leftover("job dir being removed", os.path.join(trash_dir(state_dir), name),
+                                int(stem) if stem.isdigit() else 0))
+        return out
 
 
 @dataclass(frozen=True)
@@ -384,7 +414,7 @@ class VolumeReservation(HostObject):
 # Sweep order matters: links before the segments they sit on, the job dir (device nodes) after its links.
 KINDS: dict[str, type[HostObject]] = {cls.kind: cls for cls in (
     PortFilterTable, Tap, Macvtap, VxlanSegmentRef, JobFile, Overlay, JobDir, ErrorNote, VolumeReservation,
-    OrphanSegment)}
+    OrphanSegment, Trash)}
 # Journal entries written by slurm-vm 0.1 name `link` for taps and macvtaps alike; deleting by name covers both.
 KIND_ALIASES = {"link": "tap"}
 

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import os
 
+import yaml
+
 from .. import transport
 from ..config import Config
-from ..errors import SlurmVmError, is_users_fault
+from ..errors import NodeNotReady, SlurmVmError, UserFault, is_users_fault
 from ..slurm import get_backend
 from ..spec import VMSpec, check_user_access, parse_spec
 from .allocate import allocate_for_job
 from .context import JobContext
 from .hostfacts import gather
+from .identities import check_node_identities
 from .journal import Journal
 from .layout import ensure_state_dirs, error_note_path
-from .log import hook_context, log_event
-from .plan import make_plan
+from .log import hook_context, log_event, one_line
+from .plan import NodePlan, make_plan
 from .prepare import prepare_node
 from .teardown import teardown_job
 from .underlay import resolve_underlays
@@ -26,12 +29,11 @@ EXIT_NODE_FAULT = 1
 
 
 def read_spec_text(ctx: JobContext, config: Config) -> str:
-    text = transport.inline_spec(ctx.comment)
-    if text is not None:
-        return text
-    digest = transport.comment_digest(ctx.comment)   # a damaged comment is refused before any RPC
+    ref = transport.parse_comment(ctx.comment)   # a damaged comment is refused before any RPC
+    if ref.inline is not None:
+        return ref.inline
     backend = get_backend("cli", config.slurm.command_timeout, config.slurm.bin_dir)
-    return transport.spec_from_script(backend.batch_script(ctx.job_id), digest)
+    return transport.spec_from_script(backend.batch_script(ctx.job_id), ref)
 
 
 def load_job_spec(ctx: JobContext, config: Config) -> VMSpec:
@@ -39,6 +41,33 @@ def load_job_spec(ctx: JobContext, config: Config) -> VMSpec:
     spec = parse_spec(read_spec_text(ctx, config), source, config)
     check_user_access(spec, config, ctx.user, source)
     return spec
+
+
+def ensure_checkpoint_dir(spec: VMSpec, config: Config, ctx: JobContext) -> None:
+    """A checkpointing VM's user dir exists and is the user's before the job runs (checkpoint/userdir.py)."""
+    path = config.checkpoint.user_dir(ctx.user)
+    if spec.checkpoints and path is not None:
+        from ..checkpoint.userdir import ensure_user_dir
+        ensure_user_dir(path, ctx.user, ctx.uid, ctx.gid, os.getgrouplist(ctx.user, ctx.gid))
+
+
+# What the pure planning code can raise on input it did not expect. The plan is computed from the user's
+# spec alone (and the admin's config, checked when loaded), so such a failure is the spec's, never the node's.
+_PLANNING_BUGS = (ValueError, TypeError, LookupError, ArithmeticError, RecursionError, yaml.YAMLError)
+
+
+def plan_job(spec: VMSpec, config: Config, ctx: JobContext, holding, underlays, facts) -> NodePlan:
+    """make_plan, with everything it builds from the spec (seed documents included) proved writable."""
+    try:
+        plan = make_plan(spec, config, ctx, holding, underlays, facts)
+        seed = plan.seed
+        for text in (seed.meta_data, seed.user_data, seed.network_config, seed.vendor_data):
+            (text or "").encode("utf-8")
+        return plan
+    except _PLANNING_BUGS as exc:
+        log_event("prolog", ctx.job_id, f"planning failed: {type(exc).__name__}: {exc}", config.log_file, error=True)
+        raise UserFault(f"slurm-vm cannot build a VM from this spec ({type(exc).__name__}: "
+                        f"{str(exc)[:200]}); `slurm-vm validate` should have refused it: please report this") from None
 
 
 def write_error_note(config: Config, ctx: JobContext, message: str) -> None:
@@ -50,7 +79,7 @@ def write_error_note(config: Config, ctx: JobContext, message: str) -> None:
         pass
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o400)
     try:
-        os.write(fd, (message + "\n").encode("utf-8", "replace"))
+        os.write(fd, (one_line(message) + "\n").encode("utf-8", "replace"))
         os.fchown(fd, ctx.uid, ctx.gid)
     finally:
         os.close(fd)
@@ -69,12 +98,14 @@ def run_prolog(env: dict[str, str]) -> int:
             if journal.exists():   # a requeued job, or a prolog retried after a crash
                 teardown_job(state_dir, ctx.job_id, ctx.uid)
             spec = load_job_spec(ctx, config)
+            check_node_identities(spec, config)
+            ensure_checkpoint_dir(spec, config, ctx)
             holding = allocate_for_job(spec, config, ctx, state_dir)
             facts = gather(config, ctx.user, ctx.uid, ctx.gid)
-            prepare_node(make_plan(spec, config, ctx, holding, resolve_underlays(spec, config, ctx), facts), journal)
+            prepare_node(plan_job(spec, config, ctx, holding, resolve_underlays(spec, config, ctx), facts), journal)
     except SlurmVmError as exc:
-        if is_users_fault(exc):
-            return _refuse(config, ctx, "; ".join(str(exc).splitlines()))
+        if is_users_fault(exc) or isinstance(exc, NodeNotReady):   # the health check drains unready nodes
+            return _refuse(config, ctx, "; ".join(str(exc).splitlines()), may_drain=is_users_fault(exc))
         log_event("prolog", ctx.job_id, str(exc), config.log_file, error=True)
         return EXIT_NODE_FAULT
     except OSError as exc:
@@ -84,9 +115,9 @@ def run_prolog(env: dict[str, str]) -> int:
     return EXIT_OK
 
 
-def _refuse(config: Config, ctx: JobContext, message: str) -> int:
+def _refuse(config: Config, ctx: JobContext, message: str, may_drain: bool = True) -> int:
     log_event("prolog", ctx.job_id, f"refused: {message}", config.log_file, error=True)
-    if config.user_errors == "drain-node":
+    if may_drain and config.user_errors == "drain-node":
         return EXIT_NODE_FAULT
     try:
         write_error_note(config, ctx, message)

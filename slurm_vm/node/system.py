@@ -8,6 +8,7 @@ a fake one without root; the root tests run HostSystem.
 from __future__ import annotations
 
 import os
+import time
 from typing import Protocol
 
 from ..disks.overlay import create_overlay
@@ -17,6 +18,7 @@ from ..disks.volumes import VolumeInfo, VolumeReservations, check_volume_as_user
 from ..errors import NodeError, ShareError
 from ..networks import links
 from ..networks.portfilter import PortFilter
+from ..networks.underlay import UnderlayPlan
 
 
 class System(Protocol):
@@ -25,6 +27,8 @@ class System(Protocol):
     def write_private_file(self, path: str, data: bytes) -> None: ...
     def create_overlay(self, base: str, base_format: str, overlay: str, size: int | None, qemu_img: str) -> None: ...
     def remove_tree(self, path: str) -> None: ...
+    def remove_job_dir(self, path: str, trash: str, seconds: float) -> bool: ...
+    def empty_trash(self, trash: str, seconds: float) -> list[str]: ...
     def give_dir_to_user(self, path: str, uid: int, gid: int) -> None: ...
     def list_dir(self, path: str) -> list[str]: ...
     # network devices
@@ -39,6 +43,9 @@ class System(Protocol):
     def apply_port_filters(self, job_id: int, ports: tuple[PortFilter, ...]) -> None: ...
     def delete_port_filters(self, job_id: int) -> None: ...
     def port_filter_tables(self) -> list[tuple[str, int]]: ...
+    # the VXLAN underlay's guard devices and rules (permanent, root's: networks/underlay.py)
+    def ensure_underlay(self, plan: UnderlayPlan) -> None: ...
+    def underlay_problems(self, plan: UnderlayPlan) -> list[str]: ...
     # VXLAN segment references (root-only files under the locks dir)
     def join_segment(self, vni: int, job_id: int, parent: str, locks: str, port: int, mtu: int | None,
                      private: bool, unicast_local: str | None = None, unicast_peers: tuple[str, ...] = ()) -> str: ...
@@ -75,6 +82,28 @@ class HostSystem:
 
     def remove_tree(self, path: str) -> None:
         remove_tree_safely(path)
+
+    def remove_job_dir(self, path: str, trash: str, seconds: float) -> bool:
+        """Move the (user's) job dir into the root-only trash in one rename, then remove it within `seconds`;
+        False: what is left stays in the trash for the next hook (a user can make a tree of any size)."""
+        try:
+            os.lstat(path)
+        except FileNotFoundError:
+            return True
+        if not os.path.isdir(trash):
+            remove_tree_safely(path)   # a state dir of an older slurm-vm, before `trash` existed
+            return True
+        parked = os.path.join(trash, f"{os.path.basename(path)}.{os.urandom(4).hex()}")
+        os.rename(path, parked)
+        return remove_tree_safely(parked, time.monotonic() + seconds)
+
+    def empty_trash(self, trash: str, seconds: float) -> list[str]:
+        """Remove what earlier hooks left in the trash, within `seconds`; the entries still there."""
+        deadline = time.monotonic() + seconds
+        for name in self.list_dir(trash):
+            if not remove_tree_safely(os.path.join(trash, name), deadline):
+                break
+        return self.list_dir(trash)
 
     def give_dir_to_user(self, path: str, uid: int, gid: int) -> None:
         """chown a directory and its entries (not deeper) without following links."""
@@ -124,6 +153,14 @@ class HostSystem:
     def port_filter_tables(self) -> list[tuple[str, int]]:
         from ..networks import nft
         return nft.list_job_tables()
+
+    def ensure_underlay(self, plan: UnderlayPlan) -> None:
+        from ..networks.underlay import ensure_underlay
+        ensure_underlay(plan)
+
+    def underlay_problems(self, plan: UnderlayPlan) -> list[str]:
+        from ..networks.underlay import problems
+        return problems(plan)
 
     def join_segment(self, vni: int, job_id: int, parent: str, locks: str, port: int, mtu: int | None,
                      private: bool, unicast_local: str | None = None, unicast_peers: tuple[str, ...] = ()) -> str:

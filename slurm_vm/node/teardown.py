@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..errors import NodeError, SlurmVmError
+from ..disks.safefs import detach_mounts_below, read_user_file
 from ..limits import VMM_PID
 from .journal import Journal
 from .layout import job_dir
@@ -19,6 +20,7 @@ from .objects import KINDS, Scope, kind_of
 from .system import HostSystem, System
 
 KILL_WAIT_SECONDS = 5.0
+MAX_CMDLINE = 1 << 16
 
 
 @dataclass
@@ -44,14 +46,10 @@ def undo_journal(state_dir: str, journal: Journal, system: System) -> TeardownRe
 
 def kill_hypervisor(state_dir: str, job_id: int, uid: int | None) -> str | None:
     """Kill the job's VMM if it outlived the job (it should not: Slurm's cgroup ends it first)."""
-    pid_file = os.path.join(job_dir(state_dir, job_id), VMM_PID)
-    try:
-        fd = os.open(pid_file, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd) as fh:
-            text = fh.read(64).strip()
-    except OSError:
-        return None
-    if not text.isdigit():
+    # The job dir is the user's: the pid file may be a FIFO, a link, a device's name, a huge file, anything.
+    data = read_user_file(os.path.join(job_dir(state_dir, job_id), VMM_PID), 64, owner=uid)
+    text = (data or b"").strip()
+    if not text.isdigit() or len(text) > 10:
         return None
     pid = int(text)
     if not _is_job_vmm(pid, job_id, state_dir, uid):
@@ -85,12 +83,11 @@ def kill_job_processes(state_dir: str, job_id: int, uid: int | None) -> list[str
 def _is_job_vmm(pid: int, job_id: int, state_dir: str, uid: int | None) -> bool:
     """Only a process of the job's user whose command line names the job dir counts (pids get reused)."""
     try:
-        st = os.stat(f"/proc/{pid}")
+        if uid is not None and os.stat(f"/proc/{pid}").st_uid != uid:
+            return False        # another user's process: its command line is not even read
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            cmdline = fh.read().decode("utf-8", "replace")
+            cmdline = fh.read(MAX_CMDLINE).decode("utf-8", "replace")
     except OSError:
-        return False
-    if uid is not None and st.st_uid != uid:
         return False
     return job_dir(state_dir, job_id) + "/" in cmdline
 
@@ -108,16 +105,26 @@ def sweep_job(state_dir: str, job_id: int, system: System) -> TeardownReport:
 
 
 def teardown_job(state_dir: str, job_id: int, uid: int | None, system: System | None = None) -> TeardownReport:
+    """Every step runs, whatever the one before it hit: a step that fails is reported, the next goes on."""
     system = system or HostSystem()
     journal = Journal(state_dir, job_id)
     report = TeardownReport()
-    killed = kill_hypervisor(state_dir, job_id, uid)
-    if killed:
-        report.undone.append(killed)
-    report.undone.extend(kill_job_processes(state_dir, job_id, uid))
-    for part in (undo_journal(state_dir, journal, system), sweep_job(state_dir, job_id, system)):
+    steps = (lambda: _one(kill_hypervisor(state_dir, job_id, uid)),
+             lambda: TeardownReport(kill_job_processes(state_dir, job_id, uid)),
+             lambda: TeardownReport(detach_mounts_below(job_dir(state_dir, job_id))),
+             lambda: undo_journal(state_dir, journal, system),
+             lambda: sweep_job(state_dir, job_id, system))
+    for step in steps:
+        try:
+            part = step()
+        except (SlurmVmError, OSError) as exc:
+            part = TeardownReport(errors=[str(exc)])
         report.undone.extend(part.undone)
         report.errors.extend(part.errors)
     if not report.errors:
         journal.remove()
     return report
+
+
+def _one(done: str | None) -> TeardownReport:
+    return TeardownReport([done] if done else [])

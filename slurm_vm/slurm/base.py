@@ -23,6 +23,7 @@ class JobInfo:
     reason: str = ""
     comment: str = ""
     extra: dict = field(default_factory=dict)
+    spec_text: str | None = None    # the spec, once read from the batch script (lifecycle.with_spec)
 
     @property
     def is_vm(self) -> bool:

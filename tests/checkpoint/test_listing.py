@@ -27,7 +27,7 @@ def config(root: str):
 
 def job(job_id: int, state: str = "RUNNING", user: str = ME) -> JobInfo:
     return JobInfo(job_id=job_id, name="vm-web", user=user, state=state, nodes=("n1",) if state == "RUNNING" else (),
-                   reason="None", comment=transport.COMMENT_PREFIX + "sha256:" + "0" * 64)
+                   reason="None", comment=transport.CURRENT_PREFIX + "0" * 64)
 
 
 def test_each_jobs_checkpoints_are_counted_and_summed(tmp_path):

@@ -11,7 +11,7 @@ from slurm_vm.errors import HypervisorError, ValidationError
 from slurm_vm.spec import parse_spec
 from slurm_vm.submit import plan_submission
 
-CONFIG = "images:\n  deb: {path: /img/deb.qcow2}\n"
+CONFIG = "images:\n  deb: {path: /img/deb.qcow2, firmware: /f}\n"
 WITH_CKPT = CONFIG + "checkpoint: {dir: /scratch/slurm-vm/%u, keep: 2, compress: true}\n"
 OK = "name: web\nimage: deb\n"
 
@@ -92,7 +92,7 @@ def test_plan_carries_checkpoint_settings_and_a_stable_identity():
     from slurm_vm.hypervisor.definition import VMDefinition
     from slurm_vm.node.context import JobContext
     from slurm_vm.node.plan import make_plan
-    cfg = parse_config(WITH_CKPT.replace("deb: {path: /img/deb.qcow2}", "deb: {path: /img/deb.qcow2, firmware: /f}")
+    cfg = parse_config(WITH_CKPT
                        + "slurm: {bin_dir: /opt/slurm/bin}\n", "c.yaml")
     spec = parse_spec(OK + "on_preempt: checkpoint\n", "vm.yaml", cfg)
     plans = [make_plan(spec, cfg, JobContext(job_id=77, uid=4201, gid=4201, user="alice", node="n1", nodes=("n1",),
@@ -115,7 +115,7 @@ def test_multi_vm_job_checkpoints_and_each_vm_knows_its_index():
     from slurm_vm.hypervisor.definition import VMDefinition
     from slurm_vm.node.context import JobContext
     from slurm_vm.node.plan import make_plan
-    cfg = parse_config(WITH_CKPT.replace("deb: {path: /img/deb.qcow2}", "deb: {path: /img/deb.qcow2, firmware: /f}"),
+    cfg = parse_config(WITH_CKPT,
                        "c.yaml")
     spec = parse_spec(OK + "on_preempt: checkpoint\ncount: 3\nnetworks: []\n", "vm.yaml", cfg)
     nodes = ("n1", "n2", "n3")

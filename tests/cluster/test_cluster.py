@@ -63,10 +63,16 @@ def test_prolog_and_epilog_run_as_root_on_every_node(slurm_cluster):
 
 def test_down_leaves_nothing_and_is_idempotent(cluster_factory):
     from tests.fixtures.cluster import cluster_name, flavour
-    cluster = cluster_factory(cluster_name("leak" + flavour().replace(".", "")), hooks="none", nodes_count=2)
+    cluster = cluster_factory(cluster_name("leak" + flavour().replace(".", "")), hooks="none", nodes_count=2,
+                              accounting=True)
     run_ok(cluster, ["srun", "-N2", "true"])
     job = int(run_ok(cluster, ["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "sleep 300"]).strip())
     cluster.wait_job(job, {"RUNNING"})
+    deadline = time.monotonic() + 30     # slurmctld tells slurmdbd shortly after the start
+    while run_ok(cluster, ["sacct", "-X", "-n", "-P", "-j", str(job), "-o", "State"]).strip() != "RUNNING":
+        assert time.monotonic() < deadline, "the running job is not in sacct"
+        time.sleep(0.5)
+    assert cluster.leaks() != [] and "mariadbd" in open(f"/proc/{cluster._read_pid('mariadb.pid')}/cmdline").read()
     cluster.down()
     assert cluster.leaks() == []
     cluster.down()

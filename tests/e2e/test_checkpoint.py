@@ -108,8 +108,19 @@ def test_preempted_vm_continues_on_another_node(preempt_cluster):
         assert_continued(before, [c for c in after if c[0] > 0])
         stop_and_check(vc, job, second)
         assert not os.listdir(os.path.join(vc.directory, "checkpoints", "svmtest")), "checkpoint not removed"
+        assert_preempted_run_in_accounting(vc, job)
     finally:
         vc.cluster.client(["scancel", hog.stdout.strip().split(";")[0]])
+
+
+def assert_preempted_run_in_accounting(vc, job: int) -> None:
+    """sacct (the cluster has accounting storage) and `list --all`: the preempted run, then the one that ended."""
+    listing = vc.slurm_vm("list", "--all", "--json")
+    assert listing.returncode == 0, listing.stderr
+    record = {r["job_id"]: r for r in json.loads(listing.stdout)}[job]
+    # 22.05 records the preempted run REQUEUED (its batch step CANCELLED 0:15); Slurm 24.05+ records PREEMPTED
+    assert record["state"] == "COMPLETED" and record["earlier_runs"] in (["REQUEUED"], ["PREEMPTED"]), record
+    assert record["exit_code"] == "0:0" and record["restarts"] == 1, record
 
 
 def test_time_limit_checkpoints_requeues_and_ends_only_at_poweroff(preempt_cluster):

@@ -92,19 +92,7 @@ def test_guest_ignoring_acpi_is_hard_stopped_after_grace(vm_cluster):
     vc.wait_no_leaks(job)
 
 
-@pytest.mark.both_flavours   # --signal lead, TIMEOUT
-def test_time_limit_shuts_guest_down_before_the_kill_and_ends_timeout(vm_cluster):
-    """The guest gets the power button before the limit; the job then ends TIMEOUT, as Slurm users expect.
-    The test cluster has no accounting storage (no sacct): squeue -t all shows the final state."""
-    vc = vm_cluster
-    job = vc.submit(tiny("delta"), "--time=2", name="delta")
-    vc.wait_state(job, {"RUNNING"}, timeout=120)
-    state = vc.wait_gone_or_ended(job, timeout=260)
-    out = vc.output(job)
-    assert "SLURM-VM-TEST acpi-shutdown" in out, out
-    assert out.index("the guest shut down after SIGUSR1") < out.index("waiting for Slurm to end the job"), out
-    assert state == "TIMEOUT", out
-    vc.wait_no_leaks(job)
+# The time limit (power button before the limit, then TIMEOUT): tests/e2e/test_accounting.py, with sacct.
 
 
 def test_launcher_killed_leaves_nothing(vm_cluster):

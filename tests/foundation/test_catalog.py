@@ -15,7 +15,7 @@ from slurm_vm.config import parse_config
 
 CONFIG = """
 images:
-  tiny: {{path: {base}, kernel: /img/vmlinux, description: busybox test guest}}
+  tiny: {{path: {base}, kernel: /img/vmlinux, description: busybox test guest, login_user: root}}
   uefi: {{path: /nonexistent/uefi.qcow2, firmware: /img/CLOUDHV.fd, description: disk boot}}
 networks:
   lan: {{kind: bridge, bridge: br0}}
@@ -40,16 +40,18 @@ def slurm_vm(env: dict, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([exe, *args], env=env, capture_output=True, text=True, timeout=60)
 
 
-def test_images_lists_name_boot_size_and_description(env):
+def test_images_lists_name_login_boot_size_and_description(env):
     proc = slurm_vm(env, "images", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == [
         {"name": "tiny", "description": "busybox test guest", "boot": "kernel", "format": "qcow2",
-         "size_bytes": 64 << 20},
-        {"name": "uefi", "description": "disk boot", "boot": "firmware", "format": "qcow2", "size_bytes": None}]
+         "login_user": "root", "size_bytes": 64 << 20},
+        {"name": "uefi", "description": "disk boot", "boot": "firmware", "format": "qcow2", "login_user": None,
+         "size_bytes": None}]
     table = slurm_vm(env, "images").stdout.splitlines()
-    assert table[0].split() == ["NAME", "BOOT", "FORMAT", "SIZE", "DESCRIPTION"]
-    assert table[1].split() == ["tiny", "kernel", "qcow2", "64M", "busybox", "test", "guest"]
+    assert table[0].split() == ["NAME", "LOGIN", "BOOT", "FORMAT", "SIZE", "DESCRIPTION"]
+    assert table[1].split() == ["tiny", "root", "kernel", "qcow2", "64M", "busybox", "test", "guest"]
+    assert table[2].split()[:2] == ["uefi", "-"]
 
 
 def test_networks_lists_only_what_this_user_may_use(env):

@@ -8,7 +8,7 @@ import sys
 
 from slurm_vm.completion import vm_candidates
 from slurm_vm.slurm import JobInfo
-from slurm_vm.transport import COMMENT_PREFIX
+from slurm_vm.transport import CURRENT_PREFIX
 
 SLURM_VM = os.path.join(os.path.dirname(sys.executable), "slurm-vm")
 
@@ -32,7 +32,7 @@ def test_vm_completion_without_a_config_offers_nothing_and_prints_no_error(tmp_p
 
 
 def test_vm_candidates_are_active_vm_jobs_by_name_and_id():
-    vm = COMMENT_PREFIX + "sha256:" + "0" * 64
+    vm = CURRENT_PREFIX + "0" * 64
     jobs = [JobInfo(7, "vm-web", "a", "RUNNING", ("n1",), comment=vm),
             JobInfo(8, "vm-db", "a", "PENDING", comment=vm),
             JobInfo(9, "vm-old", "a", "COMPLETED", comment=vm),

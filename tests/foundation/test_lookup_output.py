@@ -12,7 +12,7 @@ from slurm_vm.lifecycle import check_job_id, choose_by_name, record_of, require_
 from slurm_vm.output import empty_listing, print_records
 from slurm_vm.slurm import JobInfo
 
-COMMENT = transport.COMMENT_PREFIX + "sha256:" + "0" * 64
+COMMENT = transport.CURRENT_PREFIX + "0" * 64
 
 
 def job(job_id: int, name: str = "web", state: str = "RUNNING", user: str = "alice", vm: bool = True,

@@ -11,7 +11,7 @@ from slurm_vm.errors import ValidationError
 from slurm_vm.mounts import TAG_MAX_9P, expand_home, mount_tag
 from slurm_vm.spec import check_user_access, parse_spec
 
-CONFIG = "images: {deb: {path: /img/deb.qcow2}}\nmounts: {allowed: [$HOME, /scratch, /projects/p1]}\n"
+CONFIG = "images: {deb: {path: /img/deb.qcow2, firmware: /f}}\nmounts: {allowed: [$HOME, /scratch, /projects/p1]}\n"
 USER = "root"   # always exists; home /root
 
 
@@ -78,6 +78,9 @@ def test_good_mounts(config, source, target):
     ("/scratch/a,b", "/mnt/x", "mounts[0].source"),
     ("/scratch/a", "/mnt/x\ty", "mounts[0].target"),
     ("/scratch/a", "/mnt/x y", "mounts[0].target"),
+    ("/scratch/a", "/mnt/a''b", "mounts[0].target"),    # a'b: broke the vendor-data YAML (issue 20)
+    ("/scratch/a''b", "/mnt/x", "mounts[0].source"),
+    ("/scratch/a", '/mnt/a"b', "mounts[0].target"),
 ])
 def test_bad_mounts_name_the_field(config, source, target, field):
     assert f"{field}:" in refusal(spec_with(source, target), config)
@@ -99,14 +102,14 @@ def test_too_many_mounts(config):
 
 
 def test_mounts_refused_when_the_site_allows_none():
-    config = parse_config("images: {deb: {path: /i}}\n", "config.yaml")
+    config = parse_config("images: {deb: {path: /i, firmware: /f}}\n", "config.yaml")
     assert "mounts.allowed" in refusal(spec_with("/scratch/a", "/mnt/a"), config)
 
 
 def test_home_expands_to_the_job_users_home(config):
     assert expand_home("$HOME/x", pwd.getpwnam(USER).pw_dir) == "/root/x"
     # The same spec is refused for a user whose home is outside the allowlist and not $HOME.
-    other = parse_config("images: {deb: {path: /i}}\nmounts: {allowed: [/scratch]}\n", "c.yaml")
+    other = parse_config("images: {deb: {path: /i, firmware: /f}}\nmounts: {allowed: [/scratch]}\n", "c.yaml")
     assert "mounts[0].source" in refusal(spec_with("$HOME/x", "/mnt/x"), other)
 
 

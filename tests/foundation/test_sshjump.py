@@ -6,22 +6,21 @@ import os
 import shlex
 import socket
 import threading
-import zlib
-import base64
 
 import pytest
 
 from slurm_vm.errors import NotFound, SlurmVmError
 from slurm_vm.slurm import JobInfo
 from slurm_vm.sshjump import scp_command, split_ssh_args, ssh_command, tcp_relay
-from slurm_vm.transport import COMMENT_PREFIX
+from slurm_vm import transport
 
 
 def vm_job(address: str | None = "10.0.0.10/24", job_id: int = 12) -> JobInfo:
     net = f"\n    address: {address}" if address else ""
     spec = f"name: web\nimage: deb\nnetworks:\n  - network: lan{net}\n"
-    comment = COMMENT_PREFIX + "z:" + base64.b64encode(zlib.compress(spec.encode())).decode()
-    return JobInfo(job_id=job_id, name="vm-web", user="alice", state="RUNNING", nodes=("n2",), comment=comment)
+    comment = transport.encode_comment(spec, transport.new_salt())
+    return JobInfo(job_id=job_id, name="vm-web", user="alice", state="RUNNING", nodes=("n2",), comment=comment,
+                   spec_text=spec)   # as lifecycle.with_spec reads it from the batch script
 
 
 def test_ssh_jumps_through_the_node_inside_the_job():

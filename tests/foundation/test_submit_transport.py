@@ -47,9 +47,30 @@ def test_dry_run_shows_the_sbatch_arguments_and_script(tmp_path):
     assert "--job-name=vm-web" in args and "--nodes=1" in args
     assert args[-5:] == ["--partition=vm", "--account", "proj", "-q", "high"]
     comment = next(a for a in args if a.startswith("--comment="))[len("--comment="):]
-    assert transport.inline_spec(comment) == SPEC
     assert script.startswith("#!/bin/sh\n") and "exec slurm-vm launch" in script
-    assert transport.spec_from_script(script) == SPEC
+    assert transport.spec_from_script(script, transport.parse_comment(comment)) == SPEC
+
+
+def comment_and_script(tmp_path, spec: str) -> tuple[str, str]:
+    proc = dry_run(tmp_path, spec)
+    assert proc.returncode == 0, proc.stderr
+    command, script = proc.stdout.split("\n\n", 1)
+    return next(a for a in shlex.split(command) if a.startswith("--comment="))[len("--comment="):], script
+
+
+def test_the_comment_says_nothing_of_the_spec(tmp_path):
+    """Every user reads comments (squeue -o %k): only a salted digest goes there, never the spec, and
+    the same spec submitted twice gets two unrelated digests (a guessed spec cannot be confirmed)."""
+    spec = SPEC + "cloud_init:\n  user_data: '#cloud-config\n# token SECRET-TOKEN-1'\n"
+    first, script = comment_and_script(tmp_path, spec)
+    second, _ = comment_and_script(tmp_path, spec)
+    assert first.startswith("slurm-vm:2:") and len(first) == len("slurm-vm:2:") + 64
+    assert first != second
+    assert transport.spec_digest(spec) not in (first, second)
+    assert transport.parse_comment(first).inline is None
+    assert transport.spec_from_script(script, transport.parse_comment(first)) == spec
+    with pytest.raises(transport.TransportError, match="does not match"):
+        transport.spec_from_script(script, transport.parse_comment(second))
 
 
 def test_memory_overhead_rounds_up_to_whole_mebibytes(tmp_path):
@@ -57,14 +78,11 @@ def test_memory_overhead_rounds_up_to_whole_mebibytes(tmp_path):
     assert "--mem=1277M" in proc.stdout   # ceil(1000001 KiB / 1024) = 977 MiB + 300
 
 
-def test_large_specs_travel_in_the_script_with_a_digest(tmp_path):
+def test_large_specs_travel_in_the_script(tmp_path):
     big = SPEC + "cloud_init:\n  user_data: |\n" + "".join(f"    # line {os.urandom(16).hex()}\n" for _ in range(200))
-    proc = dry_run(tmp_path, big)
-    assert proc.returncode == 0, proc.stderr
-    command, script = proc.stdout.split("\n\n", 1)
-    comment = next(a for a in shlex.split(command) if a.startswith("--comment="))[len("--comment="):]
-    assert comment.startswith("slurm-vm:1:sha256:") and len(comment) <= 1024
-    assert transport.spec_from_script(script, transport.comment_digest(comment)) == big
+    comment, script = comment_and_script(tmp_path, big)
+    assert len(comment) <= 1024
+    assert transport.spec_from_script(script, transport.parse_comment(comment)) == big
 
 
 def test_multi_vm_jobs_run_one_launcher_per_node(tmp_path):
@@ -75,31 +93,47 @@ def test_multi_vm_jobs_run_one_launcher_per_node(tmp_path):
 
 
 @settings(max_examples=100)
-@given(st.text(max_size=5000))
-def test_transport_round_trips_any_text(text):
-    comment = transport.encode_comment(text)
+@given(st.text(max_size=5000), st.binary(min_size=16, max_size=16))
+def test_transport_round_trips_any_text(text, salt):
+    comment = transport.encode_comment(text, salt.hex())
     assert len(comment) <= transport.MAX_COMMENT and transport.is_vm_comment(comment)
-    script = transport.embed_in_script(text)
-    inline = transport.inline_spec(comment)
-    if inline is not None:
-        assert inline == text
-    else:
-        assert transport.spec_from_script(script, transport.comment_digest(comment)) == text
+    script = transport.embed_in_script(text, salt.hex())
+    assert transport.spec_from_script(script, transport.parse_comment(comment)) == text
+
+
+@settings(max_examples=50)
+@given(st.text(max_size=700))
+def test_legacy_comments_still_read(text):
+    """slurm-vm 1's forms (jobs queued before an upgrade): inline, and a plain digest with a saltless script."""
+    inline = transport.legacy_inline_comment(text)
+    if len(inline) <= transport.MAX_COMMENT:
+        assert transport.inline_spec(inline) == text
+    legacy_script = "\n".join(transport.embed_in_script(text, "00" * 16).splitlines()[1:])
+    ref = transport.parse_comment("slurm-vm:1:sha256:" + transport.spec_digest(text))
+    assert ref.legacy and transport.spec_from_script(legacy_script, ref) == text
 
 
 def test_transport_refuses_tampering():
-    script = transport.embed_in_script("name: a\n")
-    other = transport.spec_digest("name: b\n")
+    salt = transport.new_salt()
+    script = transport.embed_in_script("name: a\n", salt)
     with pytest.raises(transport.TransportError, match="does not match"):
-        transport.spec_from_script(script, other)
+        transport.spec_from_script(script, transport.parse_comment(transport.encode_comment("name: b\n", salt)))
+    with pytest.raises(transport.TransportError, match="does not match"):   # another salt
+        transport.spec_from_script(script, transport.parse_comment(transport.encode_comment("name: a\n", "11" * 16)))
     lines = script.splitlines()
-    lines[1] = "# !!!!" + lines[1][6:]
+    with pytest.raises(transport.TransportError, match="salt is damaged"):
+        transport.spec_from_script("\n".join(lines[1:]), transport.parse_comment(transport.encode_comment("x", salt)))
+    lines[2] = "# !!!!" + lines[2][6:]
     with pytest.raises(transport.TransportError, match="damaged"):
-        transport.spec_from_script("\n".join(lines))
+        transport.spec_from_script("\n".join(lines), transport.parse_comment(transport.encode_comment("x", salt)))
     with pytest.raises(transport.TransportError, match="no slurm-vm spec"):
-        transport.spec_from_script("#!/bin/sh\necho hi\n")
-    with pytest.raises(transport.TransportError):
-        transport.comment_digest("slurm-vm:1:sha256:xyz")
+        transport.spec_from_script("#!/bin/sh\necho hi\n", transport.SpecReference(digest="0" * 64))
+    assert transport.comment_digest(transport.encode_comment("x", salt)) == transport.spec_digest("x", salt)
+    with pytest.raises(transport.TransportError, match="inline"):
+        transport.comment_digest(transport.legacy_inline_comment("x"))
+    for bad in ("slurm-vm:1:sha256:xyz", "slurm-vm:2:xyz", "slurm-vm:2:" + "A" * 64, "slurm-vm:3:" + "0" * 64):
+        with pytest.raises(transport.TransportError):
+            transport.parse_comment(bad)
 
 
 @given(st.integers(0, 1 << 50))

@@ -17,7 +17,7 @@ from slurm_vm.spec import check_user_access, parse_spec
 
 CONFIG = """
 images:
-  deb: {path: /img/deb.qcow2}
+  deb: {path: /img/deb.qcow2, firmware: /img/OVMF.fd}
   tiny: {path: /img/t.qcow2, kernel: /img/vmlinux, initrd: /img/i.gz, cmdline: "console=ttyS0"}
 networks:
   lan: {kind: bridge, bridge: br0}
@@ -74,6 +74,9 @@ BAD_SPECS = [
     (OK + "networks: [{network: lan, address: 10.0.0.300/24}]\n", "networks[0].address"),
     (OK + "networks: [{network: lan, gateway: 10.0.0.1}]\n", "networks[0].gateway"),
     (OK + "networks:\n" + "".join("  - {network: lan}\n" for _ in range(9)), "networks"),
+    (OK + "cloud_init: {user_data: \"#!/bin/sh\\n\\uD800\"}\n", "cloud_init.user_data"),   # issue 20: drained
+    (OK + "cloud_init: {network_config: {\"\\uDC00\": 1}}\n", "cloud_init.network_config"),
+    (OK + "cloud_init: {network_config: {version: 2, a: [\"\\uDFFF\"]}}\n", "cloud_init.network_config.a[0]"),
     (OK + "volumes: [{path: data.img}]\n", "volumes[0].path"),
     (OK + "volumes: [{path: /data/../etc/shadow}]\n", "volumes[0].path"),
     (OK + "volumes: [{path: /data//x}]\n", "volumes[0].path"),
@@ -259,7 +262,7 @@ def test_validate_cli_prints_one_line_per_problem_and_no_traceback(tmp_path):
 
 
 def test_count_above_what_macs_allow_is_refused():
-    cfg = parse_config("images: {deb: {path: /x}}\nlimits: {max_count: 4096}\n", "config.yaml")
+    cfg = parse_config("images: {deb: {path: /x, firmware: /f}}\nlimits: {max_count: 4096}\n", "config.yaml")
     parse_spec(OK + "count: 2048\n", "vm.yaml", cfg)
     with pytest.raises(ValidationError, match="count: 2049 is more than 2048, the most VMs a job can have"):
         parse_spec(OK + "count: 2049\n", "vm.yaml", cfg)
@@ -270,3 +273,11 @@ def test_addresses_that_fit_are_accepted(config):
     parse_spec(OK + "count: 10\nnetworks: [{network: shared}]\n", "vm.yaml", config)
     parse_spec(OK + "networks: [{network: shared, address: 10.3.0.99/24, gateway: 10.3.0.1}]\n", "vm.yaml", config)
     parse_spec(OK + "networks: [{network: priv, address: 10.1.0.77/24}]\n", "vm.yaml", config)
+
+
+def test_image_without_kernel_or_firmware_is_refused_at_validation():
+    """The launcher cannot boot it (vm.json needs exactly one): validate and submit say so first."""
+    cfg = parse_config("images: {bare: {path: /img/bare.qcow2}}\n", "config.yaml")
+    with pytest.raises(ValidationError) as err:
+        parse_spec("name: web\nimage: bare\n", "vm.yaml", cfg)
+    assert [(p.path, "neither `kernel` nor `firmware`" in p.message) for p in err.value.problems] == [("image", True)]

@@ -61,6 +61,13 @@ class FakeSystem:
         self.dirs = {d for d in self.dirs if d != path and not d.startswith(inside)}
         self.files = {f: v for f, v in self.files.items() if f != path and not f.startswith(inside)}
 
+    def remove_job_dir(self, path: str, trash: str, seconds: float) -> bool:
+        self.remove_tree(path)
+        return True
+
+    def empty_trash(self, trash: str, seconds: float) -> list[str]:
+        return []
+
     def give_dir_to_user(self, path: str, uid: int, gid: int) -> None:
         if path not in self.dirs:
             raise NodeError(f"{path} does not exist")
@@ -108,6 +115,12 @@ class FakeSystem:
 
     def port_filter_tables(self) -> list[tuple[str, int]]:
         return [(f"svm_{job}", job) for job in self.tables]
+
+    def ensure_underlay(self, plan) -> None:
+        self.underlay = plan
+
+    def underlay_problems(self, plan) -> list[str]:
+        return [] if getattr(self, "underlay", None) == plan else ["no VXLAN guard"]
 
     def owned_links(self) -> list[tuple[str, int, int]]:
         return [(name, *owned) for name in self.links if (owned := parse_owned_name(name))]

@@ -153,6 +153,9 @@ def test_malformed_slurm_environment_is_refused(hook_node, case, env_change):
     "slurm-vm:1:z:" + base64.b64encode(zlib.compress(b"\xff\xfe not utf-8")).decode(),
     "slurm-vm:1:zz:abc",
     "slurm-vm:1:sha256:" + "0" * 10,
+    "slurm-vm:2:" + "0" * 10,
+    "slurm-vm:2:" + "G" * 64,
+    "slurm-vm:9:" + "0" * 64,
 ])
 def test_damaged_comment_is_refused(hook_node, comment):
     proc = hook_node.prolog(600, None, comment=comment)

@@ -119,13 +119,14 @@ def test_entry_through_a_symlink_finds_its_venv(hook_node, tmp_path):
     os.symlink(os.path.join(VENV_BIN, "slurm-vm-epilog"), os.path.join(link_dir, "slurm-vm-epilog"))
     assert node.prolog(313, SPEC).returncode == 0
     proc = subprocess.run(["nsenter", f"--net=/run/netns/{node.netns}", os.path.join(link_dir, "slurm-vm-epilog")],
-                          env=node.env(313, SPEC), capture_output=True, text=True, timeout=120)
+                          env={**node.env(313, SPEC), "SLURM_SCRIPT_CONTEXT": "epilog_slurmd"}, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert node.leftovers(313) == []
 
 
-def test_entry_under_another_name_refuses(tmp_path):
+def test_entry_under_another_name_by_hand_refuses(tmp_path):
+    """Outside slurmd (no SLURM_SCRIPT_CONTEXT), no argument and a name without prolog/epilog: it cannot tell."""
     other = tmp_path / "hook"
     shutil.copy(os.path.join(VENV_BIN, "slurm-vm-prolog"), other)
-    proc = subprocess.run([str(other)], capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 1 and "slurm-vm-prolog or slurm-vm-epilog" in proc.stderr
+    proc = subprocess.run([str(other)], capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 1 and "cannot tell prolog from epilog" in proc.stderr
