@@ -601,12 +601,17 @@ def rootfs_path() -> str:
     return os.path.join(ROOTFS_CACHE, f"rootfs-trixie-{rootfs_recipe()}")
 
 
+def rootfs_lock_path(root: str) -> str:
+    """A dot file beside the rootfs: `rootfs-trixie-*` globs (tools, people) must find only root filesystems."""
+    return os.path.join(os.path.dirname(root), f".{os.path.basename(root)}.lock")
+
+
 def ensure_rootfs(venv: str | None, binds: list[str]) -> str:
     """Build the trixie rootfs once (cached by recipe); install the project's venv inside when asked.
     Under a lock: parallel test workers (xdist) and sessions bring 24.11 clusters up at the same time."""
     root = rootfs_path()
     os.makedirs(ROOTFS_CACHE, exist_ok=True)
-    with open(os.path.join(ROOTFS_CACHE, ".rootfs.lock"), "w") as lock:
+    with open(rootfs_lock_path(root), "w") as lock:   # per recipe: another recipe's debootstrap holds none up
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not os.path.exists(os.path.join(root, ".complete")):
             shutil.rmtree(root, ignore_errors=True)

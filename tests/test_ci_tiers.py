@@ -68,12 +68,15 @@ def test_the_trixie_rootfs_is_prepared_under_a_lock():
     import fcntl
     import threading
 
-    from devtools.testcluster import ROOTFS_CACHE, ensure_rootfs, rootfs_path
+    from devtools.testcluster import ensure_rootfs, rootfs_lock_path, rootfs_path
     if os.geteuid() != 0:
         pytest.skip("needs root")
     if not os.path.exists(os.path.join(rootfs_path(), ".complete")):
         pytest.skip("the trixie rootfs is not built (the first 24.11 cluster builds it)")
-    with open(os.path.join(ROOTFS_CACHE, ".rootfs.lock"), "w") as held:
+    import fnmatch
+    lock_name = os.path.basename(rootfs_lock_path(rootfs_path()))
+    assert not fnmatch.fnmatch(lock_name, "rootfs-trixie-*"), "tools find the rootfs with this glob"
+    with open(rootfs_lock_path(rootfs_path()), "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         worker = threading.Thread(target=ensure_rootfs, args=(None, []), daemon=True)
         worker.start()
