@@ -136,6 +136,7 @@ TEST_ROOT = "/var/lib/slurm-vm-test"
 ENDED_STATES = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
                 "DEADLINE"}
 TEST_USER = "svmtest"
+OTHER_USER = "svmother"
 
 
 @dataclass
@@ -215,6 +216,18 @@ class VMCluster:
         """The job's final state: from sacct where the cluster has accounting storage, else from squeue."""
         state = self.wait_state(job_id, ENDED_STATES, timeout)
         return self.accounted_state(job_id) if getattr(self.cluster, "accounting", False) else state
+
+    def cancel_test_users_jobs(self, timeout: float = 120) -> None:
+        """After a failed test: cancel what svmtest and svmother still run or queue on this cluster and wait
+        until Slurm has ended it (epilogs included), so the next test on the session's cluster starts clean."""
+        users = (TEST_USER, OTHER_USER)
+        for user in users:
+            self.cluster.client(["scancel", "-u", user])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.cluster.client(["squeue", "-h", "-u", ",".join(users), "-o", "%i"]).stdout.strip():
+                return
+            time.sleep(0.5)
 
     def accounted_state(self, job_id: int, timeout: float = 30) -> str:
         """The state of the job's last run in the accounting storage, once it has ended there (slurmctld sends
