@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,15 +21,16 @@ from slurm_vm.vncrelay import VncExit, session
 from tests.e2e.vnc_probe import handshake
 from tests.hypervisor.shapes import definition
 
-QEMUS = ["host"] + (["trixie"] if glob.glob("/var/cache/slurm-vm/rootfs-trixie-*/usr/bin/qemu-system-x86_64")
-                    else [])
+TRIXIE_QEMUS = sorted(glob.glob("/var/cache/slurm-vm/rootfs-trixie-*/usr/bin/qemu-system-x86_64"))
+QEMUS = ["host"] + (["trixie"] if TRIXIE_QEMUS else [])
 
 
 def qemu_binary(which: str, directory: str) -> str:
     if which == "host":
         return "/usr/bin/qemu-system-x86_64"
     from devtools.trixie_qemu import qemu_wrapper
-    return qemu_wrapper(directory, sorted(glob.glob("/var/cache/slurm-vm/rootfs-trixie-*"))[-1])
+    newest = max(TRIXIE_QEMUS, key=os.path.getmtime)
+    return qemu_wrapper(directory, newest.removesuffix("/usr/bin/qemu-system-x86_64"))
 
 
 @pytest.fixture(params=QEMUS)
@@ -40,16 +42,17 @@ def paused_qemu(request):
             *display_argv(definition(run_dir=run_dir)),
             "-qmp", f"unix:{run_dir}/qmp.sock,server=on,wait=off"]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while not (os.path.exists(f"{run_dir}/vnc.sock") and os.path.exists(f"{run_dir}/qmp.sock")):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
-        time.sleep(0.05)
-    yield run_dir
-    proc.kill()
-    proc.wait(timeout=30)
-    for name in os.listdir(run_dir):
-        os.unlink(os.path.join(run_dir, name))
-    os.rmdir(run_dir)
+    try:
+        deadline = time.monotonic() + 30
+        while not (os.path.exists(f"{run_dir}/vnc.sock") and os.path.exists(f"{run_dir}/qmp.sock")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.05)
+        yield run_dir
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def test_display_argv_is_a_vga_with_vnc_on_a_unix_socket_with_password_auth():
