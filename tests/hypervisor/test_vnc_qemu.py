@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,16 +41,17 @@ def paused_qemu(request):
             *display_argv(definition(run_dir=run_dir)),
             "-qmp", f"unix:{run_dir}/qmp.sock,server=on,wait=off"]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while not (os.path.exists(f"{run_dir}/vnc.sock") and os.path.exists(f"{run_dir}/qmp.sock")):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
-        time.sleep(0.05)
-    yield run_dir
-    proc.kill()
-    proc.wait(timeout=30)
-    for name in os.listdir(run_dir):
-        os.unlink(os.path.join(run_dir, name))
-    os.rmdir(run_dir)
+    try:
+        deadline = time.monotonic() + 30
+        while not (os.path.exists(f"{run_dir}/vnc.sock") and os.path.exists(f"{run_dir}/qmp.sock")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.05)
+        yield run_dir
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def test_display_argv_is_a_vga_with_vnc_on_a_unix_socket_with_password_auth():
