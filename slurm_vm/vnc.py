@@ -13,17 +13,16 @@ the password by an unknown, expired one, and every relay of the session is ended
 from __future__ import annotations
 
 import json
-import os
 import selectors
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
 from dataclasses import dataclass, field
 
 from .errors import SlurmError, SlurmVmError
+from .loopback import allowed
 from .vncrelay import VncExit
 from .slurm.srun import srun_in_job
 
@@ -152,37 +151,6 @@ def _read_line(stream, timeout: float) -> str:
     if not sel.select(timeout):
         return ""
     return stream.readline().decode(errors="replace")
-
-
-# --- who is connecting ------------------------------------------------------------------------------
-
-def tcp_key(address: tuple[str, int]) -> str:
-    """An IPv4 endpoint as /proc/net/tcp spells it (address in host byte order, port, both in hex)."""
-    return f"{struct.unpack('=I', socket.inet_aton(address[0]))[0]:08X}:{address[1]:04X}"
-
-
-def socket_owner(table: str, local: tuple[str, int], remote: tuple[str, int]) -> int | None:
-    """The uid owning the socket whose local end is `local` and remote end `remote`, in /proc/net/tcp text."""
-    want = (tcp_key(local), tcp_key(remote))
-    for line in table.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) > 7 and (fields[1], fields[2]) == want:
-            return int(fields[7])
-    return None
-
-
-def peer_uid(conn: socket.socket) -> int | None:
-    """The owner of the other end of a loopback TCP connection (None if it cannot be told)."""
-    try:
-        with open("/proc/net/tcp") as fh:
-            table = fh.read()
-    except OSError:
-        return None
-    return socket_owner(table, conn.getpeername(), conn.getsockname())
-
-
-def allowed(conn: socket.socket, uid: int | None = None) -> bool:
-    return peer_uid(conn) in {os.getuid() if uid is None else uid, 0}
 
 
 # --- the plain VNC port ----------------------------------------------------------------------------

@@ -96,7 +96,7 @@ class _Handler:
     protocol_version = "HTTP/1.1"       # a websocket upgrade answers `HTTP/1.1 101`
 
     def _allowed(self) -> str | None:
-        from .vnc import allowed
+        from .loopback import allowed
         rest = token_path(self.path, self.bridge.token)   # type: ignore[attr-defined]
         if rest is None or not allowed(self.connection):  # type: ignore[attr-defined]
             self.send_error(403, "Forbidden")              # type: ignore[attr-defined]

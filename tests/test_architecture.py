@@ -22,7 +22,7 @@ LAYERS: list[list[set[str]]] = [
     [{"launcher"}],                                                                 # the job step running one VM
     [{"node"},                                                                      # the root hooks, `slurm-vm launch`
      {"submit", "lifecycle", "output", "readiness", "sshjump", "console", "vmaccess", "completion", "userdoctor",
-      "catalog", "reference", "checkpoint_command", "history", "vnc", "vncrelay", "vncweb"}],                               # the login side's library
+      "catalog", "reference", "checkpoint_command", "history", "vnc", "vncrelay", "vncweb", "loopback"}],                               # the login side's library
     [{"cli"}],                                                                      # the thin click layer
 ]
 
@@ -32,7 +32,6 @@ KNOWN_EXCEPTIONS = {
     ("networks", "node"): "networks/links.py takes node.identities (the node's VXLAN identities)",
     ("networks", "config"): "networks/underlay.py takes config.GUARD_VNI (a circle config -> networks -> config)",
     ("spec", "node"): "spec.py takes node.allocate.identity_domain",
-    ("vncweb", "vnc"): "vncweb.py takes vnc.allowed (a circle vnc -> vncweb -> vnc)",
 }
 
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from slurm_vm.errors import SlurmVmError
-from slurm_vm.vnc import Target, allowed, peer_uid, refusal, relay_argv, socket_owner, tcp_key
+from slurm_vm.loopback import allowed, peer_uid, socket_owner, tcp_key
+from slurm_vm.vnc import Target, refusal, relay_argv
 from slurm_vm.vncrelay import (ALPHABET, PASSWORD_LENGTH, VncExit, connect, lockout_commands, new_password,
                                no_display_reason, password_commands)
 
