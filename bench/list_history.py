@@ -25,7 +25,7 @@ from devtools.accountingdb import AccountingDB  # noqa: E402
 from devtools.testcluster import Cluster  # noqa: E402
 from devtools.vmcluster import TEST_ROOT, venv_dir, write_test_config  # noqa: E402
 
-from slurm_vm.transport import encode_comment  # noqa: E402
+from slurm_vm.transport import encode_comment, new_salt  # noqa: E402
 
 REAL = (("true", 4), ("false", 2), ("held", 2))   # wrap command (or a held job cancelled), how many
 USER = "svmtest"
@@ -36,7 +36,7 @@ def submit_real(cluster: Cluster) -> list[int]:
     for i, (what, count) in enumerate(REAL):
         for n in range(count):
             name = f"bench{i}{n}"
-            comment = encode_comment(f"name: {name}\nimage: tiny\nmemory: 256M\n")
+            comment = encode_comment(f"name: {name}\nimage: tiny\nmemory: 256M\n", new_salt())
             hold = ["--hold"] if what == "held" else []
             proc = cluster.client(["sbatch", "--parsable", f"--job-name=vm-{name}", f"--comment={comment}",
                                    "--output=/dev/null", *hold, "--wrap", "true" if what == "held" else what],
