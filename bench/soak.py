@@ -212,7 +212,7 @@ def main() -> int:
                       preempt_grace=60)
     cluster.down()
     cluster.up()
-    setup_node_bridges(cluster)
+    setup_node_bridges(cluster, config)
     vc = VMCluster(cluster, config, directory, os.path.join(directory, "state"))
     soak = Soak(vc, random.Random(args.seed), args.network)
     began = time.monotonic()

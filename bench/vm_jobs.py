@@ -180,7 +180,7 @@ def main() -> int:
                       bind=[REPO, directory], kill_wait=KILL_WAIT, hook_timing=True)
     cluster.down()
     cluster.up()
-    setup_node_bridges(cluster)
+    setup_node_bridges(cluster, config)
     bench = Bench(cluster, directory, config)
     results: dict[str, list[float]] = {}
     try:

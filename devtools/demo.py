@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                       slurm_vm_config=config, bind=[REPO, directory], kill_wait=KILL_WAIT,
                       preempt_grace=PREEMPT_GRACE, accounting=True)
     cluster.up()
-    setup_node_bridges(cluster)
+    setup_node_bridges(cluster, config)
     env = {"SLURM_VM_CONFIG": config}
     slurm_vm = os.path.join(venv_dir(), "bin", "slurm-vm")
     try:

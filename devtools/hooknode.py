@@ -115,7 +115,6 @@ memory: 256M
 disk: 64M
 networks:
   - network: lan
-    address: 10.9.0.5/24
 cloud_init:
   hostname: webhost
   user_data: |

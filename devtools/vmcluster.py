@@ -113,19 +113,24 @@ def write_test_config(directory: str, state_root: str, underlay: str, cache: str
     return path
 
 
-def setup_node_bridges(cluster) -> None:
-    """Each node gets the `lan` bridge with the same address: nodes are separate network namespaces."""
+def setup_node_bridges(cluster, config_path: str | None = None) -> None:
+    """Each node gets the `lan` bridge with the same address: nodes are separate network namespaces. With the
+    slurm-vm config, each node then runs `slurm-vm node setup` (the VXLAN underlay kept to root), as an admin
+    runs it at boot."""
     for node in cluster.nodes:
         if cluster.node_exec(node, ["ip", "link", "show", NODE_BRIDGE], timeout=20).returncode != 0:
             _node_step(cluster, node, ["ip", "link", "add", NODE_BRIDGE, "type", "bridge"])
         _node_step(cluster, node, ["ip", "addr", "replace", NODE_BRIDGE_ADDR, "dev", NODE_BRIDGE])
         _node_step(cluster, node, ["ip", "link", "set", NODE_BRIDGE, "up"])
+        if config_path is not None:
+            _node_step(cluster, node, ["env", f"SLURM_VM_CONFIG={config_path}",
+                                       os.path.join(venv_dir(), "bin", "slurm-vm"), "node", "setup"])
 
 
 def _node_step(cluster, node: str, argv: list[str]) -> None:
     proc = cluster.node_exec(node, argv, timeout=20)
     if proc.returncode != 0:
-        raise SetupError(f"cannot set up {NODE_BRIDGE} on {node}: {' '.join(argv)}: {proc.stderr.strip()}")
+        raise SetupError(f"cannot set up {node}: {' '.join(argv)}: {proc.stderr.strip()}")
 
 TEST_ROOT = "/var/lib/slurm-vm-test"
 ENDED_STATES = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
@@ -238,7 +243,8 @@ class VMCluster:
             proc = self.cluster.node_exec(node, ["ip", "-o", "link", "show"], timeout=20)
             for line in proc.stdout.splitlines():
                 name = line.split(":", 2)[1].strip().split("@")[0]
-                if name.startswith("svm") and (job_id is None or name.startswith(f"svm{job_id}n")):
+                if name.startswith("svm") and not name.startswith("svmgd") and (
+                        job_id is None or name.startswith(f"svm{job_id}n")):   # svmgd*: the node's VXLAN guards
                     found.append(f"{node}:link {name}")
             tables = self.cluster.node_exec(node, ["nft", "-j", "list", "tables", "netdev"], timeout=20).stdout
             for item in json.loads(tables or '{"nftables": []}')["nftables"]:

@@ -281,6 +281,38 @@ def console_relay(job_id: int, config_path: str | None) -> None:
 
 @main.command()
 @click.argument("ref", metavar="NAME|JOBID", shell_complete=_complete_vm)
+@click.option("--web", is_flag=True, help="serve the display to a browser (noVNC) instead of a VNC viewer")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="port on 127.0.0.1 (0: a free one)")
+@config_option
+def vnc(ref: str, web: bool, port: int, config_path: str | None) -> None:
+    """Show a VM's display in a VNC viewer (or a browser with --web) until Ctrl-C; QEMU VMs only."""
+    from .lifecycle import current_user
+    from .vmaccess import owned_vm, require_running
+    from .vnc import Target, run_session
+    config = _config(config_path)
+    backend = _backend(config)
+    job = owned_vm(backend, ref, current_user())
+    target = Target(job.job_id, job.vm_name, require_running(backend, job), config.slurm_vm_command)
+    sys.exit(run_session(target, config.slurm.command_timeout, port, web, config.novnc_dir))
+
+
+@main.command("vnc-relay", hidden=True)
+@click.argument("job_id", type=int)
+@click.option("--session", is_flag=True)
+@config_option
+def vnc_relay(job_id: int, session: bool, config_path: str | None) -> None:
+    """The node end of `slurm-vm vnc` (run by srun inside the job)."""
+    import os
+    from .node.layout import job_dir
+    from .vncrelay import connect, session as hold_session
+    config = _config(config_path)
+    directory = job_dir(config.node_state_dir(os.environ.get("SLURMD_NODENAME", "")), job_id)
+    sys.exit(hold_session(directory) if session else connect(directory))
+
+
+@main.command()
+@click.argument("ref", metavar="NAME|JOBID", shell_complete=_complete_vm)
 @click.option("--force", is_flag=True, help="cancel the job at once (plain scancel; the guest gets SIGTERM's grace)")
 @config_option
 def stop(ref: str, force: bool, config_path: str | None) -> None:
@@ -387,12 +419,28 @@ def node() -> None:
 
 
 @node.command()
-@click.option("--fix", is_flag=True, help="remove the leftovers found")
+@config_option
+def setup(config_path: str | None) -> None:
+    """Keep the VXLAN underlay to root: guard devices on the VXLAN ports, rules against users' and guests' VXLAN
+    traffic. Run at boot, before users can log in and before slurmd starts (admin guide, "Node setup")."""
+    from .networks.underlay import ensure_underlay, guard_families, guard_name, plan_underlay
+    plan = plan_underlay(_config(config_path))
+    if plan is None:
+        click.echo("no VXLAN networks in the config: nothing to set up")
+        return
+    ensure_underlay(plan)
+    guards = ", ".join(guard_name(p, f) for p in plan.ports for f in guard_families())
+    click.echo(f"VXLAN underlay kept to root: guards {guards}; nftables table inet svm_underlay")
+
+
+@node.command()
+@click.option("--fix", is_flag=True, help="remove the leftovers found (and remake the VXLAN guard and rules)")
 @click.option("--node", "node_name", metavar="NAME", help="Slurm node name of this host (default: hostname)")
 @json_option
 @config_option
 def doctor(fix: bool, node_name: str | None, as_json: bool, config_path: str | None) -> None:
-    """List (and with --fix remove) slurm-vm objects that belong to no running job."""
+    """List (and with --fix remove) slurm-vm objects that belong to no running job, and check that the VXLAN
+    underlay is root's (guard devices, rules)."""
     from .node.doctor import run_doctor
     config = _config(config_path)
     findings = run_doctor(config, _backend(config), fix, node_name)
@@ -402,7 +450,7 @@ def doctor(fix: bool, node_name: str | None, as_json: bool, config_path: str | N
         for finding in findings:
             click.echo(str(finding))
         if not findings:
-            click.echo("no leftovers")
+            click.echo("no leftovers, underlay in place")
     sys.exit(1 if findings and not fix else 0)
 
 

@@ -13,6 +13,8 @@ from .limits import CONFIG_ENV, DEFAULT_CONFIG_PATH  # noqa: F401  (spelled in l
 from .schema import AbsPath, Bool, Context, Int, ListOf, MapOf, Obj, SharePath, Size, Str, field, parse_object
 from .yamldoc import load_document
 
+GUARD_VNI = 16777215    # networks/underlay.py: the VNI of the node's VXLAN guard devices
+
 G = 1 << 30
 M = 1 << 20
 
@@ -73,6 +75,10 @@ class Network:
                                     False)
     allow_router_advertisements: bool = field(Bool(), "let guests send IPv6 router advertisements and redirects",
                                               False)
+    reserved: tuple = field(ListOf(Str(pattern=r"[0-9A-Fa-f.:]{2,45}(/[0-9]{1,3})?",
+                                       pattern_help="an IPv4 or IPv6 address or network, e.g. 10.0.0.1 or 10.0.0.0/28")),
+                            "addresses of hosts that are not VMs (routers, servers, the gateway): no spec's static "
+                            "`address` may claim one (the node's own addresses and MACs are refused anyway)", [])
     allowed_users: tuple = field(ListOf(Str(pattern=USER_PATTERN, pattern_help=USER_HELP)),
                                  "users who may use it (empty and no groups: everyone)", [])
     allowed_groups: tuple = field(ListOf(Str(pattern=USER_PATTERN, pattern_help=USER_HELP)),
@@ -159,6 +165,8 @@ class Config:
                                  MountsConfig())
     checkpoint: CheckpointConfig = field(Obj(CheckpointConfig), "checkpoints on preemption and time limit",
                                          CheckpointConfig())
+    novnc_dir: str = field(AbsPath(), "noVNC's web files on login nodes, for `slurm-vm vnc --web` (Debian "
+                           "package novnc)", "/usr/share/novnc")
 
     def node_state_dir(self, node: str) -> str:
         return self.state_dir.replace("%n", node)
@@ -206,6 +214,10 @@ def _check_network(name: str, net: Network, ctx: Context) -> None:
     _check_addressing(name, net, ctx)
     if net.kind != "vxlan" and (net.vni is not None or net.vni_range is not None):
         ctx.problem(path + ("vni",), f"`vni`/`vni_range` apply to `vxlan` networks only, not `{net.kind}`")
+    if net.kind == "vxlan" and net.vni == GUARD_VNI or net.vni_range and GUARD_VNI in range(net.vni_range[0],
+                                                                                              net.vni_range[-1] + 1):
+        ctx.problem(path + ("vni",), f"VNI {GUARD_VNI} is slurm-vm's own (the node's VXLAN guard devices); use "
+                    "lower VNIs")
 
 
 def _check_addressing(name: str, net: Network, ctx: Context) -> None:
@@ -218,6 +230,12 @@ def _check_addressing(name: str, net: Network, ctx: Context) -> None:
     if net.vxlan_mode == "unicast" and net.vni_range is None:
         ctx.problem(path + ("vxlan_mode",), "`unicast` needs `vni_range` (job-private segments): a shared `vni` has "
                     "no job node list to replicate to")
+    for i, entry in enumerate(net.reserved):
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            ctx.problem(path + ("reserved", i), f"{entry!r} is not an address or network such as 10.0.0.1 or "
+                        "10.0.0.0/28")
     for node, address in net.underlay_addresses.items():
         try:
             check_ip(address)

@@ -180,6 +180,7 @@ def _check_against_config(spec: VMSpec, config: Config, ctx: Context) -> None:
                         "(`slurm-vm networks` lists the ones you may use)")
         else:
             _check_addressing(spec, i, nic, config.networks[nic.network], ctx)
+            _check_identity(i, nic, config, ctx)
 
 
 def _check_addressing(spec: VMSpec, i: int, nic: NetworkRef, net, ctx: Context) -> None:
@@ -204,6 +205,36 @@ def _check_addressing(spec: VMSpec, i: int, nic: NetworkRef, net, ctx: Context) 
         elif net.vni_range is None and plan.in_range(offset):
             ctx.problem(("networks", i, "address"), f"{nic.address} is in the range slurm-vm hands out "
                         f"({plan.range_text()}); pick an address outside it, or leave `address` out")
+
+
+def _check_identity(i: int, nic: NetworkRef, config: Config, ctx: Context) -> None:
+    """A static address is no non-VM host's (the network's `reserved`, or those of networks on the same bridge,
+    parent or VNI), and not one slurm-vm hands out on a network that shares the wire. Whether a running VM or the
+    node holds it is checked by the prolog."""
+    import ipaddress
+
+    from .networks.addresses import network_address_plan
+    from .node.allocate import identity_domain
+    net = config.networks[nic.network]
+    domain = identity_domain(net)
+    if nic.address is None or domain is None:
+        return
+    ip = ipaddress.IPv4Interface(nic.address).ip
+    for name, other in sorted(config.networks.items()):
+        if identity_domain(other) != domain:
+            continue
+        if any(ip in ipaddress.ip_network(r, strict=False) for r in other.reserved
+               if ipaddress.ip_network(r, strict=False).version == 4):
+            ctx.problem(("networks", i, "address"), f"{ip} is reserved by the admins (network {name!r}: a router or "
+                        "server, not a VM); pick another address")
+            return
+        if name != nic.network and other.subnet and ip in ipaddress.IPv4Network(other.subnet):
+            plan = network_address_plan(other)
+            offset = int(ip) - int(plan.network.network_address)
+            if plan.in_range(offset):
+                ctx.problem(("networks", i, "address"), f"{ip} is handed out by slurm-vm on network {name!r}, which "
+                            f"shares this network's wire ({plan.range_text()}); pick an address outside it")
+                return
 
 
 def _check_checkpoint(spec: VMSpec, config: Config, ctx: Context) -> None:

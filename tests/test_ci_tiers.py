@@ -19,7 +19,7 @@ WORKERS = ["", "gw0", "gw1", "gw2", "gw3"]
 
 def fixture_bases() -> set[str]:
     """The base names the tests give cluster_name() (a flavour is appended to all but literal ones)."""
-    bases = {"pytest", "leak", "noacct"}
+    bases = {"pytest", "leak", "hookd", "noacct"}   # hookd: tests/deploy/test_hook_dirs_cluster.py
     for path in glob.glob(os.path.join(REPO, "tests", "**", "*.py"), recursive=True):
         with open(path) as fh:
             bases |= set(re.findall(r'_vm_cluster\(cluster_factory, "(\w+)"', fh.read()))

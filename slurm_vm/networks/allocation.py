@@ -6,8 +6,9 @@ whitespace-free token, e.g. `svm-net=0.k.private:v5001,lan@0:a100-102`:
 - `0`: the job's restart count (a requeued job records anew; its other nodes wait for the new record),
 - `c` candidate (being checked), `k` committed (the job's nodes use it), `x` failed (none free),
 - `NET:vVNI` a job-private segment, `NET@NIC:aOFFSETS` the host offsets of NIC `NIC` of the job's VMs,
-  VM by VM (`3-5+9` is 3,4,5,9), `mNIC:HEX12` a static MAC from the spec, `x.NET` the network that had
-  nothing free.
+  VM by VM (`3-5+9` is 3,4,5,9), `mNIC:HEX12` a static MAC from the spec, `iNIC:HEX8@DOMAIN` a static IPv4
+  address from the spec on the L2 domain DOMAIN (`b<bridge>`, `m<parent>`, `v<vni>`: networks that share a
+  bridge share its addresses, with or without `subnet`), `x.NET` the network that had nothing free.
 
 The protocol that makes the choice race-free lives in slurm_vm/node/allocate.py; see docs/architecture.md.
 """
@@ -25,6 +26,7 @@ _NAME = r"[a-z0-9]([a-z0-9_-]{0,30}[a-z0-9])?"
 _VNI_ENTRY = re.compile(rf"({_NAME}):v([0-9]{{1,8}})")
 _ADDR_ENTRY = re.compile(rf"({_NAME})@([0-7]):a([0-9+-]{{1,20000}})")
 _MAC_ENTRY = re.compile(r"m([0-7]):([0-9a-f]{12})")
+_IP_ENTRY = re.compile(r"i([0-7]):([0-9a-f]{8})@([bmv][A-Za-z0-9_.-]{1,16})")
 MAX_RECORD = 60000
 
 
@@ -41,6 +43,10 @@ class Holding:
     offsets: dict = field(default_factory=dict)       # (network, nic index) -> tuple of offsets, VM i at [i]
     failed: str = ""                                  # FAILED: the network with nothing free
     macs: dict = field(default_factory=dict)          # nic index -> static MAC (48-bit int) from the spec
+    ips: dict = field(default_factory=dict)           # nic index -> (domain, static IPv4 as int) from the spec
+
+    def held_ips(self) -> set[tuple[str, int]]:
+        return set() if self.state == FAILED else set(self.ips.values())
 
     def held_vnis(self) -> set[int]:
         return set() if self.state == FAILED else set(self.vnis.values())
@@ -85,6 +91,7 @@ def format_holding(holding: Holding) -> str:
     entries = [f"{net}:v{vni}" for net, vni in sorted(holding.vnis.items())]
     entries += [f"{net}@{nic}:a{_compress(offs)}" for (net, nic), offs in sorted(holding.offsets.items())]
     entries += [f"m{nic}:{mac:012x}" for nic, mac in sorted(holding.macs.items())]
+    entries += [f"i{nic}:{ip:08x}@{domain}" for nic, (domain, ip) in sorted(holding.ips.items())]
     if holding.state == FAILED:
         entries = [holding.failed or "-"]
     return f"{TOKEN}{holding.restart}.{holding.state}.{','.join(entries)}"
@@ -111,9 +118,13 @@ def _parse_token(body: str) -> Holding:
     vnis: dict[str, int] = {}
     offsets: dict[tuple[str, int], tuple[int, ...]] = {}
     macs: dict[int, int] = {}
+    ips: dict[int, tuple[str, int]] = {}
     for entry in filter(None, entries.split(",")):
         vni, addr, mac = _VNI_ENTRY.fullmatch(entry), _ADDR_ENTRY.fullmatch(entry), _MAC_ENTRY.fullmatch(entry)
-        if vni:
+        ip = _IP_ENTRY.fullmatch(entry)
+        if ip:
+            ips[int(ip.group(1))] = (ip.group(3), int(ip.group(2), 16))
+        elif vni:
             vnis[vni.group(1)] = int(vni.group(3))
         elif addr:
             offsets[(addr.group(1), int(addr.group(3)))] = _expand(addr.group(4))
@@ -121,7 +132,7 @@ def _parse_token(body: str) -> Holding:
             macs[int(mac.group(1))] = int(mac.group(2), 16)
         else:
             raise RecordError(f"bad entry {entry!r}")
-    return Holding(restart=int(restart), state=state, vnis=vnis, offsets=offsets, macs=macs)
+    return Holding(restart=int(restart), state=state, vnis=vnis, offsets=offsets, macs=macs, ips=ips)
 
 
 def with_holding(admin_comment: str, holding: Holding | None) -> str:
@@ -159,13 +170,22 @@ class MacNeed:
 
 
 @dataclass(frozen=True)
+class IpNeed:
+    """A spec's static address: no other running VM on the same L2 domain may use it, whatever its network."""
+    nic: int
+    domain: str
+    ip: int
+
+
+@dataclass(frozen=True)
 class Needs:
     vnis: tuple[VniNeed, ...] = ()
     addresses: tuple[AddressNeed, ...] = ()
     macs: tuple[MacNeed, ...] = ()
+    ips: tuple[IpNeed, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.vnis or self.addresses or self.macs)
+        return bool(self.vnis or self.addresses or self.macs or self.ips)
 
 
 @dataclass(frozen=True)
@@ -174,6 +194,7 @@ class Taken:
     vnis: dict = field(default_factory=dict)          # vni -> job id
     offsets: dict = field(default_factory=dict)       # (network, offset) -> job id
     macs: dict = field(default_factory=dict)          # static MAC -> job id
+    ips: dict = field(default_factory=dict)           # (domain, static IPv4) -> job id
     live: frozenset = frozenset()                     # every other live job (derived MACs come from job ids)
     # Candidates of higher job ids: they yield to this job, so they cannot make its static MAC or address
     # taken (else two jobs wanting the same one would refuse each other). Firm holders win in the maps above.
@@ -184,6 +205,7 @@ def taken_by(records: dict[int, Holding], job_id: int, live: frozenset[int] = fr
     vnis: dict[int, int] = {}
     offsets: dict[tuple[str, int], int] = {}
     macs: dict[int, int] = {}
+    ips: dict[tuple[str, int], int] = {}
     others = {other: h for other, h in records.items() if other != job_id and h.state != FAILED}
     yielding = frozenset(o for o, h in others.items() if h.state == CANDIDATE and o > job_id)
     for other, holding in sorted(others.items(), key=lambda item: (item[0] in yielding, item[0])):
@@ -194,7 +216,9 @@ def taken_by(records: dict[int, Holding], job_id: int, live: frozenset[int] = fr
                 offsets.setdefault((net, off), other)
         for mac in holding.held_macs():
             macs.setdefault(mac, other)
-    return Taken(vnis=vnis, offsets=offsets, macs=macs, live=live - {job_id}, yielding=yielding)
+        for ip in holding.held_ips():
+            ips.setdefault(ip, other)
+    return Taken(vnis=vnis, offsets=offsets, macs=macs, ips=ips, live=live - {job_id}, yielding=yielding)
 
 
 @dataclass(frozen=True)
@@ -219,6 +243,20 @@ class MacTaken:
     job_id: int
 
 
+@dataclass(frozen=True)
+class IpTaken:
+    nic: int
+    ip: int
+    job_id: int
+
+
+def ip_holder(need: IpNeed, taken: Taken) -> IpTaken | None:
+    holder = taken.ips.get((need.domain, need.ip))
+    if holder is None or holder in taken.yielding:
+        return None
+    return IpTaken(need.nic, need.ip, holder)
+
+
 def mac_holder(need: MacNeed, taken: Taken) -> MacTaken | None:
     """Another live job using the MAC: in its record (a static MAC), or as the job slurm-vm derives it for."""
     holder = taken.macs.get(need.mac)
@@ -238,12 +276,11 @@ def derived_mac_job(mac: int) -> int | None:
     return value >> 14 or None
 
 
-def choose(needs: Needs, taken: Taken, restart: int = 0) -> Holding | Shortage | StaticTaken | MacTaken:
+def choose(needs: Needs, taken: Taken, restart: int = 0) -> Holding | Shortage | StaticTaken | MacTaken | IpTaken:
     """The lowest free VNI of each range and the lowest free offsets, as a candidate holding."""
-    for mac_need in needs.macs:
-        mac_taken = mac_holder(mac_need, taken)
-        if mac_taken is not None:
-            return mac_taken
+    held = _static_identity_held(needs, taken)
+    if held is not None:
+        return held
     vnis: dict[str, int] = {}
     used_vnis = set(taken.vnis)
     for need in needs.vnis:
@@ -278,7 +315,20 @@ def choose(needs: Needs, taken: Taken, restart: int = 0) -> Holding | Shortage |
         offsets[(need.network, need.nic)] = tuple(picked)
         used.update((need.network, o) for o in picked)
     return Holding(restart=restart, state=CANDIDATE, vnis=vnis, offsets=offsets,
-                   macs={need.nic: need.mac for need in needs.macs})
+                   macs={need.nic: need.mac for need in needs.macs},
+                   ips={need.nic: (need.domain, need.ip) for need in needs.ips})
+
+
+def _static_identity_held(needs: Needs, taken: Taken) -> MacTaken | IpTaken | None:
+    for mac_need in needs.macs:
+        mac_taken = mac_holder(mac_need, taken)
+        if mac_taken is not None:
+            return mac_taken
+    for ip_need in needs.ips:
+        ip_taken = ip_holder(ip_need, taken)
+        if ip_taken is not None:
+            return ip_taken
+    return None
 
 
 def conflicts(mine: Holding, records: dict[int, Holding], job_id: int) -> dict[int, list[str]]:
@@ -292,6 +342,7 @@ def conflicts(mine: Holding, records: dict[int, Holding], job_id: int) -> dict[i
         what += [f"{net} {off}" for net, off in sorted(my_offsets)
                  if holding.state != FAILED and off in holding.held_offsets(net)]
         what += [f"mac {mac:012x}" for mac in sorted(mine.held_macs() & holding.held_macs())]
+        what += [f"ip {ip:08x}@{domain}" for domain, ip in sorted(mine.held_ips() & holding.held_ips())]
         if what:
             out[other] = what
     return out
@@ -305,13 +356,12 @@ def static_holder(need: AddressNeed, taken: Taken) -> StaticTaken | None:
 
 
 def static_conflicts(needs: Needs, records: dict[int, Holding], job_id: int,
-                     live: frozenset[int] = frozenset()) -> StaticTaken | MacTaken | None:
+                     live: frozenset[int] = frozenset()) -> StaticTaken | MacTaken | IpTaken | None:
     """The first static MAC or address of `needs` that another live job holds (higher candidates yield)."""
     taken = taken_by(records, job_id, live)
-    for mac_need in needs.macs:
-        mac_taken = mac_holder(mac_need, taken)
-        if mac_taken is not None:
-            return mac_taken
+    held = _static_identity_held(needs, taken)
+    if held is not None:
+        return held
     for need in needs.addresses:
         if need.static is not None:
             found = static_holder(need, taken)

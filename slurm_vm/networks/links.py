@@ -129,6 +129,20 @@ def list_owned_links() -> list[tuple[str, int, int]]:
     return out
 
 
+def node_identities():
+    """This node's own identities (node/identities.py): every address, and the MAC of every interface that is not
+    a VM port (svm<job>n<i>: a macvtap carries its VM's MAC)."""
+    from ..node.identities import NodeIdentities
+    with _ipr() as ipr:
+        addresses = frozenset(str(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr() if a.get_attr("IFA_ADDRESS"))
+        macs = {}
+        for link in ipr.get_links():
+            name, mac = link.get_attr("IFLA_IFNAME") or "", (link.get_attr("IFLA_ADDRESS") or "").lower()
+            if mac and mac != "00:00:00:00:00:00" and parse_owned_name(name) is None:
+                macs.setdefault(mac, name)
+    return NodeIdentities(addresses, macs)
+
+
 # --- macvtap -----------------------------------------------------------------------------------------
 
 def create_macvtap(name: str, parent: str, mac: str, mode: str, uid: int, gid: int, device_path: str) -> str:

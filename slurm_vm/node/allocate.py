@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
 
-from ..networks.allocation import (COMMITTED, FAILED, AddressNeed, Holding, MacNeed, MacTaken, Needs, Shortage,
+from ..networks.allocation import (COMMITTED, FAILED, AddressNeed, Holding, IpNeed, IpTaken, MacNeed, MacTaken, Needs,
+                                   Shortage,
                                    StaticTaken, VniNeed, choose, conflicts, parse_holding, static_conflicts, taken_by,
                                    with_holding)
 from ..errors import UserFault
@@ -74,7 +75,25 @@ def needs_of(spec, config) -> Needs:
             plan = network_address_plan(net)
             static = plan.offset_of(ref.address) if ref.address else None
             addresses.append(AddressNeed(ref.network, i, plan.first, plan.last, spec.count, static))
-    return Needs(vnis=tuple(vnis), addresses=tuple(addresses), macs=tuple(macs))
+    return Needs(vnis=tuple(vnis), addresses=tuple(addresses), macs=tuple(macs), ips=ip_needs(spec, config))
+
+
+def identity_domain(net) -> str | None:
+    """The L2 domain whose addresses a network's VMs share (None: a job-private segment, or `trusted`)."""
+    if net.trusted or (net.kind == "vxlan" and net.vni_range is not None):
+        return None
+    return {"bridge": f"b{net.bridge}", "macvtap": f"m{net.parent}", "vxlan": f"v{net.vni}"}[net.kind]
+
+
+def ip_needs(spec, config) -> tuple[IpNeed, ...]:
+    """The spec's static addresses on shared, untrusted networks: held cluster-wide, one running VM each."""
+    import ipaddress
+    out = []
+    for i, ref in enumerate(spec.networks):
+        domain = identity_domain(config.networks[ref.network]) if ref.address else None
+        if domain is not None:
+            out.append(IpNeed(i, domain, int(ipaddress.IPv4Interface(ref.address).ip)))
+    return tuple(out)
 
 
 @contextlib.contextmanager
@@ -112,7 +131,7 @@ class Allocator:
                 result = self._attempt(needs, base)
             if isinstance(result, Holding):
                 return result
-            if isinstance(result, (StaticTaken, MacTaken)):
+            if isinstance(result, (StaticTaken, MacTaken, IpTaken)):
                 failed = result.network if isinstance(result, StaticTaken) else "-"
                 self._write(base, Holding(restart=self.restart, state=FAILED, failed=failed))
                 raise UserFault(self._static_message(result))
@@ -129,7 +148,7 @@ class Allocator:
                 raise UserFault(f"could not agree on network resources with concurrent jobs within "
                                 f"{int(self.timeout)}s: requeue the job")
 
-    def _attempt(self, needs: Needs, base: str) -> Holding | Shortage | StaticTaken | MacTaken | None:
+    def _attempt(self, needs: Needs, base: str) -> Holding | Shortage | StaticTaken | MacTaken | IpTaken | None:
         """One round: choose, record a candidate, re-read; the holding once committed, else why not (None: lost
         a race, choose again)."""
         others = self._others()
@@ -170,8 +189,12 @@ class Allocator:
         self.store.write(self.job_id, with_holding(base, holding))
         self._written = True
 
-    def _static_message(self, taken: StaticTaken | MacTaken) -> str:
+    def _static_message(self, taken: StaticTaken | MacTaken | IpTaken) -> str:
         owner = f" (your job {taken.job_id})" if self._users.get(taken.job_id) == self.user else ""
+        if isinstance(taken, IpTaken):
+            import ipaddress
+            return (f"networks[{taken.nic}].address: {ipaddress.IPv4Address(taken.ip)} is in use by another running "
+                    f"VM{owner}; pick another address or leave `address` out")
         if isinstance(taken, MacTaken):
             mac = ":".join(f"{(taken.mac >> s) & 0xFF:02x}" for s in range(40, -8, -8))
             return (f"networks[{taken.nic}].mac: {mac} is in use by another running VM{owner} (a spec's or one "

@@ -16,6 +16,9 @@ from .objects import KINDS, journal_leftovers
 from .system import HostSystem, System
 from .teardown import teardown_job
 
+UNDERLAY = "underlay"     # a Finding about the node's VXLAN underlay (networks/underlay.py), not a job's leftover
+
+
 @dataclass(frozen=True)
 class Finding:
     kind: str
@@ -25,6 +28,8 @@ class Finding:
     error: str = ""
 
     def __str__(self) -> str:
+        if self.kind == UNDERLAY:
+            return self.name + (" (fixed)" if self.fixed else (f" (not fixed: {self.error})" if self.error else ""))
         state = " (removed)" if self.fixed else (f" (not removed: {self.error})" if self.error else "")
         return f"leftover {self.kind} {self.name} of job {self.job_id}{state}"
 
@@ -46,17 +51,33 @@ def live_jobs_on_node(backend: SlurmBackend, node: str) -> set[int]:
     return {job.job_id for job in backend.jobs(node=node) if job.state in LIVE_STATES}
 
 
+def underlay_findings(config: Config, fix: bool, system: System) -> list[Finding]:
+    """The VXLAN underlay is root's: guard devices up on every VXLAN port, the node's rules in place."""
+    from ..errors import SlurmVmError
+    from ..networks.underlay import plan_underlay
+    plan = plan_underlay(config)
+    found = system.underlay_problems(plan) if plan is not None else []
+    if not found or not fix:
+        return [Finding(UNDERLAY, text, 0) for text in found]
+    try:
+        system.ensure_underlay(plan)
+    except SlurmVmError as exc:
+        return [Finding(UNDERLAY, text, 0, error=str(exc)) for text in found]
+    return [Finding(UNDERLAY, text, 0, fixed=True) for text in found]
+
+
 def run_doctor(config: Config, backend: SlurmBackend, fix: bool, node: str | None = None,
                system: System | None = None) -> list[Finding]:
     node = node or socket.gethostname()
     state_dir = config.node_state_dir(node)
+    underlay = underlay_findings(config, fix, system or HostSystem())
     findings = find_leftovers(state_dir, live_jobs_on_node(backend, node), system)
     if not fix:
-        return findings
+        return underlay + findings
     errors: dict[int, str] = {}
     for job_id in sorted({f.job_id for f in findings}):
         report = teardown_job(state_dir, job_id, None, system)
         if report.errors:
             errors[job_id] = "; ".join(report.errors)
-    return [Finding(f.kind, f.name, f.job_id, fixed=f.job_id not in errors, error=errors.get(f.job_id, ""))
-            for f in findings]
+    return underlay + [Finding(f.kind, f.name, f.job_id, fixed=f.job_id not in errors,
+                               error=errors.get(f.job_id, "")) for f in findings]

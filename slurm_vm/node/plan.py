@@ -14,6 +14,7 @@ from ..hypervisor.definition import Boot, Disk, Nic, VMDefinition
 from ..errors import NodeError
 from ..networks.allocation import Holding
 from ..networks.names import derive_mac, nic_name, vxlan_bridge_name
+from ..networks.underlay import UnderlayPlan, plan_underlay
 from ..spec import VMSpec
 from .addresses import hosts_entries, plan_addresses
 from .cloudinit import (hosts_vendor_data, mounts_vendor_data, ready_vendor_data, render_meta_data,
@@ -77,6 +78,7 @@ class NodePlan:
     share_allowed: tuple[str, ...] = ()
     home: str = ""
     port_filters: tuple = ()         # networks.portfilter.PortFilter per filtered NIC (node/portfilters.py)
+    underlay: UnderlayPlan | None = None   # a VXLAN job: the node's guard devices and rules (networks/underlay.py)
 
 
 def instance_id(ctx: JobContext, across_requeues: bool = False) -> str:
@@ -177,4 +179,5 @@ def make_plan(spec: VMSpec, config: Config, ctx: JobContext, holding: Holding | 
                     definition=plan_definition(spec, config, ctx, jdir, overlay, seed.path, nics, hypervisor),
                     qemu_img=config.hypervisor.qemu_img, shares=plan_shares(spec, user_home(ctx.user)),
                     share_allowed=tuple(config.mounts.allowed), home=user_home(ctx.user),
-                    port_filters=port_filters)
+                    port_filters=port_filters,
+                    underlay=plan_underlay(config) if any(n.kind == "vxlan" for n in nics) else None)

@@ -94,6 +94,13 @@ def step_seed(prep: Preparation) -> None:
                                                 seed.vendor_data)))
 
 
+def step_underlay(prep: Preparation) -> None:
+    """A VXLAN job: the node's guard devices hold the VXLAN ports and its rules keep users and guests off them
+    (permanent, made by `slurm-vm node setup` at boot; remade here if missing). Not journaled: never undone."""
+    if prep.plan.underlay is not None:
+        prep.system.ensure_underlay(prep.plan.underlay)
+
+
 def step_nics(prep: Preparation) -> None:
     plan = prep.plan
     for nic in plan.nics:
@@ -145,6 +152,7 @@ STEPS: tuple[tuple[str, Callable[[Preparation], None]], ...] = (
     ("job_dir", step_job_dir),
     ("overlay", step_overlay),
     ("seed", step_seed),
+    ("underlay", step_underlay),
     ("nics", step_nics),
     ("filters", step_filters),
     ("definition", step_definition),

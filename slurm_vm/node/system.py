@@ -18,6 +18,7 @@ from ..disks.volumes import VolumeInfo, VolumeReservations, check_volume_as_user
 from ..errors import NodeError, ShareError
 from ..networks import links
 from ..networks.portfilter import PortFilter
+from ..networks.underlay import UnderlayPlan
 
 
 class System(Protocol):
@@ -42,6 +43,9 @@ class System(Protocol):
     def apply_port_filters(self, job_id: int, ports: tuple[PortFilter, ...]) -> None: ...
     def delete_port_filters(self, job_id: int) -> None: ...
     def port_filter_tables(self) -> list[tuple[str, int]]: ...
+    # the VXLAN underlay's guard devices and rules (permanent, root's: networks/underlay.py)
+    def ensure_underlay(self, plan: UnderlayPlan) -> None: ...
+    def underlay_problems(self, plan: UnderlayPlan) -> list[str]: ...
     # VXLAN segment references (root-only files under the locks dir)
     def join_segment(self, vni: int, job_id: int, parent: str, locks: str, port: int, mtu: int | None,
                      private: bool, unicast_local: str | None = None, unicast_peers: tuple[str, ...] = ()) -> str: ...
@@ -149,6 +153,14 @@ class HostSystem:
     def port_filter_tables(self) -> list[tuple[str, int]]:
         from ..networks import nft
         return nft.list_job_tables()
+
+    def ensure_underlay(self, plan: UnderlayPlan) -> None:
+        from ..networks.underlay import ensure_underlay
+        ensure_underlay(plan)
+
+    def underlay_problems(self, plan: UnderlayPlan) -> list[str]:
+        from ..networks.underlay import problems
+        return problems(plan)
 
     def join_segment(self, vni: int, job_id: int, parent: str, locks: str, port: int, mtu: int | None,
                      private: bool, unicast_local: str | None = None, unicast_peers: tuple[str, ...] = ()) -> str:

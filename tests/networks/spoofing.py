@@ -69,6 +69,34 @@ def udp6(sport: int, dport: int, payload: bytes) -> bytes:
     return struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
 
 
+def nd(kind: int, target: str, option: int | None = None, option_mac: str = "", flags: int = 0) -> bytes:
+    """A neighbour solicitation (135) or advertisement (136), with one link-layer option if given."""
+    body = struct.pack("!BBHI", kind, 0, 0, flags) + ip_bytes(target)
+    return body + (struct.pack("!BB", option, 1) + mac_bytes(option_mac) if option else b"")
+
+
+OWN_IP6, OTHER_IP6 = "fd00:9::5", "fd00:9::6"
+SOLICITED = "33:33:ff:00:00:06"
+
+
+def nd_frames(mac: str, other_mac: str) -> dict[str, tuple[bytes, bool]]:
+    """Neighbour discovery, matched whole by the witness (a marker would make them longer than ND allows)."""
+    ns = lambda src, target, opt_mac=None: ether(mac, SOLICITED, 0x86DD, ipv6(src, "ff02::1:ff00:6", 58, nd(
+        135, target, 1 if opt_mac else None, opt_mac or "")))
+    na = lambda target, opt_mac: ether(mac, ALL_NODES6, 0x86DD, ipv6("fe80::1", "ff02::1", 58, nd(
+        136, target, 2, opt_mac, 0x20000000)))
+    return {
+        "nd-solicit": (ns("fe80::1", OTHER_IP6, mac), True),
+        "nd-advert-own": (na(OWN_IP6, mac), True),
+        "nd-advert-link-local": (na("fe80::1", mac), True),
+        "nd-dad-own": (ns("::", OWN_IP6), True),
+        "nd-advert-other-target": (na(OTHER_IP6, mac), False),
+        "nd-advert-other-mac": (na("fe80::1", other_mac), False),
+        "nd-solicit-other-mac": (ns("fe80::1", OTHER_IP6, other_mac), False),
+        "nd-dad-other": (ns("::", OTHER_IP6), False),
+    }
+
+
 def frames(mac: str, own_ip: str, other_mac: str, other_ip: str) -> dict[str, tuple[bytes, bool]]:
     """name -> (frame without marker, whether a filtered port lets it through)."""
     table = {
@@ -88,6 +116,13 @@ def frames(mac: str, own_ip: str, other_mac: str, other_ip: str) -> dict[str, tu
                         False),
         "dhcpv6-server": (ether(mac, ALL_NODES6, 0x86DD, ipv6("fe80::1", "ff02::1", 17, udp6(547, 546, MARK))),
                           False),
+        "dhcp-to-client-port": (ether(mac, BROADCAST, 0x0800, ipv4_udp(own_ip, "255.255.255.255", 5000, 68, MARK)),
+                                False),
+        "bootp-reply-to-relay": (ether(mac, BROADCAST, 0x0800, ipv4_udp(own_ip, "255.255.255.255", 5000, 67,
+                                                                         b"\x02" + MARK)), False),
+        "dhcpv6-to-client-port": (ether(mac, ALL_NODES6, 0x86DD, ipv6("fe80::1", "ff02::1", 17,
+                                                                      udp6(5000, 546, MARK))), False),
+        "vxlan-port": (ether(mac, BROADCAST, 0x0800, ipv4_udp(own_ip, "255.255.255.255", 5000, 4789, MARK)), False),
         "router-advert": (ether(mac, ALL_NODES6, 0x86DD, ipv6("fe80::1", "ff02::1", 58,
                                                               icmpv6(134, bytes(12) + MARK))),
                           False),
@@ -123,9 +158,11 @@ def run(args: dict) -> dict:
     """args: port (tap name) or device (macvtap char device path), witness (interface to capture on),
     mac, own_ip, other_mac, other_ip. Returns {"seen": [names]}."""
     witness = capture_socket(args["witness"])
+    whole = {frame: name for name, (frame, _) in nd_frames(args["mac"], args["other_mac"]).items()}
     fd = open_tap(args["port"]) if args.get("port") else os.open(args["device"], os.O_RDWR)
     time.sleep(1.0)          # the port comes up when the fd attaches; the bridge needs a moment under load
     table = frames(args["mac"], args["own_ip"], args["other_mac"], args["other_ip"])
+    table.update(nd_frames(args["mac"], args["other_mac"]))
     for name, (frame, _) in table.items():
         os.write(fd, VNET_HDR + frame)
     seen: set[str] = set()
@@ -135,6 +172,8 @@ def run(args: dict) -> dict:
         if not ready:
             continue
         data = witness.recv(65535)
+        if data in whole:
+            seen.add(whole[data])
         start = data.find(b"SVMMARK:")
         if start >= 0:
             seen.add(data[start + 8: data.find(b":END", start)].decode().rstrip("_"))

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.root
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MAC, OTHER_MAC = "02:00:00:00:40:00", "02:00:00:00:80:00"
 OWN_IP, OTHER_IP = "10.9.0.5", "10.9.0.6"
+ADDRESSES = (f"{OWN_IP}/24", "fd00:9::5/64")     # the fake guest's own addresses (spoofing.OWN_IP6)
 
 
 def ip(netns: str, *args: str) -> None:
@@ -71,23 +72,25 @@ def test_unfiltered_tap_lets_everything_through(bridged_tap):
 
 
 def test_filtered_tap_on_a_bridge_sends_only_its_own_traffic(bridged_tap):
-    apply(bridged_tap, 42, [PortFilter("svm42n0", "ingress", MAC, (f"{OWN_IP}/24",))])
+    apply(bridged_tap, 42, [PortFilter("svm42n0", "ingress", MAC, ADDRESSES, vxlan_ports=(4789,))])
     result = send(bridged_tap, port="svm42n0", witness="br0")
     assert result["seen"] == result["expected"]
 
 
 def test_admin_flags_let_dhcp_and_router_advertisements_through(bridged_tap):
-    apply(bridged_tap, 42, [PortFilter("svm42n0", "ingress", MAC, (f"{OWN_IP}/24",), allow_dhcp_server=True,
-                                       allow_router_advertisements=True)])
+    apply(bridged_tap, 42, [PortFilter("svm42n0", "ingress", MAC, ADDRESSES, allow_dhcp_server=True,
+                                       allow_router_advertisements=True, vxlan_ports=(4789,))])
     result = send(bridged_tap, port="svm42n0", witness="br0")
-    assert result["seen"] == sorted(result["expected"] + ["dhcp-server", "dhcpv6-server", "router-advert"])
+    assert result["seen"] == sorted(result["expected"] + ["bootp-reply-to-relay", "dhcp-server", "dhcp-to-client-port",
+                                                          "dhcpv6-server", "dhcpv6-to-client-port", "router-advert"])
 
 
 def test_mac_only_port_may_use_any_address_but_no_server_roles(bridged_tap):
-    apply(bridged_tap, 42, [PortFilter("svm42n0", "ingress", MAC, None)])
+    apply(bridged_tap, 42, [PortFilter("svm42n0", "ingress", MAC, None, vxlan_ports=(4789,))])
     result = send(bridged_tap, port="svm42n0", witness="br0")
     assert result["seen"] == sorted(result["expected"] + ["arp-claims-other-ip", "ipv4-other-ip",
-                                                          "ipv6-global-source"])
+                                                          "ipv6-global-source", "nd-advert-other-target",
+                                                          "nd-dad-other"])
 
 
 def test_filtered_macvtap_sends_only_its_own_traffic(netns):
@@ -100,6 +103,6 @@ def test_filtered_macvtap_sends_only_its_own_traffic(netns):
                      f"links.create_macvtap('svm43n0', 'up0', {MAC!r}, 'bridge', 0, 0, {device!r})")
         control = send(netns, device=device, witness="up0p")
         assert control["seen"] == control["all"]
-        apply(netns, 43, [PortFilter("svm43n0", "egress", MAC, (f"{OWN_IP}/24",))])
+        apply(netns, 43, [PortFilter("svm43n0", "egress", MAC, ADDRESSES, vxlan_ports=(4789,))])
         result = send(netns, device=device, witness="up0p")
         assert result["seen"] == result["expected"]

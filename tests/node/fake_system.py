@@ -116,6 +116,12 @@ class FakeSystem:
     def port_filter_tables(self) -> list[tuple[str, int]]:
         return [(f"svm_{job}", job) for job in self.tables]
 
+    def ensure_underlay(self, plan) -> None:
+        self.underlay = plan
+
+    def underlay_problems(self, plan) -> list[str]:
+        return [] if getattr(self, "underlay", None) == plan else ["no VXLAN guard"]
+
     def owned_links(self) -> list[tuple[str, int, int]]:
         return [(name, *owned) for name in self.links if (owned := parse_owned_name(name))]
 

@@ -16,7 +16,7 @@ from devtools.hooknode import SPEC
 
 pytestmark = pytest.mark.root
 UID = 4201
-SPEC_MACVTAP = SPEC.replace("network: lan\n    address: 10.9.0.5/24", "network: fabric")
+SPEC_MACVTAP = SPEC.replace("network: lan\n", "network: fabric\n")
 
 HOLDER = r"""
 import os, sys
