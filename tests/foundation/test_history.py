@@ -15,9 +15,9 @@ from slurm_vm.launcher.launcher import ExitCode
 from slurm_vm.slurm.accounting import SACCT_FIELDS, parse_sacct, sacct_argv
 from slurm_vm.slurm.states import SACCT_STATES
 from slurm_vm.slurm.cli import SEP
-from slurm_vm.transport import encode_comment
+from slurm_vm.transport import encode_comment, new_salt
 
-VM_COMMENT = encode_comment("name: web\nimage: tiny\n", "00" * 16)
+VM_COMMENT = encode_comment("name: web\nimage: tiny\n", new_salt())
 
 
 def line(job_id="41", name="vm-web", user="svmtest", state="COMPLETED", start="2026-12-08T00:10:00",
