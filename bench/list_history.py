@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -24,7 +25,7 @@ from devtools.accountingdb import AccountingDB  # noqa: E402
 from devtools.testcluster import Cluster  # noqa: E402
 from devtools.vmcluster import TEST_ROOT, venv_dir, write_test_config  # noqa: E402
 
-from slurm_vm.transport import encode_comment  # noqa: E402
+from slurm_vm.transport import encode_comment, new_salt  # noqa: E402
 
 REAL = (("true", 4), ("false", 2), ("held", 2))   # wrap command (or a held job cancelled), how many
 USER = "svmtest"
@@ -35,7 +36,7 @@ def submit_real(cluster: Cluster) -> list[int]:
     for i, (what, count) in enumerate(REAL):
         for n in range(count):
             name = f"bench{i}{n}"
-            comment = encode_comment(f"name: {name}\nimage: tiny\nmemory: 256M\n")
+            comment = encode_comment(f"name: {name}\nimage: tiny\nmemory: 256M\n", new_salt())
             hold = ["--hold"] if what == "held" else []
             proc = cluster.client(["sbatch", "--parsable", f"--job-name=vm-{name}", f"--comment={comment}",
                                    "--output=/dev/null", *hold, "--wrap", "true" if what == "held" else what],
@@ -59,16 +60,21 @@ def wait_accounted(cluster: Cluster, jobs: list[int], timeout: float = 300) -> N
     raise SystemExit(f"the real jobs did not all end in sacct within {timeout}s")
 
 
-def timed(cluster: Cluster, argv: list[str], runs: int) -> tuple[list[float], str]:
-    times, out = [], ""
+def timed(cluster: Cluster, argv: list[str], runs: int) -> tuple[list[float], list[float], str]:
+    """Wall times and CPU times (user + system of the command and its children: runuser, Python, sacct; not the
+    daemons') of `runs` runs, and the last output."""
+    times, cpu, out = [], [], ""
     for _ in range(runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         proc = cluster.client(argv, user=USER, timeout=120)
         times.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
         if proc.returncode != 0:
             raise SystemExit(proc.stderr)
         out = proc.stdout
-    return times, out
+    return times, cpu, out
 
 
 def main() -> int:
@@ -95,15 +101,16 @@ def main() -> int:
         for i, job in enumerate(real):
             db.copy_job(job, [c for c in copies if (c - FIRST) // 10000 == i], days_ago=1 + i % 6)
         slurm_vm = os.path.join(venv_dir(), "bin", "slurm-vm")
-        history, out = timed(cluster, [slurm_vm, "list", "--all", "--json"], args.runs)
+        history, history_cpu, out = timed(cluster, [slurm_vm, "list", "--all", "--json"], args.runs)
         listed = len(json.loads(out))
-        sacct, _ = timed(cluster, ["sacct", "-X", "-D", "-P", "-n", "-S", "now-30days", "-o", "JobIDRaw"], args.runs)
-        live, _ = timed(cluster, [slurm_vm, "list", "--json"], args.runs)
-        print(f"| VM jobs listed | runs | `list --all --json` median / max s | sacct alone median s | "
-              f"`list --json` (squeue) median s | load average |\n|---|---|---|---|---|---|\n"
-              f"| {listed} | {args.runs} | {statistics.median(history):.2f} / {max(history):.2f} | "
-              f"{statistics.median(sacct):.2f} | {statistics.median(live):.2f} | "
-              f"{open('/proc/loadavg').read().split()[0]} |")
+        sacct, _, _ = timed(cluster, ["sacct", "-X", "-D", "-P", "-n", "-S", "now-30days", "-o", "JobIDRaw"],
+                            args.runs)
+        live, live_cpu, _ = timed(cluster, [slurm_vm, "list", "--json"], args.runs)
+        med = statistics.median
+        print(f"| VM jobs listed | runs | `list --all --json` median / max s (CPU s) | sacct alone median s | "
+              f"`list --json` (squeue) median s (CPU s) | load average |\n|---|---|---|---|---|---|\n"
+              f"| {listed} | {args.runs} | {med(history):.2f} / {max(history):.2f} ({med(history_cpu):.2f}) | "
+              f"{med(sacct):.2f} | {med(live):.2f} ({med(live_cpu):.2f}) | {open('/proc/loadavg').read().split()[0]} |")
     finally:
         if not args.keep:
             cluster.down()

@@ -24,7 +24,8 @@ CACHE = os.environ.get("SLURM_VM_TEST_CACHE", "/var/cache/slurm-vm/guests")
 FILES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "guest_files")
 TINY_MODULES = ["virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci",
                 "virtio_blk", "failover", "net_failover", "virtio_net", "button", "evdev", "cdrom", "isofs",
-                "9pnet_virtio", "9p", "fuse", "virtiofs"]    # shares (`mounts:`): virtio-9p and virtio-fs
+                "9pnet_virtio", "9p", "fuse", "virtiofs",    # shares (`mounts:`): virtio-9p and virtio-fs
+                "bochs"]     # the display (QEMU's VGA): DRM framebuffer, fbcon shows tty1 (slurm-vm vnc)
 ROOT_MODULES = ["virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci",
                 "virtio_blk", "crc16", "crc32c_generic", "libcrc32c", "mbcache", "jbd2", "ext4"]
 DEBIAN_PACKAGES = ["systemd-sysv", "udev", "dbus", "cloud-init", "python3-cffi-backend", "openssh-server",

@@ -281,6 +281,38 @@ def console_relay(job_id: int, config_path: str | None) -> None:
 
 @main.command()
 @click.argument("ref", metavar="NAME|JOBID", shell_complete=_complete_vm)
+@click.option("--web", is_flag=True, help="serve the display to a browser (noVNC) instead of a VNC viewer")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="port on 127.0.0.1 (0: a free one)")
+@config_option
+def vnc(ref: str, web: bool, port: int, config_path: str | None) -> None:
+    """Show a VM's display in a VNC viewer (or a browser with --web) until Ctrl-C; QEMU VMs only."""
+    from .lifecycle import current_user
+    from .vmaccess import owned_vm, require_running
+    from .vnc import Target, run_session
+    config = _config(config_path)
+    backend = _backend(config)
+    job = owned_vm(backend, ref, current_user())
+    target = Target(job.job_id, job.vm_name, require_running(backend, job), config.slurm_vm_command)
+    sys.exit(run_session(target, config.slurm.command_timeout, port, web, config.novnc_dir))
+
+
+@main.command("vnc-relay", hidden=True)
+@click.argument("job_id", type=int)
+@click.option("--session", is_flag=True)
+@config_option
+def vnc_relay(job_id: int, session: bool, config_path: str | None) -> None:
+    """The node end of `slurm-vm vnc` (run by srun inside the job)."""
+    import os
+    from .node.layout import job_dir
+    from .vncrelay import connect, session as hold_session
+    config = _config(config_path)
+    directory = job_dir(config.node_state_dir(os.environ.get("SLURMD_NODENAME", "")), job_id)
+    sys.exit(hold_session(directory) if session else connect(directory))
+
+
+@main.command()
+@click.argument("ref", metavar="NAME|JOBID", shell_complete=_complete_vm)
 @click.option("--force", is_flag=True, help="cancel the job at once (plain scancel; the guest gets SIGTERM's grace)")
 @config_option
 def stop(ref: str, force: bool, config_path: str | None) -> None:

@@ -165,6 +165,8 @@ class Config:
                                  MountsConfig())
     checkpoint: CheckpointConfig = field(Obj(CheckpointConfig), "checkpoints on preemption and time limit",
                                          CheckpointConfig())
+    novnc_dir: str = field(AbsPath(), "noVNC's web files on login nodes, for `slurm-vm vnc --web` (Debian "
+                           "package novnc)", "/usr/share/novnc")
 
     def node_state_dir(self, node: str) -> str:
         return self.state_dir.replace("%n", node)

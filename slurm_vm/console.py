@@ -95,7 +95,7 @@ class ConsoleBusy(SlurmVmError):
 
 def relay(job_dir: str, stdin: int = 0, stdout: int = 1) -> int:
     try:
-        lock = _take_lock(os.path.join(job_dir, LOCK_NAME))
+        lock = take_lock(os.path.join(job_dir, LOCK_NAME))
     except ConsoleBusy as exc:
         _say(str(exc))
         return RelayExit.BUSY
@@ -119,14 +119,15 @@ def relay(job_dir: str, stdin: int = 0, stdout: int = 1) -> int:
         os.close(lock)
 
 
-def _take_lock(path: str) -> int:
+def take_lock(path: str, busy: str = "the console is in use by another session; watch it read-only with "
+                                     "`slurm-vm console --log -f`") -> int:
+    """One session at a time (console.lock, vnc.lock): the lock's fd, or ConsoleBusy(busy)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise ConsoleBusy("the console is in use by another session; watch it read-only with "
-                          "`slurm-vm console --log -f`") from None
+        raise ConsoleBusy(busy) from None
     return fd
 
 

@@ -14,9 +14,10 @@ from .config import Config
 from .errors import EXIT_USAGE, NotFound, NotYours, SlurmVmError
 from .lifecycle import VMRecord, with_checkpoints
 from .limits import JOB_NAME_PREFIX
-from .slurm.accounting import SACCT_STATES as STATES, AccountedRun, accounted_runs
 from .slurm import SlurmBackend
+from .slurm.accounting import AccountedRun, accounted_runs
 from .slurm.cli import CliBackend
+from .slurm.states import SACCT_STATES as STATES
 from .transport import is_vm_comment
 
 DEFAULT_SINCE = "30d"
@@ -48,9 +49,9 @@ class VMHistory:
     cpus: int
     memory: str
     time_limit: str
-    exit_code: str          # the last run's launcher exit code as sacct shows it (N:signal, of its batch step);
-                            # "" when the launcher never ran
-    outcome: str            # what that exit code means ("" when the launcher never ran)
+    exit_code: str          # the last run's launcher exit code as sacct shows it (N:signal): its batch step's
+                            # (status), or the allocation's for a COMPLETED or FAILED run (list); "" if unknown
+    outcome: str            # what that exit code means ("" when unknown)
     restarts: int           # runs before the last one (requeues after preemption, a checkpoint or a failed prolog)
     earlier_runs: tuple[str, ...]   # their states, oldest first
     checkpoints: int = 0

@@ -31,5 +31,7 @@ VMM_PID = "vmm.pid"
 LAUNCHER_PID = "launcher.pid"
 LAUNCHER_LOCK = "launcher.lock"
 QMP_SOCKET = "qmp.sock"
+VNC_SOCKET = "vnc.sock"           # QEMU's VNC server (password=on; slurm-vm vnc sets a one-time password)
+VNC_LOCK = "vnc.lock"             # one `slurm-vm vnc` session per VM
 CH_API_SOCKET = "api.sock"
 CH_EVENT_LOG = "events.json"

@@ -131,6 +131,13 @@ def tcp_relay(host: str, port: int, stdin: int = 0, stdout: int = 1) -> int:
         print(f"slurm-vm tcp-relay: cannot connect to {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     sock.settimeout(None)
+    pipe_socket(sock, stdin, stdout)
+    return 0
+
+
+def pipe_socket(sock: socket.socket, stdin: int, stdout: int) -> None:
+    """Copy stdin -> sock -> stdout until the socket's end closes (also used by `slurm-vm vnc`'s node relay);
+    closes the socket."""
     sel = selectors.DefaultSelector()
     sel.register(stdin, selectors.EVENT_READ, "in")
     sel.register(sock, selectors.EVENT_READ, "net")
@@ -147,7 +154,7 @@ def tcp_relay(host: str, port: int, stdin: int = 0, stdout: int = 1) -> int:
                 else:
                     data = sock.recv(65536)
                     if not data:
-                        return 0
+                        return
                     view = memoryview(data)
                     while view:
                         view = view[os.write(stdout, view):]

@@ -19,7 +19,7 @@ WORKERS = ["", "gw0", "gw1", "gw2", "gw3"]
 
 def fixture_bases() -> set[str]:
     """The base names the tests give cluster_name() (a flavour is appended to all but literal ones)."""
-    bases = {"pytest", "leak"}
+    bases = {"pytest", "leak", "hookd", "noacct"}   # hookd: tests/deploy/test_hook_dirs_cluster.py
     for path in glob.glob(os.path.join(REPO, "tests", "**", "*.py"), recursive=True):
         with open(path) as fh:
             bases |= set(re.findall(r'_vm_cluster\(cluster_factory, "(\w+)"', fh.read()))
@@ -38,7 +38,7 @@ def test_the_ci_cluster_names_have_distinct_subnets_bridges_and_ports(prefix, mo
         names.append(cluster_name(base + flavour))
     assert len(set(names)) == len(names)
     clusters = [Cluster(name) for name in names]
-    for key in ("subnet", "bridge", "ctl_port"):
+    for key in ("subnet", "bridge", "ctl_port", "db_port"):   # dbd_port is db_port + 1 (db_port is even)
         values = [getattr(c, key) for c in clusters]
         clashes = {v for v in values if values.count(v) > 1}
         assert not clashes, (key, [c.name for c in clusters if getattr(c, key) in clashes])

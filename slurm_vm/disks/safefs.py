@@ -7,6 +7,7 @@ process that has dropped to the user's uid, gid and groups.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -89,6 +90,51 @@ def remove_tree_safely(path: str, deadline: float | None = None) -> bool:
     except FileNotFoundError:
         pass
     return True
+
+
+MNT_DETACH = 2
+UMOUNT_NOFOLLOW = 8
+FINDMNT_TIMEOUT = 10
+
+
+def mounts_below(path: str) -> list[str]:
+    """Mount points at or below `path`, deepest first (the kernel's table, through findmnt's JSON)."""
+    prefix = path.rstrip("/") + "/"
+    with open("/proc/self/mountinfo", "rb") as fh:   # the cheap check first: usually nothing is mounted there
+        if _mountinfo_escaped(path.rstrip("/")).encode("utf-8", "surrogateescape") not in fh.read():
+            return []
+    import json
+    import subprocess
+    try:
+        proc = subprocess.run(["findmnt", "-J", "-l", "-o", "TARGET"], capture_output=True, text=True,
+                              timeout=FINDMNT_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        raise NodeError(f"findmnt did not answer within {FINDMNT_TIMEOUT}s") from None
+    if proc.returncode != 0:
+        raise NodeError(f"findmnt failed: {proc.stderr.strip()}")
+    targets = {fs.get("target", "") for fs in json.loads(proc.stdout or "{}").get("filesystems", [])}
+    return sorted((t for t in targets if t.startswith(prefix) or t == path), key=len, reverse=True)
+
+
+def _mountinfo_escaped(path: str) -> str:
+    return path.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011").replace("\n", "\\012")
+
+
+def detach_mounts_below(path: str) -> list[str]:
+    """Lazily unmount whatever was mounted at or inside `path` (a user's FUSE mount in the job dir: once its daemon
+    is gone every lookup in it fails, and root must neither walk into it nor fail on it)."""
+    points = mounts_below(path)
+    if not points:
+        return []
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    done = []
+    for point in points:
+        if libc.umount2(point.encode("utf-8", "surrogateescape"), MNT_DETACH | UMOUNT_NOFOLLOW) == 0:
+            done.append(f"detached the mount at {point}")
+        elif ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):   # gone meanwhile: fine
+            raise OSError(ctypes.get_errno(), f"cannot detach the mount at {point}")
+    return done
 
 
 def _unlink_missing_ok(name: str, dir_fd: int | None = None) -> None:

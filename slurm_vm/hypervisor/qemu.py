@@ -8,7 +8,7 @@ import os
 import time
 
 from ..errors import HypervisorError
-from ..limits import QMP_SOCKET, SERIAL_LOG, SERIAL_SOCKET
+from ..limits import QMP_SOCKET, SERIAL_LOG, SERIAL_SOCKET, VNC_SOCKET
 from .definition import VMDefinition, boot_argv
 from .runtime import Runtime, say
 from .shares import qemu_share_argv
@@ -23,7 +23,7 @@ def qemu_argv(defn: VMDefinition, accelerator: str, nic_fds: list[int]) -> list[
             "-machine", "q35" if defn.boot.firmware else "pc", "-cpu", "host" if accelerator == "kvm" else "qemu64",
             "-smp", str(defn.cpus), "-m", f"{defn.memory_bytes >> 20}M",
             "-nodefaults", "-no-user-config", "-S", "-display", "none", "-monitor", "none",
-            *serial_argv(defn),
+            *serial_argv(defn), *display_argv(defn),
             "-qmp", f"unix:{defn.path(QMP_SOCKET)},server=on,wait=off"]
     argv += boot_argv(defn.boot, ("-kernel", "-initrd", "-append", "-bios"))
     for i, disk in enumerate(defn.disks):
@@ -44,6 +44,13 @@ def serial_argv(defn: VMDefinition) -> list[str]:
     return ["-chardev", f"socket,id=serial0,path={_escape(defn.path(SERIAL_SOCKET))},server=on,wait=off,"
                         f"logfile={_escape(defn.path(SERIAL_LOG))},logappend=on",
             "-serial", "chardev:serial0"]
+
+
+def display_argv(defn: VMDefinition) -> list[str]:
+    """A standard VGA adapter (firmware text, Linux's bochs DRM driver, Windows' basic display driver) whose
+    VNC server listens only on a unix socket in the job's run dir, with VNC password authentication and no
+    password set: nobody gets in until `slurm-vm vnc` sets a one-time password over QMP (slurm_vm/vncrelay.py)."""
+    return ["-device", "VGA", "-vnc", f"unix:{_escape(defn.path(VNC_SOCKET))},password=on"]
 
 
 def _escape(path: str) -> str:

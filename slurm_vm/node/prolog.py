@@ -17,7 +17,7 @@ from .hostfacts import gather
 from .identities import check_node_identities
 from .journal import Journal
 from .layout import ensure_state_dirs, error_note_path
-from .log import hook_context, log_event
+from .log import hook_context, log_event, one_line
 from .plan import NodePlan, make_plan
 from .prepare import prepare_node
 from .teardown import teardown_job
@@ -79,7 +79,7 @@ def write_error_note(config: Config, ctx: JobContext, message: str) -> None:
         pass
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o400)
     try:
-        os.write(fd, (message + "\n").encode("utf-8", "replace"))
+        os.write(fd, (one_line(message) + "\n").encode("utf-8", "replace"))
         os.fchown(fd, ctx.uid, ctx.gid)
     finally:
         os.close(fd)

@@ -76,17 +76,19 @@ def _network_checks(name: str, net) -> list[Check]:
 
 
 def _hypervisor_checks(config: Config) -> list[Check]:
+    """The default hypervisor's binary (for `auto`, the fallback's: it must always work), KVM where it is
+    required, virtiofsd where shares use virtio-fs (hypervisor/registry.py says which hypervisor needs what)."""
+    from ..hypervisor import registry
     hv = config.hypervisor
+    name = registry.AUTO_ORDER[-1] if hv.default == registry.AUTO else hv.default
+    kind = registry.HYPERVISORS[name]
     why = f"hypervisor.default {hv.default}"
-    out = [Check("file", hv.qemu_img, "the prolog (overlays)", "x")]
-    if hv.default in ("auto", "qemu"):
-        out.append(Check("file", hv.qemu_binary, why, "x"))
-    if hv.default == "cloud-hypervisor":
-        out += [Check("file", hv.cloud_hypervisor_binary, why, "x"), Check("device", "/dev/kvm", why),
-                Check("module", "kvm", why)]
-    elif hv.accelerator == "kvm":
-        out += [Check("device", "/dev/kvm", "hypervisor.accelerator kvm"), Check("module", "kvm", "hypervisor.accelerator kvm")]
-    if config.mounts.allowed and (config.mounts.transport == "virtiofs" or hv.default == "cloud-hypervisor"):
+    out = [Check("file", hv.qemu_img, "the prolog (overlays)", "x"),
+           Check("file", getattr(hv, kind.binary_field), why, "x")]
+    if kind.needs_kvm or hv.accelerator == "kvm":
+        reason = why if kind.needs_kvm else "hypervisor.accelerator kvm"
+        out += [Check("device", "/dev/kvm", reason), Check("module", "kvm", reason)]
+    if config.mounts.allowed and kind.transport_for(config.mounts.transport) == "virtiofs":
         out += [Check("file", config.mounts.virtiofsd, "mounts (virtio-fs)", "x"),
                 Check("sysctl", "user.max_user_namespaces", "mounts (virtio-fs)", ">0")]
     return out

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..errors import NodeError, SlurmVmError
-from ..disks.safefs import read_user_file
+from ..disks.safefs import detach_mounts_below, read_user_file
 from ..limits import VMM_PID
 from .journal import Journal
 from .layout import job_dir
@@ -111,6 +111,7 @@ def teardown_job(state_dir: str, job_id: int, uid: int | None, system: System | 
     report = TeardownReport()
     steps = (lambda: _one(kill_hypervisor(state_dir, job_id, uid)),
              lambda: TeardownReport(kill_job_processes(state_dir, job_id, uid)),
+             lambda: TeardownReport(detach_mounts_below(job_dir(state_dir, job_id))),
              lambda: undo_journal(state_dir, journal, system),
              lambda: sweep_job(state_dir, job_id, system))
     for step in steps:

@@ -16,14 +16,10 @@ import hostlist
 
 from ..errors import SlurmError
 from .cli import SEP, CliBackend
+from .states import SACCT_STATES
 
 SACCT_FIELDS = ("JobIDRaw", "JobName", "User", "State", "Submit", "Start", "End", "Elapsed", "NodeList",
                 "AllocCPUS", "ReqMem", "Timelimit", "ExitCode", "Reason", "Comment")
-# Every job state sacct can select (`-s`). Asking for them all changes sacct's window: a job is listed when it
-# ended in the window (or ran or waited in it), not only when it was eligible to run in it, so that a VM
-# cancelled while held (never eligible) is listed too.
-SACCT_STATES = ("BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PENDING",
-                "PREEMPTED", "REQUEUED", "RESIZING", "RUNNING", "SUSPENDED", "TIMEOUT")
 DISABLED_MARK = "accounting storage is disabled"
 # What sacct prints for a time or node list that does not exist (a job that never started).
 NO_VALUE = {"Unknown", "None", "None assigned", "(null)", ""}

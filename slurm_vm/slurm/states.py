@@ -35,3 +35,9 @@ RESTARTING_STATES = QUEUED_STATES | {"REQUEUED", "REQUEUE_FED"}
 # launcher would fail or requeue it twice (slurm/requeue.py).
 REQUEUED_STATES = RESTARTING_STATES | {"PREEMPTED"}
 
+# The states sacct's `-s` selects a job by (its base states; sacct prints the first word of State, e.g. CANCELLED
+# of "CANCELLED by 4201"). slurm/accounting.py asks for all of them: that changes sacct's window, so that a job
+# is listed when it ended in the window, not only when it was eligible to run in it (a VM cancelled while held
+# never was). `slurm-vm list --all --state` takes any of them.
+SACCT_STATES = ("BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PENDING",
+                "PREEMPTED", "REQUEUED", "RESIZING", "RUNNING", "SUSPENDED", "TIMEOUT")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 import yaml
@@ -69,7 +70,7 @@ def run_plain_jobs(cluster: Cluster) -> list[str]:
         assert proc.returncode == 0, proc.stderr
         ids.append(proc.stdout.strip().split(";")[0])
     for job in ids:
-        assert cluster.wait_job(int(job), {"COMPLETED", "FAILED", "CANCELLED", "PENDING"}, timeout=120) == "COMPLETED"
+        assert cluster.wait_job(int(job), {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=180) == "COMPLETED"
     return ids
 
 
@@ -106,3 +107,48 @@ def test_prolog_d_link_under_another_name_then_venv_removed(dirs_cluster):
     assert all(site_hook_ran(cluster, job) for job in jobs)
     assert all(hint_on(cluster, node, config).returncode != 0 for node in cluster.nodes)   # no Python ran
     assert_in_service(cluster)
+
+
+def node_state(cluster: Cluster, node: str) -> str:
+    return cluster.client(["sinfo", "-h", "-n", node, "-o", "%t"], timeout=20).stdout.strip()
+
+
+def as_slurmd(cluster: Cluster, node: str, argv: list[str]) -> subprocess.CompletedProcess:
+    """In the node's slurmd namespaces (its /dev/net/tun is the node's 0666 one), as HealthCheckProgram runs."""
+    if cluster.rootfs:
+        return cluster.node_exec(node, argv, timeout=120)
+    pid = cluster._read_pid(f"{node}.mntpid")
+    return subprocess.run(["nsenter", f"--target={pid}", "--mount", "--net", *argv], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_health_check_drains_a_node_without_the_bridge_then_resumes_it(dirs_cluster):
+    """`slurm-vm node check --drain` as HealthCheckProgram runs it: on the node, as root, through real Slurm."""
+    cluster, _, directory = dirs_cluster
+    config = os.path.join(directory, "check.yaml")
+    with open(config, "w") as fh:
+        yaml.safe_dump({"state_dir": os.path.join(directory, "state-%n"), "images": {},
+                        "networks": {"lan": {"kind": "bridge", "bridge": "br-hc", "subnet": "10.9.0.0/24"}}}, fh)
+    os.chmod(config, 0o644)
+    node = cluster.nodes[0]
+    check = ["env", f"SLURM_CONF={cluster.conf}", os.path.join(venv_dir(), "bin", "slurm-vm"), "node", "check",
+             "--drain", "--quiet", "--node", node, "--config", config]
+    proc = as_slurmd(cluster, node, check)
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stdout
+    assert lines[0].startswith("FAIL link br-hc: no such interface (needed by network lan); fix: create bridge br-hc")
+    reasons = cluster.client(["sinfo", "-R", "-h", "-N", "-o", "%N|%E"], timeout=20).stdout.strip().splitlines()
+    assert reasons == [f"{node}|slurm-vm node check: link br-hc: no such interface"], reasons
+    try:
+        for argv in (["ip", "link", "add", "br-hc", "type", "bridge"], ["ip", "link", "set", "br-hc", "up"]):
+            assert cluster.node_exec(node, argv, timeout=20).returncode == 0
+        proc = as_slurmd(cluster, node, check)
+        assert (proc.returncode, proc.stdout) == (0, ""), proc.stdout + proc.stderr
+        assert cluster.client(["sinfo", "-R", "-h"], timeout=20).stdout.strip() == ""   # resumed
+        deadline = time.monotonic() + 60   # slurmctld pings the resumed node before it shows plain idle
+        while time.monotonic() < deadline and node_state(cluster, node) != "idle":
+            time.sleep(0.5)
+        assert_in_service(cluster)
+    finally:
+        cluster.node_exec(node, ["ip", "link", "del", "br-hc"], timeout=20)
+        cluster.client(["scontrol", "update", f"NodeName={node}", "State=RESUME"], timeout=20)

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-import zlib
-
 import pytest
 
 from slurm_vm.config import parse_config
 from slurm_vm.errors import NotFound
 from slurm_vm.slurm import JobInfo
 from slurm_vm.sshjump import scp_command, ssh_command
-from slurm_vm.transport import COMMENT_PREFIX
+from slurm_vm import transport
 
 CONFIG = parse_config("""
 images: {deb: {path: /img/deb.qcow2, firmware: /f}}
@@ -24,8 +21,9 @@ networks:
 
 def vm_job(nics: str) -> JobInfo:
     spec = f"name: web\nimage: deb\nnetworks:\n{nics}"
-    comment = COMMENT_PREFIX + "z:" + base64.b64encode(zlib.compress(spec.encode())).decode()
-    return JobInfo(job_id=12, name="vm-web", user="alice", state="RUNNING", nodes=("n2",), comment=comment)
+    comment = transport.encode_comment(spec, transport.new_salt())
+    return JobInfo(job_id=12, name="vm-web", user="alice", state="RUNNING", nodes=("n2",), comment=comment,
+                   spec_text=spec)   # as lifecycle.with_spec reads it from the batch script
 
 
 def test_the_bridge_address_is_chosen_over_unreachable_ones():

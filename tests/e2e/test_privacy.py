@@ -1,8 +1,8 @@
 """A VM spec is private to its owner and root (issue 20): real Slurm daemons, users svmtest and svmother.
 
 svmtest submits a held VM job (no guest boots: the point is what Slurm shows) whose spec carries markers
-in its user data, paths, addresses, MAC and image. svmother reads the job with squeue and scontrol, as
-any user can, and finds none of them, not even after decoding every base64/zlib token it sees (slurm-vm 1
+in its user data, paths, addresses, MAC and image. svmother reads the job with squeue, scontrol and
+sacct, as any user can, and finds none of them, not even after decoding every base64/zlib token it sees (slurm-vm 1
 put the whole spec in the comment that way). svmtest's own `slurm-vm list` and `status` still show the
 spec's static address: the owner reads the spec from the job's batch script, which Slurm gives only to
 the owner and root.
@@ -66,6 +66,19 @@ def as_user(vc, argv: list[str], user: str) -> str:
     return proc.stdout + proc.stderr
 
 
+def accounting_view(vc, job: int, timeout: float = 30) -> str:
+    """What `sacct` (the accounting database, with AccountingStoreFlags=job_comment) shows svmother of the
+    job, once slurmdbd has its record."""
+    deadline = time.monotonic() + timeout
+    while True:
+        base = ["sacct", "-a", "-X", "-P", "-j", str(job)]
+        out = as_user(vc, [*base, "-l"], OTHER) + as_user(vc, [*base, "-o", "JobID,JobName,Comment,WorkDir"], OTHER)
+        if str(job) in out or time.monotonic() > deadline:
+            assert str(job) in out, out
+            return out
+        time.sleep(1)
+
+
 def test_another_user_sees_nothing_of_a_vm_spec(vm_cluster):
     vc = vm_cluster
     spec, private = private_spec("privmark" + secrets.token_hex(4))
@@ -78,6 +91,7 @@ def test_another_user_sees_nothing_of_a_vm_spec(vm_cluster):
             as_user(vc, ["scontrol", "show", "job", "-o", str(job)], OTHER),
         ])
         assert str(job) in seen
+        seen += "\n" + accounting_view(vc, job)
         comment = vc.job_field(job, "%k")
         assert re.fullmatch(r"slurm-vm:2:[0-9a-f]{64}", comment), comment
         visible = decoded_tokens(seen)

@@ -12,11 +12,12 @@ import pytest
 from slurm_vm.errors import EXIT_USAGE
 from slurm_vm.history import OUTCOMES, OptionError, history_of, parse_states, since_time
 from slurm_vm.launcher.launcher import ExitCode
-from slurm_vm.slurm.accounting import SACCT_FIELDS, SACCT_STATES, parse_sacct, sacct_argv
+from slurm_vm.slurm.accounting import SACCT_FIELDS, parse_sacct, sacct_argv
+from slurm_vm.slurm.states import SACCT_STATES
 from slurm_vm.slurm.cli import SEP
 from slurm_vm.transport import encode_comment
 
-VM_COMMENT = encode_comment("name: web\nimage: tiny\n")
+VM_COMMENT = encode_comment("name: web\nimage: tiny\n", "00" * 16)
 
 
 def line(job_id="41", name="vm-web", user="svmtest", state="COMPLETED", start="2026-12-08T00:10:00",

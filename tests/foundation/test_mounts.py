@@ -78,6 +78,9 @@ def test_good_mounts(config, source, target):
     ("/scratch/a,b", "/mnt/x", "mounts[0].source"),
     ("/scratch/a", "/mnt/x\ty", "mounts[0].target"),
     ("/scratch/a", "/mnt/x y", "mounts[0].target"),
+    ("/scratch/a", "/mnt/a''b", "mounts[0].target"),    # a'b: broke the vendor-data YAML (issue 20)
+    ("/scratch/a''b", "/mnt/x", "mounts[0].source"),
+    ("/scratch/a", '/mnt/a"b', "mounts[0].target"),
 ])
 def test_bad_mounts_name_the_field(config, source, target, field):
     assert f"{field}:" in refusal(spec_with(source, target), config)

@@ -74,6 +74,9 @@ BAD_SPECS = [
     (OK + "networks: [{network: lan, address: 10.0.0.300/24}]\n", "networks[0].address"),
     (OK + "networks: [{network: lan, gateway: 10.0.0.1}]\n", "networks[0].gateway"),
     (OK + "networks:\n" + "".join("  - {network: lan}\n" for _ in range(9)), "networks"),
+    (OK + "cloud_init: {user_data: \"#!/bin/sh\\n\\uD800\"}\n", "cloud_init.user_data"),   # issue 20: drained
+    (OK + "cloud_init: {network_config: {\"\\uDC00\": 1}}\n", "cloud_init.network_config"),
+    (OK + "cloud_init: {network_config: {version: 2, a: [\"\\uDFFF\"]}}\n", "cloud_init.network_config.a[0]"),
     (OK + "volumes: [{path: data.img}]\n", "volumes[0].path"),
     (OK + "volumes: [{path: /data/../etc/shadow}]\n", "volumes[0].path"),
     (OK + "volumes: [{path: /data//x}]\n", "volumes[0].path"),

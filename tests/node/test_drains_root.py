@@ -138,3 +138,31 @@ def test_a_job_dir_too_big_for_the_budget_waits_in_the_trash(tmp_path):
     assert (left.kind, left.job_id) == ("job dir being removed", 940)
     assert system.empty_trash(trash_dir(state), 30.0) == []
     assert Trash.leftovers(system, state) == []
+
+
+def test_mounts_left_in_the_job_dir_are_detached(hook_node):
+    """A user can mount (FUSE) on their job dir, a directory or a file in it; once the job's processes are
+    gone such a mount fails every lookup, and a mount point cannot be removed (EBUSY). Root-made mounts
+    stand in for the user's here: a tmpfs on a directory, a file bound over seed.iso, a tmpfs on the job
+    dir itself. The epilog detaches them, removes everything, and the bound file is untouched."""
+    import subprocess
+    node = hook_node
+    assert node.prolog(950, SPEC).returncode == 0
+    jdir = os.path.join(node.state, "jobs", "950")
+    os.mkdir(os.path.join(jdir, "mnt"))
+    keep = os.path.join(node.tmp, "keep.txt")
+    with open(keep, "w") as fh:
+        fh.write("keep\n")
+    for argv in (["mount", "-t", "tmpfs", "tmpfs", os.path.join(jdir, "mnt")],
+                 ["mount", "--bind", keep, os.path.join(jdir, "seed.iso")]):
+        subprocess.run(argv, check=True, timeout=20)
+    open(os.path.join(jdir, "mnt", "inside"), "w").close()
+    proc = node.epilog(950, SPEC)
+    assert proc.returncode == 0, proc.stderr
+    assert node.leftovers(950) == [] and open(keep).read() == "keep\n"
+    assert node.prolog(951, SPEC).returncode == 0
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", os.path.join(node.state, "jobs", "951")], check=True, timeout=20)
+    proc = node.epilog(951, SPEC)
+    assert proc.returncode == 0, proc.stderr
+    assert node.leftovers(951) == []
+    assert f"{node.state}/" not in open("/proc/self/mountinfo").read()
