@@ -112,7 +112,7 @@ def nodes():
 
 def _segments(a: str, b: str, locks: str) -> None:
     for ns, dev, addr in ((a, "u0", "192.168.57.1/24"), (b, "u1", "192.168.57.2/24")):
-        proc = in_ns(ns, f"links.ensure_vxlan_segment({VNI}, 7, {dev!r}, {locks + ns!r})")
+        proc = in_ns(ns, f"links.ensure_vxlan_segment({VNI}, 7, {dev!r}, {os.path.join(locks, ns)!r})")
         assert proc.returncode == 0, proc.stderr
         ip(ns, "addr", "add", addr, "dev", f"svmbr{VNI}")
 
