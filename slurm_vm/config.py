@@ -9,11 +9,10 @@ from dataclasses import dataclass
 
 from .errors import Problem, ValidationError
 from .hypervisor import registry
-from .limits import CONFIG_ENV, DEFAULT_CONFIG_PATH  # noqa: F401  (spelled in limits for light importers)
+from .limits import CONFIG_ENV, DEFAULT_CONFIG_PATH, GUARD_VNI  # noqa: F401  (spelled in limits for light importers)
 from .schema import AbsPath, Bool, Context, Int, ListOf, MapOf, Obj, SharePath, Size, Str, field, parse_object
 from .yamldoc import load_document
 
-GUARD_VNI = 16777215    # networks/underlay.py: the VNI of the node's VXLAN guard devices
 
 G = 1 << 30
 M = 1 << 20

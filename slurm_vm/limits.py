@@ -35,3 +35,4 @@ VNC_SOCKET = "vnc.sock"           # QEMU's VNC server (password=on; slurm-vm vnc
 VNC_LOCK = "vnc.lock"             # one `slurm-vm vnc` session per VM
 CH_API_SOCKET = "api.sock"
 CH_EVENT_LOG = "events.json"
+GUARD_VNI = 16777215    # networks/underlay.py: the VNI of the node's VXLAN guard devices; configs may not use it

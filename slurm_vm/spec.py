@@ -214,7 +214,7 @@ def _check_identity(i: int, nic: NetworkRef, config: Config, ctx: Context) -> No
     import ipaddress
 
     from .networks.addresses import network_address_plan
-    from .node.allocate import identity_domain
+    from .networks.allocation import identity_domain
     net = config.networks[nic.network]
     domain = identity_domain(net)
     if nic.address is None or domain is None:

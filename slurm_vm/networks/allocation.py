@@ -368,3 +368,9 @@ def static_conflicts(needs: Needs, records: dict[int, Holding], job_id: int,
             if found is not None:
                 return found
     return None
+
+def identity_domain(net) -> str | None:
+    """The L2 domain whose addresses a network's VMs share (None: a job-private segment, or `trusted`)."""
+    if net.trusted or (net.kind == "vxlan" and net.vni_range is not None):
+        return None
+    return {"bridge": f"b{net.bridge}", "macvtap": f"m{net.parent}", "vxlan": f"v{net.vni}"}[net.kind]

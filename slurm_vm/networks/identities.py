@@ -39,7 +39,7 @@ def check_node_identities(spec, config, read=None) -> None:
     if not claims(spec):
         return
     if read is None:
-        from ..networks.links import node_identities as read
+        from .links import node_identities as read
     problem = identity_problem(spec, config, read())
     if problem is not None:
         raise UserFault(problem)

@@ -130,9 +130,9 @@ def list_owned_links() -> list[tuple[str, int, int]]:
 
 
 def node_identities():
-    """This node's own identities (node/identities.py): every address, and the MAC of every interface that is not
+    """This node's own identities (networks/identities.py): every address, and the MAC of every interface that is not
     a VM port (svm<job>n<i>: a macvtap carries its VM's MAC)."""
-    from ..node.identities import NodeIdentities
+    from .identities import NodeIdentities
     with _ipr() as ipr:
         addresses = frozenset(str(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr() if a.get_attr("IFA_ADDRESS"))
         macs = {}

@@ -21,8 +21,8 @@ import json
 from dataclasses import dataclass
 
 from ..errors import NodeError, UserFault
+from ..limits import GUARD_VNI   # 16777215: configs may not use it
 
-from ..config import GUARD_VNI  # noqa: E402,F401  (16777215: configs may not use it)
 TABLE = "svm_underlay"
 FAMILY = "inet"
 VM_PREFIXES = ("svm",)          # taps svm<job>n<i>, segment bridges svmbr<vni> and devices svmvx<vni>

@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
 
 from ..networks.allocation import (COMMITTED, FAILED, AddressNeed, Holding, IpNeed, IpTaken, MacNeed, MacTaken, Needs,
-                                   Shortage,
-                                   StaticTaken, VniNeed, choose, conflicts, parse_holding, static_conflicts, taken_by,
-                                   with_holding)
+                                   Shortage, StaticTaken, VniNeed, choose, conflicts, identity_domain, parse_holding,
+                                   static_conflicts, taken_by, with_holding)
 from ..errors import UserFault
 from ..slurm.cli import JobRecord
 from ..slurm.states import LIVE_STATES   # the jobs whose records hold VNIs/addresses
@@ -78,11 +77,6 @@ def needs_of(spec, config) -> Needs:
     return Needs(vnis=tuple(vnis), addresses=tuple(addresses), macs=tuple(macs), ips=ip_needs(spec, config))
 
 
-def identity_domain(net) -> str | None:
-    """The L2 domain whose addresses a network's VMs share (None: a job-private segment, or `trusted`)."""
-    if net.trusted or (net.kind == "vxlan" and net.vni_range is not None):
-        return None
-    return {"bridge": f"b{net.bridge}", "macvtap": f"m{net.parent}", "vxlan": f"v{net.vni}"}[net.kind]
 
 
 def ip_needs(spec, config) -> tuple[IpNeed, ...]:

@@ -15,7 +15,7 @@ from ..spec import VMSpec, check_user_access, parse_spec
 from .allocate import allocate_for_job
 from .context import JobContext
 from .hostfacts import HostFacts, gather
-from .identities import check_node_identities
+from ..networks.identities import check_node_identities
 from .journal import Journal
 from .layout import ensure_state_dirs, error_note_path
 from .log import hook_context, log_event, one_line

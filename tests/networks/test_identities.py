@@ -11,8 +11,9 @@ import pytest
 from slurm_vm.config import parse_config
 from slurm_vm.errors import UserFault, ValidationError
 from slurm_vm.networks.allocation import Holding, IpNeed, IpTaken, Needs, Taken, choose, format_holding, parse_holding
-from slurm_vm.node.allocate import identity_domain, needs_of
-from slurm_vm.node.identities import NodeIdentities, check_node_identities
+from slurm_vm.networks.allocation import identity_domain
+from slurm_vm.node.allocate import needs_of
+from slurm_vm.networks.identities import NodeIdentities, check_node_identities
 from slurm_vm.spec import parse_spec
 
 CONFIG = """
