@@ -8,7 +8,7 @@ import os
 import time
 
 from ..errors import HypervisorError
-from ..limits import QMP_SOCKET, SERIAL_LOG, SERIAL_SOCKET, VNC_SOCKET
+from ..limits import AGENT_CHARDEV, AGENT_SOCKET, QMP_SOCKET, SERIAL_LOG, SERIAL_SOCKET, VNC_SOCKET
 from ..hypervisor.definition import VMDefinition, boot_argv
 from ..hypervisor.runtime import Runtime, say
 from ..hypervisor.shares import qemu_share_argv
@@ -23,7 +23,7 @@ def qemu_argv(defn: VMDefinition, accelerator: str, nic_fds: list[int]) -> list[
             "-machine", "q35" if defn.boot.firmware else "pc", "-cpu", "host" if accelerator == "kvm" else "qemu64",
             "-smp", str(defn.cpus), "-m", f"{defn.memory_bytes >> 20}M",
             "-nodefaults", "-no-user-config", "-S", "-display", "none", "-monitor", "none",
-            *serial_argv(defn), *display_argv(defn),
+            *serial_argv(defn), *display_argv(defn), *agent_argv(defn),
             "-qmp", f"unix:{defn.path(QMP_SOCKET)},server=on,wait=off"]
     argv += boot_argv(defn.boot, ("-kernel", "-initrd", "-append", "-bios"))
     for i, disk in enumerate(defn.disks):
@@ -44,6 +44,15 @@ def serial_argv(defn: VMDefinition) -> list[str]:
     return ["-chardev", f"socket,id=serial0,path={_escape(defn.path(SERIAL_SOCKET))},server=on,wait=off,"
                         f"logfile={_escape(defn.path(SERIAL_LOG))},logappend=on",
             "-serial", "chardev:serial0"]
+
+
+def agent_argv(defn: VMDefinition) -> list[str]:
+    """The guest agent's channel: a virtio-serial port named org.qemu.guest_agent.0 (the name
+    qemu-guest-agent opens in the guest) whose host end is a unix socket in the job's run dir (0700, the
+    user's). A guest without an agent simply never opens the port."""
+    return ["-chardev", f"socket,id={AGENT_CHARDEV},path={_escape(defn.path(AGENT_SOCKET))},server=on,wait=off",
+            "-device", "virtio-serial-pci,id=agentbus",
+            "-device", f"virtserialport,bus=agentbus.0,chardev={AGENT_CHARDEV},name=org.qemu.guest_agent.0"]
 
 
 def display_argv(defn: VMDefinition) -> list[str]:
