@@ -75,6 +75,16 @@ def test_debian_guest_with_cloud_init_and_ssh(vm_cluster):
                              timeout=120)
         assert copied.returncode == 0, copied.stderr
         assert open(os.path.join(keys, "got")).read().strip() == "debhost"
+
+        # exec through the guest agent (qemu-guest-agent in the Debian guest), no ssh key involved
+        release = vc.slurm_vm("exec", "deb", "--", "cat", "/etc/os-release", timeout=120)
+        assert release.returncode == 0, release.stderr
+        assert 'ID=debian' in release.stdout and "VERSION_CODENAME=bookworm" in release.stdout, release.stdout
+        failed = vc.slurm_vm("exec", str(job), "--", "false", timeout=120)
+        assert (failed.returncode, failed.stdout, failed.stderr) == (1, "", ""), failed
+        both = vc.slurm_vm("exec", "deb", "--stdin", "--", "sh", "-c", "tr a-z A-Z; echo to-stderr >&2; exit 5",
+                           input="from stdin\n", timeout=120)
+        assert (both.returncode, both.stdout, both.stderr) == (5, "FROM STDIN\n", "to-stderr\n"), both
     except BaseException:
         vc.cluster.client(["scancel", str(job)])   # a failed check must not leave the VM holding a node
         raise
