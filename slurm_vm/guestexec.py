@@ -25,8 +25,8 @@ import sys
 from dataclasses import dataclass
 from typing import IO, Iterable
 
-from .errors import EXIT_ERROR, AgentUnavailable, HypervisorError, SlurmError, SlurmVmError, UsageError
-from .limits import AGENT_CHARDEV, AGENT_LOCK, AGENT_SOCKET, CH_API_SOCKET, QMP_SOCKET
+from .errors import EXIT_ERROR, AgentUnavailable, SlurmError, SlurmVmError, UsageError
+from .limits import AGENT_LOCK, AGENT_SOCKET, CH_API_SOCKET, QMP_SOCKET
 from .slurm import JobInfo, SlurmBackend
 from .slurm.srun import srun_in_job
 from .vmaccess import owned_vm, require_running
@@ -170,13 +170,6 @@ def check_agent_channel(job_dir: str) -> None:
 
 
 def guest_opened_port(job_dir: str) -> bool | None:
-    """QEMU's `frontend-open` of the agent chardev: whether the guest opened the port; None if QMP cannot say."""
-    from .launcher.qemu import qmp
-    try:
-        (chardevs,) = qmp(os.path.join(job_dir, QMP_SOCKET), ("query-chardev", None))
-    except HypervisorError:
-        return None
-    for chardev in chardevs:
-        if chardev.get("label") == AGENT_CHARDEV and "frontend-open" in chardev:
-            return bool(chardev["frontend-open"])
-    return None
+    """Whether the guest opened its agent port, as QEMU says; None if QMP cannot say."""
+    from .launcher.qemu import agent_port_open
+    return agent_port_open(os.path.join(job_dir, QMP_SOCKET))

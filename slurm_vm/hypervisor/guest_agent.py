@@ -109,9 +109,15 @@ class AgentClient:
             raise AgentError(f"the guest agent did not answer {command} within {timeout:.0f}s") from None
         return result_of(command, answer)
 
-    def send_only(self, command: str, arguments: dict | None = None) -> None:
-        """A command that does not answer on success (guest-shutdown, guest-suspend-*)."""
+    def send_only(self, command: str, arguments: dict | None = None, error_wait: float = 2.0) -> None:
+        """A command that does not answer on success (guest-shutdown): an error it answers within `error_wait`
+        raises AgentError; silence or the channel closing (the guest going down) is success."""
         self._send(encode_command(command, arguments))
+        try:
+            answer = self._answer(time.monotonic() + error_wait)
+        except (TimeoutError, AgentUnavailable):
+            return
+        result_of(command, answer)
 
     def _send(self, data: bytes) -> None:
         try:

@@ -88,8 +88,16 @@ def test_debian_guest_with_cloud_init_and_ssh(vm_cluster):
     except BaseException:
         vc.cluster.client(["scancel", str(job)])   # a failed check must not leave the VM holding a node
         raise
+    # The guest ignores the ACPI power button from now on: `stop` still ends it, through the guest agent, within
+    # the grace time (no hard stop: the job ends COMPLETED).
+    ignore = vc.slurm_vm("exec", "deb", "--", "sh", "-c",
+                         "mkdir -p /etc/systemd/logind.conf.d && printf '[Login]\\nHandlePowerKey=ignore\\n' "
+                         "> /etc/systemd/logind.conf.d/ignore.conf && systemctl restart systemd-logind", timeout=120)
+    assert ignore.returncode == 0, ignore
     stop = vc.slurm_vm("stop", "deb")
     assert stop.returncode == 0, stop.stderr
     state = vc.wait_gone_or_ended(job, timeout=120)
-    assert state == "COMPLETED", vc.output(job)[-3000:]
+    output = vc.output(job)
+    assert state == "COMPLETED", output[-3000:]
+    assert "asked its guest agent to power off" in output and "hard-stopped" not in output, output[-3000:]
     vc.wait_no_leaks(job)

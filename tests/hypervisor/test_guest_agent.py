@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from slurm_vm.errors import EXIT_EXEC_TIMEOUT, EXIT_NO_AGENT, AgentBusy, AgentUnavailable, ExecTimeout
+from slurm_vm.errors import EXIT_EXEC_TIMEOUT, EXIT_NO_AGENT, AgentBusy, AgentError, AgentUnavailable, ExecTimeout
 from slurm_vm.guestexec import RelayError, check_agent_channel, guest_opened_port, play_frames, relay
 from slurm_vm.hypervisor.guest_agent import exec_status, parse_line, run_command, session
 from slurm_vm.launcher.qemu import agent_argv, qemu_argv
@@ -22,6 +22,12 @@ from slurm_vm.limits import AGENT_LOCK, AGENT_SOCKET, CH_API_SOCKET, QMP_SOCKET
 from tests.hypervisor.shapes import definition
 
 QEMU_GA = shutil.which("qemu-ga") or "/usr/sbin/qemu-ga"
+# This agent runs on the test host, not in a guest: whatever would power off, suspend, freeze or reconfigure the
+# host is disabled (the agent answers "command disabled").
+HOST_UNSAFE = ("guest-shutdown", "guest-suspend-disk", "guest-suspend-ram", "guest-suspend-hybrid",
+               "guest-fsfreeze-freeze", "guest-fsfreeze-freeze-list", "guest-fstrim", "guest-set-time",
+               "guest-set-user-password", "guest-set-vcpus", "guest-set-memory-blocks", "guest-ssh-add-authorized-keys",
+               "guest-ssh-remove-authorized-keys")
 
 
 @pytest.fixture
@@ -39,7 +45,8 @@ def agent(job_dir):
     sock = os.path.join(job_dir, AGENT_SOCKET)
     state = os.path.join(job_dir, "qga-state")
     os.mkdir(state)
-    proc = subprocess.Popen([QEMU_GA, "-m", "unix-listen", "-p", sock, "-t", state, "-F/nonexistent"],
+    proc = subprocess.Popen([QEMU_GA, "-m", "unix-listen", "-p", sock, "-t", state, "-F/nonexistent",
+                             "--block-rpcs=" + ",".join(HOST_UNSAFE)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while not os.path.exists(sock):
@@ -204,3 +211,12 @@ def test_a_waiting_second_exec_runs_when_the_first_ends(agent, job_dir):
         assert results == []
     thread.join(30)
     assert results == [0]
+
+
+def test_a_refused_shutdown_is_an_error_and_nothing_else_waits_long(agent, job_dir):
+    """guest-shutdown answers nothing when it works; an agent that refuses it (here: disabled, as on this host)
+    answers an error, which the launcher reports."""
+    with _session(job_dir) as client:
+        with pytest.raises(AgentError, match="refused guest-shutdown"):
+            client.send_only("guest-shutdown", {"mode": "powerdown"})
+        assert run_command(client, ["true"], None, 10).exit_code == 0
