@@ -200,8 +200,9 @@ def status(ref: str, lines: int, as_json: bool, config_path: str | None) -> None
         serial = f"(serial log unavailable: {exc})"
     from .checkpoint.listing import job_checkpoints, owner_uid
     checkpoints = job_checkpoints(config.checkpoint.user_dir(job.user), job.job_id, owner_uid(job.user))
+    from .guestexec import guest_addresses
     print_status(record_of(job, managed_addresses(backend, config, [job]).get(job.job_id, ())), serial, as_json,
-                 checkpoints)
+                 checkpoints, guest_addresses(job, config.slurm_vm_command) if job.user == current_user() else None)
 
 
 @main.command()
@@ -312,6 +313,19 @@ def exec_relay(job_id: int, timeout: int, stdin: bool, command: tuple[str, ...],
     config = _config(config_path)
     directory = job_dir(config.node_state_dir(os.environ.get("SLURMD_NODENAME", "")), job_id)
     sys.exit(relay(directory, list(command), timeout, sys.stdin.buffer if stdin else None))
+
+
+@main.command("agent-relay", hidden=True)
+@click.argument("job_id", type=int)
+@click.option("--addresses", is_flag=True, required=True)
+@config_option
+def agent_relay(job_id: int, addresses: bool, config_path: str | None) -> None:
+    """The node end of `slurm-vm status`'s guest addresses (run by srun inside the job)."""
+    import os
+    from .guestexec import addresses_relay
+    from .node.layout import job_dir
+    config = _config(config_path)
+    sys.exit(addresses_relay(job_dir(config.node_state_dir(os.environ.get("SLURMD_NODENAME", "")), job_id)))
 
 
 @main.command()

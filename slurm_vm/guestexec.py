@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass
 from typing import IO, Iterable
 
-from .errors import EXIT_ERROR, AgentUnavailable, SlurmError, SlurmVmError, UsageError
+from .errors import EXIT_ERROR, EXIT_NO_AGENT, AgentUnavailable, SlurmError, SlurmVmError, UsageError
 from .limits import AGENT_LOCK, AGENT_SOCKET, CH_API_SOCKET, QMP_SOCKET
 from .slurm import JobInfo, SlurmBackend
 from .slurm.srun import srun_in_job
@@ -173,3 +173,47 @@ def guest_opened_port(job_dir: str) -> bool | None:
     """Whether the guest opened its agent port, as QEMU says; None if QMP cannot say."""
     from .launcher.qemu import agent_port_open
     return agent_port_open(os.path.join(job_dir, QMP_SOCKET))
+
+
+# --- the guest's own addresses (status) ------------------------------------------------------------------------
+
+ADDRESS_TIMEOUT = 20         # seconds for the node to answer (srun's start, QMP, the agent)
+
+
+def addresses_relay(job_dir: str, out: IO[str] | None = None) -> int:
+    """Node side: {"addresses": [...]} as the guest's agent reports them, or {"error": ..., "code": N}."""
+    from .hypervisor.guest_agent import reported_addresses, session
+    out = out or sys.stdout
+    try:
+        check_agent_channel(job_dir)
+        with session(os.path.join(job_dir, AGENT_SOCKET), os.path.join(job_dir, AGENT_LOCK), lock_wait=5.0,
+                     sync_timeout=3.0) as client:
+            answer = client.execute("guest-network-get-interfaces", None, 10.0)
+        _emit(out, {"addresses": list(reported_addresses(answer))})
+    except SlurmVmError as exc:
+        _emit(out, {"error": str(exc), "code": exc.exit_code})
+    return 0
+
+
+def guest_addresses(job: JobInfo, slurm_vm_command: str) -> list[tuple[str, ...] | str]:
+    """Per VM of a running job (its node order): the addresses its guest reports, or why there are none."""
+    from concurrent.futures import ThreadPoolExecutor
+    if job.state != "RUNNING" or not job.nodes:
+        return []
+    with ThreadPoolExecutor(max_workers=min(8, len(job.nodes))) as pool:
+        return list(pool.map(lambda node: _ask_node(job.job_id, node, slurm_vm_command), job.nodes))
+
+
+def _ask_node(job_id: int, node: str, slurm_vm_command: str) -> tuple[str, ...] | str:
+    argv = srun_in_job(job_id, node, [slurm_vm_command, "agent-relay", str(job_id), "--addresses"])
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=ADDRESS_TIMEOUT, check=False,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return "the node did not answer"
+    frame = decode_frame(proc.stdout.encode().strip().splitlines()[-1]) if proc.stdout.strip() else None
+    if frame is None:
+        return "the node did not answer"
+    if isinstance(frame.get("addresses"), list):
+        return tuple(str(a) for a in frame["addresses"])
+    return "no guest agent" if frame.get("code") == EXIT_NO_AGENT else str(frame.get("error", "no answer"))

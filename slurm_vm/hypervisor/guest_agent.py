@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import ipaddress
 import json
 import os
 import secrets
@@ -242,3 +243,40 @@ def run_command(client: AgentClient, argv: list[str], stdin: bytes | None, timeo
                               "in the guest; the agent cannot stop it)")
         time.sleep(delay)
         delay = min(delay * 2, poll)
+
+
+# --- guest-network-get-interfaces ----------------------------------------------------------------------------
+
+MAX_REPORTED = 32          # addresses shown per VM: a hostile guest cannot flood `status`
+
+
+def reported_addresses(interfaces: object) -> tuple[str, ...]:
+    """`address/prefix` of every global address the guest reports (no loopback, no IPv6 link-local), checked
+    as addresses: this is for the user's eyes only, never for filters or the address registry."""
+    found: list[str] = []
+    if not isinstance(interfaces, list):
+        return ()
+    for interface in interfaces:
+        entries = interface.get("ip-addresses") if isinstance(interface, dict) else None
+        for entry in entries if isinstance(entries, list) else []:
+            address = _address(entry)
+            if address is not None and address not in found:
+                found.append(address)
+            if len(found) >= MAX_REPORTED:
+                return tuple(found)
+    return tuple(found)
+
+
+def _address(entry: object) -> str | None:
+    if not isinstance(entry, dict) or not isinstance(entry.get("ip-address"), str):
+        return None
+    prefix = entry.get("prefix")
+    try:
+        ip = ipaddress.ip_address(entry["ip-address"])
+        network = ipaddress.ip_interface(f"{ip}/{prefix}") if isinstance(prefix, int) and not isinstance(
+            prefix, bool) else None
+    except ValueError:
+        return None
+    if ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast:
+        return None
+    return str(network) if network is not None else str(ip)

@@ -25,7 +25,7 @@ def qemu_argv(defn: VMDefinition, accelerator: str, nic_fds: list[int]) -> list[
             "-machine", "q35" if defn.boot.firmware else "pc", "-cpu", "host" if accelerator == "kvm" else "qemu64",
             "-smp", str(defn.cpus), "-m", f"{defn.memory_bytes >> 20}M",
             "-nodefaults", "-no-user-config", "-S", "-display", "none", "-monitor", "none",
-            *serial_argv(defn), *display_argv(defn), *agent_argv(defn),
+            *serial_argv(defn), *display_argv(defn),
             "-qmp", f"unix:{defn.path(QMP_SOCKET)},server=on,wait=off"]
     argv += boot_argv(defn.boot, ("-kernel", "-initrd", "-append", "-bios"))
     for i, disk in enumerate(defn.disks):
@@ -37,7 +37,8 @@ def qemu_argv(defn: VMDefinition, accelerator: str, nic_fds: list[int]) -> list[
         raise HypervisorError("one open file descriptor per NIC is needed")
     for i, (nic, fd) in enumerate(zip(defn.nics, nic_fds)):
         argv += ["-netdev", f"tap,id=n{i},fd={fd}", "-device", f"virtio-net-pci,netdev=n{i},mac={nic.mac}"]
-    return argv + qemu_share_argv(defn, defn.share_transport)
+    # The agent's port last: the devices before it keep the PCI slots they had before slurm-vm added it.
+    return argv + qemu_share_argv(defn, defn.share_transport) + agent_argv(defn)
 
 
 def serial_argv(defn: VMDefinition) -> list[str]:

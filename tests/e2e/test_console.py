@@ -64,6 +64,8 @@ def test_interactive_console_detach_and_reattach(vm_cluster):
     other_exec = vc.slurm_vm("exec", str(job), "--", "cat", "/etc/shadow", user="svmother")
     assert other_exec.returncode == 4 and other_exec.stdout == "", other_exec
     assert other_exec.stderr.strip().count("\n") == 0 and "not your VM" in other_exec.stderr, other_exec.stderr
+    status = vc.slurm_vm("status", "india")
+    assert "Guest says:  - (no guest agent)" in status.stdout, status
     bad_vm = vc.slurm_vm("exec", "india", "--vm", "1", "--", "true")
     assert bad_vm.returncode == 2 and "has 1 VM(s)" in bad_vm.stderr, bad_vm.stderr
 

@@ -4,6 +4,7 @@ unix socket on this host: the same program and protocol as in a guest, without b
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import socket
@@ -15,8 +16,8 @@ import time
 import pytest
 
 from slurm_vm.errors import EXIT_EXEC_TIMEOUT, EXIT_NO_AGENT, AgentBusy, AgentError, AgentUnavailable, ExecTimeout
-from slurm_vm.guestexec import RelayError, check_agent_channel, guest_opened_port, play_frames, relay
-from slurm_vm.hypervisor.guest_agent import exec_status, parse_line, run_command, session
+from slurm_vm.guestexec import RelayError, addresses_relay, check_agent_channel, guest_opened_port, play_frames, relay
+from slurm_vm.hypervisor.guest_agent import exec_status, parse_line, reported_addresses, run_command, session
 from slurm_vm.launcher.qemu import agent_argv, qemu_argv
 from slurm_vm.limits import AGENT_LOCK, AGENT_SOCKET, CH_API_SOCKET, QMP_SOCKET
 from tests.hypervisor.shapes import definition
@@ -220,3 +221,30 @@ def test_a_refused_shutdown_is_an_error_and_nothing_else_waits_long(agent, job_d
         with pytest.raises(AgentError, match="refused guest-shutdown"):
             client.send_only("guest-shutdown", {"mode": "powerdown"})
         assert run_command(client, ["true"], None, 10).exit_code == 0
+
+
+def test_reported_addresses_from_the_real_agent_and_from_a_hostile_one(agent, job_dir):
+    """The relay's answer from the real agent: this host's global addresses, no loopback. A hostile guest's
+    answer is checked field by field and bounded."""
+    frames = io.StringIO()
+    assert addresses_relay(job_dir, frames) == 0
+    (frame,) = [json.loads(line) for line in frames.getvalue().splitlines()]
+    reported = frame["addresses"]
+    assert not any(a.startswith(("127.", "::1")) for a in reported)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.1", 9))
+            own = probe.getsockname()[0]
+        except OSError:
+            own = None
+    if own is not None:
+        assert any(a.split("/")[0] == own for a in reported), (own, reported)
+    hostile = [{"name": "eth0\x1b[2J", "ip-addresses": [
+        {"ip-address": "10.0.0.5", "prefix": 24}, {"ip-address": "10.0.0.5\n; rm -rf /", "prefix": 24},
+        {"ip-address": "fe80::1", "prefix": 64}, {"ip-address": "2001:db8::5", "prefix": True},
+        {"ip-address": "192.0.2.1", "prefix": 99}, "junk", {"ip-address": 7}]},
+        {"name": "x", "ip-addresses": [{"ip-address": f"10.1.{i // 250}.{i % 250 + 1}", "prefix": 16}
+                                       for i in range(1000)]}, "junk"]
+    shown = reported_addresses(hostile)
+    assert shown[:2] == ("10.0.0.5/24", "2001:db8::5") and len(shown) == 32
+    assert reported_addresses({"not": "a list"}) == () and reported_addresses(None) == ()
