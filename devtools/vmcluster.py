@@ -146,9 +146,11 @@ class VMCluster:
     directory: str
     state_root: str
 
-    def slurm_vm(self, *args: str, user: str = TEST_USER, timeout: int = 60) -> subprocess.CompletedProcess:
+    def slurm_vm(self, *args: str, user: str = TEST_USER, timeout: int = 60,
+                 input: str | None = None) -> subprocess.CompletedProcess:
         argv = [os.path.join(venv_dir(), "bin", "slurm-vm"), *args]
-        return self.cluster.client(argv, user=user, env={"SLURM_VM_CONFIG": self.config_path}, timeout=timeout)
+        return self.cluster.client(argv, user=user, env={"SLURM_VM_CONFIG": self.config_path}, timeout=timeout,
+                                   input=input)
 
     def slurm_vm_argv(self, *args: str, user: str = TEST_USER) -> list[str]:
         """The command line of `slurm-vm ARGS` as `user` on the cluster's login side (for pexpect)."""

@@ -200,8 +200,9 @@ def status(ref: str, lines: int, as_json: bool, config_path: str | None) -> None
         serial = f"(serial log unavailable: {exc})"
     from .checkpoint.listing import job_checkpoints, owner_uid
     checkpoints = job_checkpoints(config.checkpoint.user_dir(job.user), job.job_id, owner_uid(job.user))
+    from .guestexec import guest_addresses
     print_status(record_of(job, managed_addresses(backend, config, [job]).get(job.job_id, ())), serial, as_json,
-                 checkpoints)
+                 checkpoints, guest_addresses(job, config.slurm_vm_command) if job.user == current_user() else None)
 
 
 @main.command()
@@ -277,6 +278,54 @@ def console_relay(job_id: int, config_path: str | None) -> None:
     from .node.layout import job_dir
     config = _config(config_path)
     sys.exit(relay(job_dir(config.node_state_dir(os.environ.get("SLURMD_NODENAME", "")), job_id)))
+
+
+@main.command("exec")
+@click.argument("ref", metavar="NAME|JOBID", shell_complete=_complete_vm)
+@click.option("--vm", "vm_index", type=click.IntRange(0, None), default=0, show_default=True,
+              help="which VM of a `count: N` job (0 is the first)")
+@click.option("--timeout", type=click.IntRange(1, 86400), default=300, show_default=True,
+              help="seconds the command may run (then exit code 124; it may still run in the guest)")
+@click.option("--stdin", is_flag=True, help="hand this command's standard input (at most 1 MiB) to the guest's")
+@click.argument("command", nargs=-1, required=True, metavar="-- CMD...")
+@config_option
+def exec_cmd(ref: str, vm_index: int, timeout: int, stdin: bool, command: tuple[str, ...],
+             config_path: str | None) -> None:
+    """Run a command in a VM through its guest agent; its output and exit code are the command's."""
+    from .guestexec import run_exec, target_of
+    from .lifecycle import current_user
+    config = _config(config_path)
+    target = target_of(_backend(config), ref, current_user(), vm_index)
+    sys.exit(run_exec(target, config.slurm_vm_command, list(command), timeout, stdin))
+
+
+@main.command("exec-relay", hidden=True)
+@click.argument("job_id", type=int)
+@click.option("--timeout", type=click.IntRange(1, 86400), default=300)
+@click.option("--stdin", is_flag=True)
+@click.argument("command", nargs=-1, required=True)
+@config_option
+def exec_relay(job_id: int, timeout: int, stdin: bool, command: tuple[str, ...], config_path: str | None) -> None:
+    """The node end of `slurm-vm exec` (run by srun inside the job): the command's frames on stdout."""
+    import os
+    from .guestexec import relay
+    from .node.layout import job_dir
+    config = _config(config_path)
+    directory = job_dir(config.node_state_dir(os.environ.get("SLURMD_NODENAME", "")), job_id)
+    sys.exit(relay(directory, list(command), timeout, sys.stdin.buffer if stdin else None))
+
+
+@main.command("agent-relay", hidden=True)
+@click.argument("job_id", type=int)
+@click.option("--addresses", is_flag=True, required=True)
+@config_option
+def agent_relay(job_id: int, addresses: bool, config_path: str | None) -> None:
+    """The node end of `slurm-vm status`'s guest addresses (run by srun inside the job)."""
+    import os
+    from .guestexec import addresses_relay
+    from .node.layout import job_dir
+    config = _config(config_path)
+    sys.exit(addresses_relay(job_dir(config.node_state_dir(os.environ.get("SLURMD_NODENAME", "")), job_id)))
 
 
 @main.command()

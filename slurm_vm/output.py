@@ -109,17 +109,25 @@ def print_doctor(report: Report, as_json: bool) -> None:
         print_table(COLUMNS, [_row(r) for r in report.vms])
 
 
-def print_status(record: VMRecord, serial: str, as_json: bool, checkpoints: list[dict] | None = None) -> None:
+def print_status(record: VMRecord, serial: str, as_json: bool, checkpoints: list[dict] | None = None,
+                 reported: list[tuple[str, ...] | str] | None = None) -> None:
+    """`reported`: per VM, the addresses its guest agent reports (or why none), shown apart from slurm-vm's own."""
     if as_json:
         data = record.as_json()
         data["serial_tail"] = serial.splitlines()
         data["checkpoints"] = checkpoints or []
+        data["guest_reported_addresses"] = [list(r) if isinstance(r, tuple) else None for r in reported or []]
         click.echo(json.dumps(data, indent=2))
         return
     for label, value in (("VM", record.name), ("Job", record.job_id), ("State", record.state),
                          ("Nodes", ",".join(record.nodes) or "-"), ("Reason", record.reason or "-"),
                          ("CPUs", record.cpus), ("Memory", record.memory), ("Uptime", record.uptime),
                          ("Time limit", record.time_limit), ("Addresses", ",".join(record.addresses) or "-")):
+        click.echo(f"{label + ':':12} {value}")
+    for i, answer in enumerate(reported or []):
+        label = "Guest says" if len(reported or []) == 1 else f"Guest {i} says"
+        value = (",".join(answer) or "no address") + "  (reported by the guest)" if isinstance(answer, tuple) \
+            else f"- ({answer})"
         click.echo(f"{label + ':':12} {value}")
     if checkpoints:
         from .checkpoint.listing import describe
