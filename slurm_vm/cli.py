@@ -346,10 +346,70 @@ def ssh(ref: str, login: str | None, ssh_args: tuple[str, ...], config_path: str
 @json_option
 @config_option
 def images(as_json: bool, config_path: str | None) -> None:
-    """List the images you may put in a spec's `image`."""
-    from .catalog import list_images
+    """List the images you may put in a spec's `image`: the admins' and yours (`user:NAME`)."""
+    from .catalog import list_images, list_user_images
+    from .lifecycle import current_user
     from .output import print_images
-    print_images(list_images(_config(config_path)), as_json)
+    config = _config(config_path)
+    print_images(list_images(config), as_json, list_user_images(config, current_user()))
+
+
+@main.group()
+def image() -> None:
+    """Your own images (`image: user:NAME` in a spec): import, list, info, rm."""
+
+
+@image.command("import")
+@click.argument("source", metavar="FILE")
+@click.argument("name")
+@click.option("--boot", metavar="IMAGE", help="the admin image whose kernel or firmware boots it (default: the "
+              "only one)")
+@click.option("--format", "fmt", type=click.Choice(["qcow2", "raw"]), help="the file's format (default: from its "
+              "name, .qcow2 or .raw/.img; never probed)")
+@json_option
+@config_option
+def image_import(source: str, name: str, boot: str | None, fmt: str | None, as_json: bool,
+                 config_path: str | None) -> None:
+    """Copy FILE (qcow2 or raw) into your repository as a self-contained qcow2 named NAME."""
+    from .catalog import import_user_image
+    from .lifecycle import current_user
+    from .output import print_user_image
+    print_user_image(import_user_image(_config(config_path), current_user(), source, name, boot, fmt), as_json)
+
+
+@image.command("list")
+@json_option
+@config_option
+def image_list(as_json: bool, config_path: str | None) -> None:
+    """Your images, each checked again, and your quota."""
+    from .catalog import list_user_images, user_usage
+    from .lifecycle import current_user
+    from .output import print_user_images
+    config = _config(config_path)
+    print_user_images(list_user_images(config, current_user()), user_usage(config, current_user()), as_json)
+
+
+@image.command("info")
+@click.argument("name")
+@json_option
+@config_option
+def image_info(name: str, as_json: bool, config_path: str | None) -> None:
+    """One of your images, checked in full (qemu-img check)."""
+    from .catalog import user_image_info
+    from .lifecycle import current_user
+    from .output import print_user_image
+    print_user_image(user_image_info(_config(config_path), current_user(), name), as_json)
+
+
+@image.command("rm")
+@click.argument("name")
+@config_option
+def image_rm(name: str, config_path: str | None) -> None:
+    """Remove one of your images."""
+    from .catalog import remove_user_image
+    from .lifecycle import current_user
+    remove_user_image(_config(config_path), current_user(), name)
+    click.echo(f"removed user:{name.removeprefix('user:')}")
 
 
 @main.command()

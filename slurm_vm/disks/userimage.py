@@ -194,22 +194,30 @@ def check_header(path: str, fd: int, fmt: str, max_virtual_size: int) -> int:
     return header.virtual_size
 
 
-def qemu_img_json(qemu_img: str, args: list[str], fd: int, ok_codes: tuple[int, ...] = (0,),
-                  timeout: int = QEMU_IMG_TIMEOUT) -> dict:
-    """`qemu-img ARGS /proc/self/fd/<fd>` with the descriptor inherited: qemu opens the inode that was checked."""
-    argv = [qemu_img, *args, f"/proc/self/fd/{fd}"]
+def run_qemu_img(qemu_img: str, args: list[str], pass_fds: tuple[int, ...] = (), ok_codes: tuple[int, ...] = (0,),
+                 timeout: int = QEMU_IMG_TIMEOUT) -> subprocess.CompletedProcess:
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, pass_fds=(fd,))
+        proc = subprocess.run([qemu_img, *args], capture_output=True, text=True, timeout=timeout, check=False,
+                              pass_fds=pass_fds)
     except FileNotFoundError:
         raise NodeError(f"{qemu_img} not found: install qemu-utils or set hypervisor.qemu_img") from None
     except subprocess.TimeoutExpired:
         raise ImageError(f"qemu-img {args[0]} took longer than {timeout}s") from None
+    if proc.returncode not in ok_codes:
+        raise ImageError(f"qemu-img {args[0]} refused it: {' '.join(proc.stderr.split())[:300] or 'no answer'}")
+    return proc
+
+
+def qemu_img_json(qemu_img: str, args: list[str], fd: int, ok_codes: tuple[int, ...] = (0,),
+                  timeout: int = QEMU_IMG_TIMEOUT) -> dict:
+    """`qemu-img ARGS /proc/self/fd/<fd>` with the descriptor inherited: qemu opens the inode that was checked."""
+    proc = run_qemu_img(qemu_img, [*args, f"/proc/self/fd/{fd}"], (fd,), ok_codes, timeout)
     try:
-        out = json.loads(proc.stdout) if proc.returncode in ok_codes else None
+        out = json.loads(proc.stdout)
     except ValueError:
         out = None
     if not isinstance(out, dict):
-        raise ImageError(f"qemu-img {args[0]} refused it: {' '.join(proc.stderr.split())[:300] or 'no answer'}")
+        raise ImageError(f"qemu-img {args[0]} gave no JSON: {' '.join(proc.stderr.split())[:300]}")
     out["_rc"] = proc.returncode
     return out
 
