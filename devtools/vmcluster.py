@@ -91,12 +91,22 @@ def test_config(directory: str, state_root: str, underlay: str, guests: dict, tr
         "log_file": os.path.join(directory, "hooks.log"),
         "mounts": {"allowed": ["$HOME", os.path.join(directory, "shares")], "transport": transport},
         "checkpoint": {"dir": os.path.join(checkpoint_root(directory), "%u")},
+        "user_images": {"repository": os.path.join(user_images_root(directory), "%u"), "quota": "1G",
+                        "max_virtual_size": "4G"},
     }
 
 
 def checkpoint_root(directory: str) -> str:
     """Checkpoints of the test cluster's users: every node sees it (one machine); users make their own dir."""
     root = os.path.join(directory, "checkpoints")
+    os.makedirs(root, exist_ok=True)
+    os.chmod(root, 0o1777)
+    return root
+
+
+def user_images_root(directory: str) -> str:
+    """The test cluster's users' image repositories: users make their own dir on their first import."""
+    root = os.path.join(directory, "user-images")
     os.makedirs(root, exist_ok=True)
     os.chmod(root, 0o1777)
     return root
