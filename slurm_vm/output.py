@@ -80,8 +80,8 @@ def print_images(images: list[ImageInfo], as_json: bool, user_images: list | Non
     user_images = user_images or []
     if as_json:
         print_json([{**i.as_json(), "owner": "admin"} for i in images] +
-                   [{"name": f"user:{n}", "owner": "you", **(r.as_json() if not isinstance(r, str) else
-                                                              {"refused": r})} for n, r in user_images])
+                   [{**(r.as_json() if not isinstance(r, str) else {"refused": r}), "name": f"user:{n}",
+                     "owner": "you"} for n, r in user_images])
         return
     if not images and not user_images:
         click.echo("no images in the image store: ask the admins")
@@ -97,7 +97,7 @@ def print_images(images: list[ImageInfo], as_json: bool, user_images: list | Non
 def print_user_images(entries: list, usage: tuple[int, int], as_json: bool) -> None:
     """`slurm-vm image list`: (name, UserImage or why refused) pairs."""
     if as_json:
-        print_json([{"name": f"user:{n}", **(r.as_json() if not isinstance(r, str) else {"refused": r})}
+        print_json([{**(r.as_json() if not isinstance(r, str) else {"refused": r}), "name": f"user:{n}"}
                     for n, r in entries])
         return
     if not entries:
