@@ -377,6 +377,37 @@ def image_import(source: str, name: str, boot: str | None, fmt: str | None, as_j
     print_user_image(import_user_image(_config(config_path), current_user(), source, name, boot, fmt), as_json)
 
 
+@image.command("save")
+@click.argument("ref", metavar="VM", shell_complete=_complete_vm)
+@click.argument("name")
+@config_option
+def image_save(ref: str, name: str, config_path: str | None) -> None:
+    """Copy a running VM's disk into your repository as NAME; the VM keeps running (crash-consistent)."""
+    from .imagesave import save_vm
+    from .lifecycle import current_user
+    config = _config(config_path)
+    click.echo(save_vm(_backend(config), config, ref, current_user(), name))
+
+
+@main.command("image-save-relay", hidden=True)
+@click.argument("job_id", type=int)
+@click.argument("name")
+@click.option("--boot", required=True)
+@config_option
+def image_save_relay(job_id: int, name: str, boot: str, config_path: str | None) -> None:
+    """The node end of `slurm-vm image save` (run by srun inside the job, as the user): prints a JSON answer."""
+    import json
+    import os
+    from .imagesave import relay
+    from .lifecycle import current_user
+    from .node.layout import job_dir
+    config = _config(config_path)
+    answer = relay(config, job_dir(config.node_state_dir(os.environ.get("SLURMD_NODENAME", "")), job_id),
+                   current_user(), name, boot)
+    click.echo(json.dumps(answer))
+    sys.exit(0 if answer["ok"] else 1)
+
+
 @image.command("list")
 @json_option
 @config_option

@@ -100,7 +100,7 @@ def usage(directory: str) -> int:
     return total
 
 
-def _read_meta(directory: str, name: str) -> dict:
+def read_meta(directory: str, name: str) -> dict:
     try:
         fd = os.open(meta_path(directory, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
@@ -145,7 +145,7 @@ def names(directory: str) -> list[str]:
 
 def record(directory: str, name: str, max_virtual_size: int, qemu_img: str, deep: bool = False) -> UserImage:
     """The image `name`, inspected (format qcow2, self-contained, within the size limit)."""
-    meta = _read_meta(directory, name)
+    meta = read_meta(directory, name)
     path = image_path(directory, name)
     fd = userimage.open_image(path)
     try:

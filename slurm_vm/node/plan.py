@@ -166,9 +166,9 @@ def make_plan(spec: VMSpec, config: Config, ctx: JobContext, holding: Holding | 
     `underlays`: network -> node -> underlay address for unicast VXLAN networks (node.underlay);
     `facts`: what the prolog found on the node (node.hostfacts), to resolve `hypervisor: auto`."""
     hypervisor = concrete_hypervisor(spec, config, facts or HostFacts())
-    image = config.images[spec.image]
     if is_user_image(spec.image) and base_size is None:
         raise NodeError(f"{spec.image}: a user's image is planned only after its check as the user (prolog)")
+    image = config.images[spec.image]
     state_dir = config.node_state_dir(ctx.node)
     jdir = job_dir(state_dir, ctx.job_id)
     overlay = os.path.join(jdir, OVERLAY_FILE)

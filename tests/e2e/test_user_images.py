@@ -11,6 +11,8 @@ import subprocess
 
 import pytest
 
+from tests.e2e.test_checkpoint import counters, wait_count
+
 pytestmark = [pytest.mark.cluster]
 
 SPEC = """name: {name}
@@ -129,3 +131,64 @@ def test_hostile_images_refused_at_import_and_at_use_without_a_drain(vm_cluster)
     vc.wait_no_leaks(job)
     assert vc.cluster.client(["sinfo", "-h", "-t", "drain", "-o", "%N"]).stdout.strip() == ""
     assert vc.slurm_vm("image", "rm", "swapped").returncode == 0
+
+
+WRITER = """name: {name}
+image: tiny-counter
+memory: 256M
+disk: 96M
+cloud_init:
+  user_data: |
+    #cloud-config
+    runcmd:
+      - echo SVMSAVEDMARK42 | dd of=/dev/vda bs=512 seek=2048 conv=notrunc
+      - sync
+      - echo MARK-WRITTEN
+"""
+
+READER = """name: {name}
+image: user:{image}
+memory: 256M
+cloud_init:
+  user_data: |
+    #cloud-config
+    runcmd:
+      - dd if=/dev/vda bs=512 skip=2048 count=1 | head -c 14
+      - echo READ-DONE
+"""
+
+
+@pytest.mark.guest
+def test_save_a_running_vm_and_boot_the_copy(vm_cluster):
+    vc = vm_cluster
+    job = vc.submit(WRITER.format(name="saver"), name="saver")
+    readers: list[int] = []
+    try:
+        vc.wait_state(job, {"RUNNING"}, timeout=120)
+        node = vc.job_field(job, "%N")
+        vc.wait_serial(node, job, "\nMARK-WRITTEN", timeout=120)
+        other = vc.slurm_vm("image", "save", str(job), "stolen", user="svmother", timeout=120)
+        assert other.returncode != 0 and "not your VM" in other.stderr, other.stderr
+        proc = vc.slurm_vm("image", "save", "saver", "saved", timeout=600)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "as user:saved" in proc.stdout and "keeps running" in proc.stdout, proc.stdout
+        # The original guest runs on: one boot, still counting after the save.
+        before = counters(vc.serial_log(node, job))
+        after = wait_count(vc, node, job, before[-1][0] + 3)
+        assert len({boot for _, boot, _ in after}) == 1 and vc.job_field(job, "%T") == "RUNNING"
+        info = json.loads(vc.slurm_vm("image", "info", "saved", "--json").stdout)
+        assert info["boot"] == "tiny-counter" and info["virtual_size"] == 96 << 20, info
+        assert vc.slurm_vm("image", "list", "--json", user="svmother").stdout.strip() == "[]"
+        readers.append(vc.submit(READER.format(name="reader", image="saved"), name="reader"))
+        vc.wait_state(readers[0], {"RUNNING"}, timeout=120)
+        rnode = vc.job_field(readers[0], "%N")
+        log = vc.wait_serial(rnode, readers[0], "READ-DONE", timeout=120)
+        assert "SVMSAVEDMARK42" in log, log[-2000:]
+        assert vc.job_field(job, "%T") == "RUNNING"
+    finally:
+        for j in (job, *readers):
+            vc.cluster.client(["scancel", str(j)])
+    for j in (job, *readers):
+        vc.wait_gone_or_ended(j, timeout=120)
+        vc.wait_no_leaks(j)
+    assert vc.slurm_vm("image", "rm", "saved").returncode == 0
