@@ -90,6 +90,18 @@ def list_user_images(config: Config, user: str) -> list:
                      config.hypervisor.qemu_img)
 
 
+def check_user_image_named(config: Config, user: str, image: str) -> None:
+    """At submit, as the user: a spec's `user:NAME` is in the user's repository (the prolog checks it in full)."""
+    from .config import USER_IMAGE_PREFIX, is_user_image
+    from .disks import repository
+    if not is_user_image(image) or config.user_images.repository is None:
+        return
+    directory = user_repo(config, user)
+    name = image.removeprefix(USER_IMAGE_PREFIX)
+    if name not in repository.names(directory):
+        raise repository.unknown(directory, name, sorted(config.images))
+
+
 def user_image_info(config: Config, user: str, name: str):
     from .disks import repository
     from .config import USER_IMAGE_PREFIX

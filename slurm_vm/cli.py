@@ -99,6 +99,8 @@ def submit(spec_path: str, sbatch_args: tuple[str, ...], dry_run: bool, parsable
     config = _config(config_path)
     spec, text = load_spec_file(spec_path, config)
     check_user_access(spec, config, current_user(), spec_path)
+    from .catalog import check_user_image_named
+    check_user_image_named(config, current_user(), spec.image)
     plan = plan_submission(text, spec, config, sbatch_args)
     if dry_run:
         click.echo(plan.describe())

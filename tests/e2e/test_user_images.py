@@ -83,7 +83,18 @@ def test_import_boot_and_isolation(vm_cluster):
     assert other_list.returncode == 0 and json.loads(other_list.stdout) == [], other_list.stdout
     other_info = vc.slurm_vm("image", "info", "fromraw", user="svmother")
     assert other_info.returncode != 0 and "no user:fromraw in your repository; yours: none" in other_info.stderr
-    theirs = vc.submit(SPEC.format(name="uother", image="user:fromraw"), name="uother", user="svmother")
+    spec = os.path.join(vc.directory, "specs", "uother.yaml")
+    with open(spec, "w") as fh:
+        fh.write(SPEC.format(name="uother", image="user:fromraw"))
+    os.chmod(spec, 0o644)
+    refused = vc.slurm_vm("submit", spec, user="svmother")
+    assert refused.returncode != 0 and "no user:fromraw in your repository; yours: none" in refused.stderr
+    # svmother's own `fromraw`, gone before the job starts: the prolog looks in svmother's repository only.
+    mine = users_file(vc, "own.img", b"\0" * (1 << 20), user="svmother")
+    assert import_as(vc, mine, "fromraw", user="svmother").returncode == 0
+    theirs = vc.submit(SPEC.format(name="uother", image="user:fromraw"), "--hold", name="uother", user="svmother")
+    assert vc.slurm_vm("image", "rm", "fromraw", user="svmother").returncode == 0
+    vc.cluster.client(["scontrol", "release", str(theirs)])
     try:
         for kind, job in jobs.items():
             vc.wait_state(job, {"RUNNING"}, timeout=120)
