@@ -548,6 +548,26 @@ def doctor(fix: bool, node_name: str | None, as_json: bool, config_path: str | N
 
 
 
+@node.command("cache-fill")
+@click.argument("images", nargs=-1)
+@click.option("--node", "node_name", metavar="NAME", help="Slurm node name of this host (default: hostname)")
+@config_option
+def cache_fill(images: tuple[str, ...], node_name: str | None, config_path: str | None) -> None:
+    """Copy admin base images (default: all) into this node's image cache ahead of jobs, without a time limit."""
+    import socket
+    from .disks.imagecache import ensure_cached
+    from .errors import NodeError
+    config = _config(config_path)
+    cache_dir = config.image_cache.node_dir(node_name or socket.gethostname())
+    if cache_dir is None:
+        raise NodeError("image_cache.dir is unset: there is no image cache to fill")
+    for name in images or sorted(config.images):
+        if name not in config.images:
+            raise NodeError(f"{name}: not an admin image ({', '.join(sorted(config.images))})")
+        result = ensure_cached(config.images[name].path, cache_dir, config.image_cache.max_size)
+        click.echo(f"{name}: {'copied to' if result.filled else 'already in'} {result.path}")
+
+
 @node.command("check")
 @click.option("--node", "node_name", metavar="NAME", help="Slurm node name of this host (default: hostname)")
 @click.option("--root", default="/", show_default=True, type=click.Path(file_okay=False),

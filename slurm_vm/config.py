@@ -139,6 +139,22 @@ class CheckpointConfig:
         return None if self.dir is None else self.dir.replace("%u", user)
 
 
+@dataclass(frozen=True)
+class ImageCacheConfig:
+    dir: str | None = field(AbsPath(), "node-local directory where the prolog keeps copies of the admins' base "
+                            "images (`%n`: the node name), so VMs read local disk, not the shared store; verified by "
+                            "SHA-256, one fill per image and node. Unset: VMs read `images[].path` directly", None,
+                            example="/var/cache/slurm-vm/images")
+    max_size: int = field(Size(1 * M, 1 << 50), "most bytes the cache may hold; least-recently-used copies are "
+                          "removed after a fill", "50G")
+    fill_seconds: int = field(Int(1, 80), "longest a prolog spends copying one image into the cache; a longer copy "
+                              "is given up and the job reads the shared path (prefill big images with `slurm-vm node "
+                              "cache-fill`)", 45)
+
+    def node_dir(self, node: str) -> str | None:
+        return None if self.dir is None else self.dir.replace("%n", node)
+
+
 USER_IMAGE_PREFIX = "user:"   # a spec's `image: user:NAME` is the job user's own image, never an admin's
 
 
@@ -187,6 +203,8 @@ class Config:
                                  MountsConfig())
     checkpoint: CheckpointConfig = field(Obj(CheckpointConfig), "checkpoints on preemption and time limit",
                                          CheckpointConfig())
+    image_cache: ImageCacheConfig = field(Obj(ImageCacheConfig), "node-local copies of the admins' base images",
+                                          ImageCacheConfig())
     user_images: UserImagesConfig = field(Obj(UserImagesConfig), "images users import or save themselves "
                                           "(`slurm-vm image`), beside the admins' `images`", UserImagesConfig())
     novnc_dir: str = field(AbsPath(), "noVNC's web files on login nodes, for `slurm-vm vnc --web` (Debian "

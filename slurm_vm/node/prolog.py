@@ -87,6 +87,28 @@ def with_user_image(spec: VMSpec, config: Config, ctx: JobContext) -> tuple[Conf
     return replace(config, images={**config.images, spec.image: effective}), image.virtual_size
 
 
+def with_cached_base(spec: VMSpec, config: Config, ctx: JobContext) -> Config:
+    """An admin image's node-local copy (image_cache) in place of its shared path; the shared path when there is no
+    cache, for users' images (never cached), or when the copy cannot be had now (logged: the job still runs)."""
+    cache_dir = config.image_cache.node_dir(ctx.node)
+    if cache_dir is None or is_user_image(spec.image):
+        return config
+    from ..disks.imagecache import ensure_cached
+    import time
+    image = config.images[spec.image]
+    try:
+        result = ensure_cached(image.path, cache_dir, config.image_cache.max_size,
+                               deadline=time.monotonic() + config.image_cache.fill_seconds,
+                               lock_timeout=config.image_cache.fill_seconds + 5)
+    except (NodeError, OSError) as exc:
+        log_event("prolog", ctx.job_id, f"image cache: {exc}; reading {image.path}", config.log_file, error=True)
+        return config
+    if result.filled:
+        log_event("prolog", ctx.job_id, f"image cache: {'refilled a damaged copy of' if result.refetched else 'copied'}"
+                  f" {image.path}" + (f"; evicted {len(result.evicted)}" if result.evicted else ""), config.log_file)
+    return replace(config, images={**config.images, spec.image: replace(image, path=result.path)})
+
+
 def plan_job(spec: VMSpec, config: Config, ctx: JobContext, holding: Holding | None, underlays: dict | None,
              facts: HostFacts | None, base_size: int | None = None) -> NodePlan:
     """make_plan, with everything it builds from the spec (seed documents included) proved writable."""
@@ -133,6 +155,7 @@ def run_prolog(env: dict[str, str]) -> int:
             check_node_identities(spec, config)
             ensure_checkpoint_dir(spec, config, ctx)
             job_config, base_size = with_user_image(spec, config, ctx)
+            job_config = with_cached_base(spec, job_config, ctx)
             holding = allocate_for_job(spec, config, ctx, state_dir)
             facts = gather(config, ctx.user, ctx.uid, ctx.gid)
             prepare_node(plan_job(spec, job_config, ctx, holding, resolve_underlays(spec, config, ctx), facts,

@@ -115,3 +115,25 @@ def test_a_hostile_image_is_refused_at_use_in_one_line(repo_root):
         with_user_image(spec, config, ctx("svmtest"))
     assert "backing file" in str(exc.value) and "\n" not in str(exc.value)
     assert str(exc.value).startswith("image user:mine: ")
+
+
+def test_the_prolog_reads_an_admin_image_from_the_node_cache_and_never_caches_a_users(tmp_path):
+    from slurm_vm.node.doctor import image_cache_findings
+    from slurm_vm.node.prolog import with_cached_base
+    base = tmp_path / "deb.qcow2"
+    base.write_bytes(os.urandom(1 << 20))
+    text = (f"images: {{deb: {{path: {base}, kernel: /k}}}}\nimage_cache: {{dir: {tmp_path}/cache/%n}}\n"
+            f"user_images: {{repository: {tmp_path}/u/%u}}\n")
+    config = parse_config(text, "c")
+    admin = parse_spec("name: web\nimage: deb\n", "spec", config)
+    cached = with_cached_base(admin, config, ctx("root"))
+    path = cached.images["deb"].path
+    assert path.startswith(f"{tmp_path}/cache/n1/") and open(path, "rb").read() == base.read_bytes()
+    users = parse_spec(SPEC, "spec", config)
+    assert with_cached_base(users, config, ctx("root")) is config
+    assert image_cache_findings(config, "n1", fix=False) == []
+    with open(path, "r+b") as fh:
+        fh.write(b"!")
+    found = image_cache_findings(config, "n1", fix=True)
+    assert len(found) == 1 and "damaged" in str(found[0]) and found[0].fixed and not os.path.exists(path)
+    assert with_cached_base(admin, config, ctx("root")).images["deb"].path == path and os.path.exists(path)
