@@ -11,6 +11,7 @@ import subprocess
 
 import pytest
 
+from devtools.vmcluster import venv_dir
 from tests.e2e.test_checkpoint import counters, wait_count
 
 pytestmark = [pytest.mark.cluster]
@@ -203,3 +204,51 @@ def test_save_a_running_vm_and_boot_the_copy(vm_cluster):
         vc.wait_gone_or_ended(j, timeout=120)
         vc.wait_no_leaks(j)
     assert vc.slurm_vm("image", "rm", "saved").returncode == 0
+
+
+CACHED = """name: {name}
+image: tiny-cached
+memory: 256M
+"""
+
+
+def cache_lines(vc, jobs) -> list[str]:
+    with open(os.path.join(vc.directory, "hooks.log"), errors="replace") as fh:
+        return [line for line in fh if "image cache:" in line and any(f"job {j}:" in line for j in jobs)]
+
+
+@pytest.mark.guest
+def test_node_cache_filled_once_for_concurrent_jobs_and_a_damaged_copy_refilled(vm_cluster):
+    vc = vm_cluster
+    cache = os.path.join(vc.directory, "image-cache")
+    for name in os.listdir(cache) if os.path.isdir(cache) else []:
+        os.unlink(os.path.join(cache, name))
+    node = vc.cluster.nodes[0]
+    jobs = [vc.submit(CACHED.format(name=f"cache{i}"), f"--nodelist={node}", name=f"cache{i}") for i in range(2)]
+    later: list[int] = []
+    try:
+        for job in jobs:
+            vc.wait_state(job, {"RUNNING"}, timeout=120)
+            vc.wait_serial(node, job, "SLURM-VM-TEST ready", timeout=120)
+        lines = cache_lines(vc, jobs)
+        assert len(lines) == 1 and "copied" in lines[0], lines
+        entry = [n for n in os.listdir(cache) if n.endswith(".img")]
+        assert len(entry) == 1
+        with open(os.path.join(cache, entry[0]), "r+b") as fh:
+            fh.seek(1 << 20)
+            fh.write(b"damage")
+        later.append(vc.submit(CACHED.format(name="cache2"), f"--nodelist={node}", name="cache2"))
+        vc.wait_state(later[0], {"RUNNING"}, timeout=120)
+        vc.wait_serial(node, later[0], "SLURM-VM-TEST ready", timeout=120)
+        lines = cache_lines(vc, later)
+        assert len(lines) == 1 and "refilled a damaged copy" in lines[0], lines
+        doctor = vc.cluster.node_exec(node, ["env", f"SLURM_VM_CONFIG={vc.config_path}",
+                                             os.path.join(venv_dir(), "bin", "slurm-vm"),
+                                             "node", "doctor", "--node", node], timeout=60)
+        assert "image cache" not in doctor.stdout, doctor.stdout
+    finally:
+        for job in (*jobs, *later):
+            vc.cluster.client(["scancel", str(job)])
+    for job in (*jobs, *later):
+        vc.wait_gone_or_ended(job, timeout=120)
+        vc.wait_no_leaks(job)
