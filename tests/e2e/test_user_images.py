@@ -234,6 +234,9 @@ def test_node_cache_filled_once_for_concurrent_jobs_and_a_damaged_copy_refilled(
         assert len(lines) == 1 and "copied" in lines[0], lines
         entry = [n for n in os.listdir(cache) if n.endswith(".img")]
         assert len(entry) == 1
+        for job in jobs:                   # the node's two cores are theirs: end them before the next job
+            vc.cluster.client(["scancel", str(job)])
+            vc.wait_gone_or_ended(job, timeout=120)
         with open(os.path.join(cache, entry[0]), "r+b") as fh:
             fh.seek(1 << 20)
             fh.write(b"damage")
