@@ -268,12 +268,11 @@ time: "15:00"
 @pytest.mark.guest
 @pytest.mark.slow
 def test_save_a_debian_vm_frozen_through_its_agent(vm_cluster):
-    """A file the guest wrote but never synced reaches the copy: the agent froze (and so flushed) the filesystems."""
+    """A file the guest wrote but never synced is in the copy: the agent froze (and so flushed) the filesystems."""
     vc = vm_cluster
     if "debian" not in open(vc.config_path).read():
         pytest.skip("the Debian test guest is not built: scripts/build-test-guests --only debian")
     job = vc.submit(DEBIAN.format(name="debsave", image="debian"), name="debsave")
-    copies: list[int] = []
     try:
         waited = vc.slurm_vm("wait", "debsave", "--timeout", "400", timeout=420)
         assert waited.returncode == 0, waited.stderr
@@ -285,17 +284,18 @@ def test_save_a_debian_vm_frozen_through_its_agent(vm_cluster):
         assert "frozen through its guest agent" in saved.stdout, saved.stdout
         thawed = vc.slurm_vm("exec", "debsave", "--", "sh", "-c", "echo still > /root/after", timeout=120)
         assert thawed.returncode == 0, thawed.stderr          # thawed: the guest writes on
-        vc.cluster.client(["scancel", str(job)])
-        vc.wait_gone_or_ended(job, timeout=120)
-        copies.append(vc.submit(DEBIAN.format(name="debcopy", image="user:debsaved"), name="debcopy"))
-        waited = vc.slurm_vm("wait", "debcopy", "--timeout", "400", timeout=420)
-        assert waited.returncode == 0, waited.stderr
-        read = vc.slurm_vm("exec", "debcopy", "--", "cat", "/root/saved-marker", timeout=120)
-        assert read.returncode == 0 and read.stdout.strip() == "FROZEN-MARK-7", (read.stdout, read.stderr)
+        # The copy, read offline (the Debian guest's disk is one ext4 filesystem): booting it is the tiny test's job.
+        copy = os.path.join(vc.directory, "user-images", "svmtest", "debsaved.qcow2")
+        raw = os.path.join(vc.directory, "debsaved.raw")
+        subprocess.run(["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw", copy, raw], check=True, timeout=300)
+        try:
+            read = subprocess.run(["debugfs", "-R", "cat /root/saved-marker", raw], capture_output=True, text=True,
+                                  timeout=60)
+        finally:
+            os.unlink(raw)
+        assert read.stdout.strip() == "FROZEN-MARK-7", (read.stdout, read.stderr)
     finally:
-        for j in (job, *copies):
-            vc.cluster.client(["scancel", str(j)])
-    for j in (job, *copies):
-        vc.wait_gone_or_ended(j, timeout=180)
-        vc.wait_no_leaks(j)
+        vc.cluster.client(["scancel", str(job)])
+    vc.wait_gone_or_ended(job, timeout=180)
+    vc.wait_no_leaks(job)
     assert vc.slurm_vm("image", "rm", "debsaved").returncode == 0
