@@ -170,7 +170,9 @@ def list_cmd(all_users: bool, ended: bool, history: bool, since: str | None, sta
         listing = history_or_live(_backend(config), config, user, since or DEFAULT_SINCE, parse_states(states))
         print_history(listing, as_json, user)
         return
-    records = list_vms(_backend(config), user, ended, config)
+    from .guestexec import with_guest_addresses
+    records = with_guest_addresses(list_vms(_backend(config), user, ended, config), config.slurm_vm_command,
+                                   current_user())
     note = unlisted_note(config.checkpoint.user_dir(current_user()), {r.job_id for r in records})
     print_records(records, as_json, user, ended, note)
 
