@@ -196,13 +196,15 @@ def addresses_relay(job_dir: str, out: IO[str] | None = None) -> int:
     return 0
 
 
-def guest_addresses(job: JobInfo, slurm_vm_command: str) -> list[tuple[str, ...] | str]:
-    """Per VM of a running job (its node order): the addresses its guest reports, or why there are none."""
+def guest_addresses(job: JobInfo, slurm_vm_command: str, vms: int | None = None) -> list[tuple[str, ...] | str]:
+    """Per VM of a running job (its node order; the first `vms` only): the addresses its guest reports, or why
+    there are none."""
     from concurrent.futures import ThreadPoolExecutor
-    if job.state != "RUNNING" or not job.nodes:
+    nodes = job.nodes[:vms] if vms is not None else job.nodes
+    if job.state != "RUNNING" or not nodes:
         return []
-    with ThreadPoolExecutor(max_workers=min(8, len(job.nodes))) as pool:
-        return list(pool.map(lambda node: _ask_node(job.job_id, node, slurm_vm_command), job.nodes))
+    with ThreadPoolExecutor(max_workers=min(8, len(nodes))) as pool:
+        return list(pool.map(lambda node: _ask_node(job.job_id, node, slurm_vm_command), nodes))
 
 
 def _ask_node(job_id: int, node: str, slurm_vm_command: str) -> tuple[str, ...] | str:
