@@ -103,6 +103,11 @@ class CheckpointDirError(UserFault):
     fails with what the admins must do; never a node fault."""
 
 
+class ImageError(UserFault):
+    """A user's disk image is refused (a backing or data file, a format mismatch, truncated, too large, over the
+    quota) or names nothing in the user's repository: one line, the job fails, the node stays in service."""
+
+
 class NotEnoughCores(HypervisorError):
     """The job step may use fewer cores than the VM has vCPUs."""
 

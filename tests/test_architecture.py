@@ -22,7 +22,8 @@ LAYERS: list[list[set[str]]] = [
     [{"launcher"}],                                                                 # the job step running one VM
     [{"node"},                                                                      # the root hooks, `slurm-vm launch`
      {"submit", "lifecycle", "output", "readiness", "sshjump", "console", "vmaccess", "completion", "userdoctor",
-      "catalog", "reference", "checkpoint_command", "history", "vnc", "vncrelay", "vncweb", "loopback", "guestexec"}],                               # the login side's library
+      "catalog", "imagesave", "reference", "checkpoint_command", "history", "vnc", "vncrelay", "vncweb", "loopback",
+      "guestexec"}],                                                                # the login side's library
     [{"cli"}],                                                                      # the thin click layer
 ]
 

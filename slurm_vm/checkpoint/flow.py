@@ -10,7 +10,7 @@ from ..errors import HypervisorError
 from ..hypervisor.definition import VMDefinition
 from . import group, store
 from ..slurm.requeue import JobControl
-from .manifest import OVERLAY_NAME, CheckpointRefused, Expected, Manifest, read_manifest, write_manifest
+from .manifest import OVERLAY_NAME, CheckpointRefused, Expected, FileEntry, Manifest, read_manifest, write_manifest
 from .files import copy_with_digest, restore_file
 from ..hypervisor.checkpoint_settings import CheckpointSettings
 from .vmm import Snapshotter
@@ -103,8 +103,7 @@ def save_part(defn: VMDefinition, settings: CheckpointSettings, snap: Snapshotte
     were frozen through its agent, quiesce.py)."""
     version = snap.version()
     compress = settings.compress and snap.can_compress
-    states = snap.save(path, compress, time.monotonic() + SAVE_TIMEOUT)
-    overlay = copy_with_digest(root_disk(defn), path, OVERLAY_NAME)
+    states, overlay = save_files(snap, path, compress, root_disk(defn))
     manifest = Manifest(job_id=defn.job_id, uid=os.getuid(), user=settings.user,
                         restart_count=settings.restart_count, reason=reason, created=time.time(),
                         image=settings.image, base_image=settings.base_image, base_size=_size(settings.base_image),
@@ -114,6 +113,12 @@ def save_part(defn: VMDefinition, settings: CheckpointSettings, snap: Snapshotte
                         states=tuple(states), overlay=overlay, guest_frozen=frozen)
     write_manifest(path, manifest)
     return manifest
+
+
+def save_files(snap: Snapshotter, path: str, compress: bool, disk: str) -> tuple[list[FileEntry], FileEntry]:
+    """The paused guest's state files and its overlay `disk`, copied into the empty directory `path`."""
+    states = snap.save(path, compress, time.monotonic() + SAVE_TIMEOUT)
+    return states, copy_with_digest(disk, path, OVERLAY_NAME)
 
 
 def _size(path: str) -> int:
