@@ -22,7 +22,6 @@ Pure parts first (names, the ruleset, /proc/net/udp parsing), then the executors
 from __future__ import annotations
 
 import errno
-import json
 from dataclasses import dataclass
 
 from ..errors import NodeError, UserFault
@@ -221,10 +220,7 @@ def guard_state(link, port: int) -> str:
 
 def apply_rules(plan: UnderlayPlan) -> None:
     from .nft import apply_ruleset
-    try:
-        apply_ruleset(ruleset(plan))
-    except NodeError as exc:
-        raise NodeError(f"cannot apply the VXLAN underlay rules ({TABLE}): {exc}") from None
+    apply_ruleset(ruleset(plan), f"the VXLAN underlay rules ({TABLE})")
 
 
 def ensure_underlay(plan: UnderlayPlan) -> None:
@@ -233,23 +229,12 @@ def ensure_underlay(plan: UnderlayPlan) -> None:
     apply_rules(plan)
 
 
-def _listed_rules(family: str) -> list[dict] | None:
-    from .nft import _run
-    proc = _run(["-j", "list", "table", family, TABLE])
-    if proc.returncode != 0:
-        return None
-    try:
-        items = json.loads(proc.stdout or "{}").get("nftables", [])
-    except ValueError:
-        return None
-    return [i["rule"] for i in items if isinstance(i, dict) and "rule" in i]
-
-
 def rules_in_place(plan: UnderlayPlan) -> bool:
     """The node's tables have the chains and rules `plan` makes (compared as nft prints them back)."""
+    from .nft import list_table_rules
     wanted = [r["add"]["rule"] for r in ruleset(plan)["nftables"] if "rule" in r.get("add", {})]
     for family in (FAMILY, BRIDGE_FAMILY):
-        rules = _listed_rules(family)
+        rules = list_table_rules(family, TABLE)
         mine = [w for w in wanted if w["family"] == family]
         if rules is None or len(rules) != len(mine) or any(r.get("chain") != w["chain"]
                                                           for r, w in zip(rules, mine)):
