@@ -172,7 +172,9 @@ def list_cmd(all_users: bool, ended: bool, history: bool, since: str | None, sta
         listing = history_or_live(_backend(config), config, user, since or DEFAULT_SINCE, parse_states(states))
         print_history(listing, as_json, user)
         return
-    records = list_vms(_backend(config), user, ended, config)
+    from .guestexec import with_guest_addresses
+    records = with_guest_addresses(list_vms(_backend(config), user, ended, config), config.slurm_vm_command,
+                                   current_user())
     note = unlisted_note(config.checkpoint.user_dir(current_user()), {r.job_id for r in records})
     print_records(records, as_json, user, ended, note)
 
@@ -374,6 +376,15 @@ def stop(ref: str, force: bool, config_path: str | None) -> None:
     click.echo(stop_vm(backend, find_vm(backend, ref, current_user()), force))
 
 
+def _guest_asker(job, slurm_vm_command: str):
+    """For ssh/scp to a VM without an address slurm-vm knows: the addresses the first VM's guest reports."""
+    def ask() -> tuple[str, ...]:
+        from .guestexec import guest_addresses
+        answers = guest_addresses(job, slurm_vm_command, vms=1)
+        return answers[0] if answers and isinstance(answers[0], tuple) else ()
+    return ask
+
+
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("-l", "login", metavar="USER", help="user to log in as")
 @click.argument("ref", metavar="NAME|JOBID", shell_complete=_complete_vm)
@@ -389,7 +400,8 @@ def ssh(ref: str, login: str | None, ssh_args: tuple[str, ...], config_path: str
     backend = _backend(config)
     job = owned_vm(backend, ref, current_user())
     argv = ssh_command(job, require_running(backend, job), config.slurm_vm_command, login, ssh_args,
-                       managed_addresses(backend, config, [job]).get(job.job_id, ()), config.networks)
+                       managed_addresses(backend, config, [job]).get(job.job_id, ()), config.networks,
+                       _guest_asker(job, config.slurm_vm_command))
     os.execvp(argv[0], argv)
 
 
@@ -534,7 +546,7 @@ def scp(scp_args: tuple[str, ...], config_path: str | None) -> None:
         job = owned_vm(backend, name, current_user())
         return job, require_running(backend, job), config.slurm_vm_command
     argv = scp_command(scp_args, resolve, lambda job: managed_addresses(backend, config, [job]).get(job.job_id, ()),
-                       config.networks)
+                       config.networks, lambda job: _guest_asker(job, config.slurm_vm_command))
     os.execvp(argv[0], argv)
 
 

@@ -22,10 +22,11 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import IO, Iterable
 
 from .errors import EXIT_ERROR, EXIT_NO_AGENT, AgentUnavailable, SlurmError, SlurmVmError, UsageError
+from .lifecycle import VMRecord
 from .limits import AGENT_LOCK, AGENT_SOCKET, CH_API_SOCKET, QMP_SOCKET
 from .slurm import JobInfo, SlurmBackend
 from .slurm.srun import srun_in_job
@@ -195,13 +196,15 @@ def addresses_relay(job_dir: str, out: IO[str] | None = None) -> int:
     return 0
 
 
-def guest_addresses(job: JobInfo, slurm_vm_command: str) -> list[tuple[str, ...] | str]:
-    """Per VM of a running job (its node order): the addresses its guest reports, or why there are none."""
+def guest_addresses(job: JobInfo, slurm_vm_command: str, vms: int | None = None) -> list[tuple[str, ...] | str]:
+    """Per VM of a running job (its node order; the first `vms` only): the addresses its guest reports, or why
+    there are none."""
     from concurrent.futures import ThreadPoolExecutor
-    if job.state != "RUNNING" or not job.nodes:
+    nodes = job.nodes[:vms] if vms is not None else job.nodes
+    if job.state != "RUNNING" or not nodes:
         return []
-    with ThreadPoolExecutor(max_workers=min(8, len(job.nodes))) as pool:
-        return list(pool.map(lambda node: _ask_node(job.job_id, node, slurm_vm_command), job.nodes))
+    with ThreadPoolExecutor(max_workers=min(8, len(nodes))) as pool:
+        return list(pool.map(lambda node: _ask_node(job.job_id, node, slurm_vm_command), nodes))
 
 
 def _ask_node(job_id: int, node: str, slurm_vm_command: str) -> tuple[str, ...] | str:
@@ -217,3 +220,20 @@ def _ask_node(job_id: int, node: str, slurm_vm_command: str) -> tuple[str, ...] 
     if isinstance(frame.get("addresses"), list):
         return tuple(str(a) for a in frame["addresses"])
     return "no guest agent" if frame.get("code") == EXIT_NO_AGENT else str(frame.get("error", "no answer"))
+
+
+def with_guest_addresses(records: list[VMRecord], slurm_vm_command: str, user: str) -> list[VMRecord]:
+    """`list`: the caller's running VMs for which slurm-vm knows no address (DHCP) get what their guests report
+    (one srun per such VM's node, 8 at a time); the others cost nothing."""
+    from concurrent.futures import ThreadPoolExecutor
+    wanted = [(r, node) for r in records if r.user == user and r.state == "RUNNING" and not r.addresses
+              for node in r.nodes]
+    if not wanted:
+        return records
+    with ThreadPoolExecutor(max_workers=min(8, len(wanted))) as pool:
+        answers = list(pool.map(lambda pair: _ask_node(pair[0].job_id, pair[1], slurm_vm_command), wanted))
+    found: dict[int, list[str]] = {}
+    for (record, _), answer in zip(wanted, answers):
+        if isinstance(answer, tuple):
+            found.setdefault(record.job_id, []).extend(answer)
+    return [replace(r, guest_addresses=tuple(found[r.job_id])) if found.get(r.job_id) else r for r in records]

@@ -36,11 +36,13 @@ class VMRecord:
     user: str
     checkpoints: int = 0            # complete checkpoints in the owner's checkpoint dir (when readable)
     checkpoint_bytes: int = 0
+    guest_addresses: tuple[str, ...] = ()   # as the guest's agent reports them (shown only; list: DHCP guests)
 
     def as_json(self) -> dict:
         data = asdict(self)
         data["nodes"] = list(self.nodes)
         data["addresses"] = list(self.addresses)
+        data["guest_addresses"] = list(self.guest_addresses)
         return data
 
 

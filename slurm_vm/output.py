@@ -22,7 +22,14 @@ COLUMNS = ("NAME", "JOBID", "STATE", "NODES", "CPUS", "MEMORY", "UPTIME", "ADDRE
 def _row(r: VMRecord) -> tuple[str, ...]:
     from .checkpoint.listing import summary
     return (r.name, str(r.job_id), r.state, ",".join(r.nodes) or r.reason, str(r.cpus), r.memory, r.uptime,
-            ",".join(r.addresses) or "-", summary(r.checkpoints, r.checkpoint_bytes, r.state))
+            _addresses(r), summary(r.checkpoints, r.checkpoint_bytes, r.state))
+
+
+def _addresses(r: VMRecord) -> str:
+    """slurm-vm's own addresses; else what the guest reports, marked as the guest's word."""
+    if r.addresses:
+        return ",".join(r.addresses)
+    return ",".join(r.guest_addresses) + " (guest)" if r.guest_addresses else "-"
 
 
 def column_widths(rows: list[tuple[str, ...]], columns: tuple[str, ...] = COLUMNS) -> list[int]:

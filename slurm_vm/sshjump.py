@@ -14,6 +14,7 @@ import selectors
 import shlex
 import socket
 import sys
+from typing import Callable
 
 from .errors import NotFound, SlurmVmError
 from .lifecycle import record_of, spec_of_job
@@ -23,13 +24,19 @@ from .slurm.srun import srun_in_job
 CONNECT_TIMEOUT = 20.0
 
 
-def vm_address(job: JobInfo, managed: tuple[str, ...] = (), networks: dict | None = None) -> str:
+def vm_address(job: JobInfo, managed: tuple[str, ...] = (), networks: dict | None = None,
+               ask_guest: Callable[[], tuple[str, ...]] | None = None) -> str:
     """The spec's static address, else one slurm-vm handed out (`managed`: lifecycle.managed_addresses); with
-    the config's `networks`, only an address on a network the VM's node can reach (a bridge)."""
+    the config's `networks`, only an address on a network the VM's node can reach (a bridge). A VM with none
+    (a DHCP NIC): the first address its guest agent reports (`ask_guest`), IPv4 first. That address is only
+    where the user's own relay connects, as the user, inside the user's job: nothing is granted by it."""
     record = record_of(job, managed)
     if not record.addresses:
-        raise NotFound(f"VM {job.vm_name} has no address slurm-vm knows: give its NIC a static `address` in "
-                       "the spec, or ssh through its node to the address your network's DHCP gave it")
+        reported = guest_choice(ask_guest() if ask_guest is not None else ())
+        if reported is not None:
+            return reported
+        raise NotFound(f"VM {job.vm_name} has no address slurm-vm knows and its guest agent reports none: give "
+                       "its NIC a static `address` in the spec, or install qemu-guest-agent in the guest")
     if networks is None:
         return record.addresses[0]
     where = {address: network_of(job, address, networks) for address in record.addresses}
@@ -40,6 +47,29 @@ def vm_address(job: JobInfo, managed: tuple[str, ...] = (), networks: dict | Non
     raise NotFound(f"VM {job.vm_name} has no address its node can reach ({named}: the node has no address on "
                    "job-private segments and cannot talk to its own macvtap guests): use `slurm-vm console "
                    f"{job.vm_name}`, or give the VM a NIC on a bridge network")
+
+
+def guest_choice(reported: tuple[str, ...]) -> str | None:
+    """The address to ssh to among a guest's reported `address/prefix` strings: the first IPv4, else the first."""
+    import ipaddress
+    plain = [r.split("/")[0] for r in reported]
+    for address in plain:
+        try:
+            if ipaddress.ip_address(address).version == 4:
+                return address
+        except ValueError:
+            continue
+    valid = [a for a in plain if _is_address(a)]
+    return valid[0] if valid else None
+
+
+def _is_address(text: str) -> bool:
+    import ipaddress
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
 
 
 def network_of(job: JobInfo, address: str, networks: dict) -> tuple[str, str]:
@@ -69,8 +99,9 @@ def jump_options(job: JobInfo, node: str, slurm_vm_command: str) -> list[str]:
 
 
 def ssh_command(job: JobInfo, node: str, slurm_vm_command: str, login: str | None,
-                extra: tuple[str, ...], managed: tuple[str, ...] = (), networks: dict | None = None) -> list[str]:
-    address = vm_address(job, managed, networks)
+                extra: tuple[str, ...], managed: tuple[str, ...] = (), networks: dict | None = None,
+                ask_guest: Callable[[], tuple[str, ...]] | None = None) -> list[str]:
+    address = vm_address(job, managed, networks, ask_guest)
     target = f"{login}@{address}" if login else address
     options, command = split_ssh_args(extra)
     return ["ssh", *options, *jump_options(job, node, slurm_vm_command), target, *command]
@@ -98,9 +129,11 @@ def split_ssh_args(args: tuple[str, ...]) -> tuple[list[str], list[str]]:
     return options, list(args[i:])
 
 
-def scp_command(args: tuple[str, ...], resolve, managed_of=lambda job: (), networks: dict | None = None) -> list[str]:
+def scp_command(args: tuple[str, ...], resolve, managed_of=lambda job: (), networks: dict | None = None,
+                guest_of=None) -> list[str]:
     """scp with `[user@]VM:path` operands; `resolve(name) -> (job, node, slurm_vm_command)`. One VM per call.
-    `managed_of(job)`: the addresses slurm-vm handed out to the job (lifecycle.managed_addresses)."""
+    `managed_of(job)`: the addresses slurm-vm handed out to the job (lifecycle.managed_addresses); `guest_of(job)`:
+    a callable asking the guest's agent, for a VM without either (vm_address)."""
     out: list[str] = []
     seen: dict[str, tuple] = {}
     for arg in args:
@@ -112,7 +145,8 @@ def scp_command(args: tuple[str, ...], resolve, managed_of=lambda job: (), netwo
         if name not in seen:
             seen[name] = resolve(name)
         job = seen[name][0]
-        out.append(f"{user}{at}{vm_address(job, managed_of(job), networks)}:{path}")
+        address = vm_address(job, managed_of(job), networks, guest_of(job) if guest_of is not None else None)
+        out.append(f"{user}{at}{f'[{address}]' if ':' in address else address}:{path}")
     if len(seen) != 1:
         raise SlurmVmError("name exactly one VM as NAME:path (or user@NAME:path) in the scp arguments"
                            if not seen else "scp between two VMs is not supported: copy through your machine")

@@ -38,7 +38,9 @@ TIME_LIMIT_WAIT_SLACK = 180
 HARD_STOP_WAIT = 5.0
 POLL = 0.1
 REPRESS_SECONDS = 4.0      # the power button again while the grace time runs
-AGENT_SHUTDOWN_SHARE = 1 / 3   # a guest still up after this share of the grace time is asked through its agent
+AGENT_SHUTDOWN_SHARE = 1 / 6   # a guest still up after this share of the grace time is asked through its agent
+AGENT_SHUTDOWN_MIN = 2.0       # ... and at least this many seconds after the first press (a guest that handles
+                               # the button is then already shutting down: the agent's request changes nothing)
 LOG_TAIL_LINES = 15
 
 
@@ -279,9 +281,9 @@ class Launcher:
 
 
 def agent_shutdown_after(grace_seconds: int) -> float:
-    """Seconds after the first press at which an ignored power button is followed by the guest agent's shutdown
-    (after at least one more press)."""
-    return max(REPRESS_SECONDS, grace_seconds * AGENT_SHUTDOWN_SHARE)
+    """Seconds after the first press at which an ignored power button is followed by the guest agent's shutdown:
+    early, so that the guest's own orderly shutdown has most of the grace time."""
+    return max(AGENT_SHUTDOWN_MIN, grace_seconds * AGENT_SHUTDOWN_SHARE)
 
 
 def ask_agent_to_shut_down(runtime: Runtime) -> threading.Thread:

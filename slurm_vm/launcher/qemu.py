@@ -186,6 +186,7 @@ class QemuRuntime(Runtime):
         return session(self.defn.path(AGENT_SOCKET), self.defn.path(AGENT_LOCK), lock_wait, sync_timeout)
 
     def agent_shutdown(self) -> None:
+        self._agent_present()
         with self.agent() as client:
             client.send_only("guest-shutdown", {"mode": "powerdown"})
 

@@ -38,6 +38,25 @@ def test_vm_without_a_known_address_is_one_line():
         ssh_command(vm_job(None), "n2", "slurm-vm", None, ())
 
 
+def test_a_dhcp_vm_is_reached_at_the_address_its_guest_reports():
+    """Only when slurm-vm knows no address: IPv4 first, garbage skipped; a known address is never overridden."""
+    asked = []
+
+    def guest(*reported: str):
+        return lambda: asked.append(1) or tuple(reported)
+    argv = ssh_command(vm_job(None), "n2", "slurm-vm", "debian", (), ask_guest=guest("fd00::9/64", "10.9.0.7/24"))
+    assert argv[-1] == "debian@10.9.0.7"
+    assert ssh_command(vm_job(None), "n2", "slurm-vm", None, (), ask_guest=guest("x/1", "fd00::9/64"))[-1] == "fd00::9"
+    before = len(asked)
+    assert ssh_command(vm_job(), "n2", "slurm-vm", None, (), ask_guest=guest("10.9.0.7/24"))[-1] == "10.0.0.10"
+    assert len(asked) == before                      # a VM with a known address costs no question
+    with pytest.raises(NotFound, match="guest agent reports none"):
+        ssh_command(vm_job(None), "n2", "slurm-vm", None, (), ask_guest=guest())
+    scp = scp_command(("f", "web:/tmp/"), lambda name: (vm_job(None), "n2", "slurm-vm"),
+                      guest_of=lambda job: guest("fd00::9/64"))
+    assert scp[-1] == "[fd00::9]:/tmp/"
+
+
 def test_ssh_argument_split():
     assert split_ssh_args(("-p", "2222", "-A", "ls", "-l")) == (["-p", "2222", "-A"], ["ls", "-l"])
     assert split_ssh_args(("-o", "X=1", "--", "-weird")) == (["-o", "X=1"], ["-weird"])

@@ -248,3 +248,24 @@ def test_reported_addresses_from_the_real_agent_and_from_a_hostile_one(agent, jo
     shown = reported_addresses(hostile)
     assert shown[:2] == ("10.0.0.5/24", "2001:db8::5") and len(shown) == 32
     assert reported_addresses({"not": "a list"}) == () and reported_addresses(None) == ()
+
+
+def test_list_asks_guests_only_for_running_vms_of_the_caller_without_an_address():
+    from slurm_vm.guestexec import with_guest_addresses
+    from slurm_vm.lifecycle import VMRecord
+    from slurm_vm.output import _addresses, _row
+
+    def record(**kw) -> VMRecord:
+        base = dict(name="web", job_id=7, state="RUNNING", nodes=("n1",), cpus=1, memory="1G", uptime="1:00",
+                    time_limit="1:00:00", reason="", addresses=("10.0.0.5",), user="alice")
+        return VMRecord(**{**base, **kw})
+
+    # Nothing to ask: a known address, another user's VM, a pending one.
+    quiet = [record(), record(user="bob", addresses=()), record(state="PENDING", nodes=(), addresses=())]
+    assert with_guest_addresses(quiet, "/nonexistent/slurm-vm", "alice") == quiet
+    asked = with_guest_addresses([record(addresses=())], "/nonexistent/slurm-vm", "alice")
+    assert asked[0].guest_addresses == ()          # no such job (or no srun) here: nothing shown, nothing raised
+    assert _addresses(record(addresses=(), guest_addresses=("192.168.1.9/24",))) == "192.168.1.9/24 (guest)"
+    assert _addresses(record(guest_addresses=("192.168.1.9/24",))) == "10.0.0.5"
+    assert _row(record(addresses=()))[7] == "-"
+    assert record(guest_addresses=("a",)).as_json()["guest_addresses"] == ["a"]

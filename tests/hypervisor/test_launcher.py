@@ -222,6 +222,8 @@ def test_guest_ignoring_acpi_is_hard_stopped(make_run):
     lines = read_until(proc, "waiting for Slurm to end the job at its time limit")
     assert 3 <= time.monotonic() - started < 15
     assert any("hard-stopped" in line for line in lines), lines
+    # After 2 s of ignored presses the agent is asked; the tiny guest has none: one line, no delay to the hard stop.
+    assert any("its guest agent cannot be asked (no guest agent answers" in line for line in lines), lines
     assert_no_vmm_besides_the_launcher(run)
     os.kill(run.launcher_pid(), signal.SIGTERM)   # Slurm, at the time limit
     code, out = finish(proc)
