@@ -16,7 +16,7 @@ PACKAGE = os.path.join(ROOT, "slurm_vm")
 
 # Bottom to top: each layer is a list of columns (sets of units).
 LAYERS: list[list[set[str]]] = [
-    [{"errors", "limits", "units", "yamldoc", "mounts", "schema", "transport", "acceptloop"}],   # foundation
+    [{"errors", "limits", "units", "yamldoc", "mounts", "schema", "transport", "acceptloop", "flocks"}],   # foundation
     [{"hypervisor", "disks", "networks", "slurm", "config", "spec"}],              # core: definitions, plain libraries
     [{"checkpoint"}],                                                               # save/restore, VMM-neutral
     [{"launcher"}],                                                                 # the job step running one VM

@@ -20,8 +20,6 @@ size limit (the entry just used is kept; a running VM keeps reading an evicted e
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -99,20 +97,9 @@ def entry_is_sound(entry: str, meta: dict | None) -> bool:
 
 
 def _lock(lock_path: str, timeout: float) -> int:
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                os.close(fd)
-                raise
-        if time.monotonic() > deadline:
-            os.close(fd)
-            raise NodeError(f"the image cache entry {lock_path} stayed locked (another fill) for {timeout:.0f}s")
-        time.sleep(0.1)
+    from ..flocks import lock_within
+    return lock_within(lock_path, timeout, lambda: NodeError(
+        f"the image cache entry {lock_path} stayed locked (another fill) for {timeout:.0f}s"), poll=0.1)
 
 
 def _fill(source: str, cache_dir: str, key: str, entry: str, deadline: float | None = None) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import ipaddress
 import json
 import os
@@ -53,18 +52,9 @@ def session(socket_path: str, lock_path: str, lock_wait: float = 30.0,
 
 
 def _take_lock(path: str, wait: float) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                os.close(fd)
-                raise AgentBusy(f"the guest agent is busy with another session for more than {wait:.0f}s; "
-                                "try again") from None
-            time.sleep(0.05)
+    from ..flocks import lock_within
+    return lock_within(path, wait, lambda: AgentBusy(f"the guest agent is busy with another session for more than "
+                                                     f"{wait:.0f}s; try again"))
 
 
 class AgentClient:

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import socket
 import sys
-import time
 from typing import Iterator
 
 from ..errors import NodeError, NodeNotReady
@@ -194,20 +192,12 @@ def _segment_file(locks_dir: str, vni: int) -> str:
 
 @contextlib.contextmanager
 def _segment_lock(locks_dir: str, vni: int, timeout: float = SEGMENT_LOCK_TIMEOUT) -> Iterator[None]:
+    from ..flocks import lock_within
     os.makedirs(locks_dir, mode=0o700, exist_ok=True)
-    fd = os.open(os.path.join(locks_dir, f"vxlan-{vni}.lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600)
+    fd = lock_within(os.path.join(locks_dir, f"vxlan-{vni}.lock"), timeout, lambda: NodeError(
+        f"VXLAN segment {vni}: its lock was held for more than {timeout:.0f}s (a stuck prolog or epilog on this "
+        "node?)"), poll=0.01)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise NodeError(f"VXLAN segment {vni}: its lock was held for more than {timeout:.0f}s "
-                                    "(a stuck prolog or epilog on this node?)") from None
-                time.sleep(0.01)
         yield
     finally:
         os.close(fd)
