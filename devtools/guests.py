@@ -29,7 +29,8 @@ TINY_MODULES = ["virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_le
 ROOT_MODULES = ["virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci",
                 "virtio_blk", "crc16", "crc32c_generic", "libcrc32c", "mbcache", "jbd2", "ext4"]
 DEBIAN_PACKAGES = ["systemd-sysv", "udev", "dbus", "cloud-init", "python3-cffi-backend", "openssh-server",
-                   "ifupdown", "iproute2", "iputils-ping", "kmod", "sudo", "netbase", "isc-dhcp-client"]
+                   "ifupdown", "iproute2", "iputils-ping", "kmod", "sudo", "netbase", "isc-dhcp-client",
+                   "qemu-guest-agent"]   # slurm-vm exec, guest addresses, freeze/thaw (docs/test-guests.md)
 TINY_CMDLINE = "console=ttyS0 panic=-1 quiet"
 DEBIAN_CMDLINE = "console=ttyS0 root=LABEL=svmroot net.ifnames=0 panic=-1 quiet"
 

@@ -144,16 +144,17 @@ class Cluster:
         return {"PATH": path, "LANG": "C.UTF-8", **self.env, **extra}
 
     def client(self, argv: list[str], user: str | None = None, env: dict[str, str] | None = None,
-               timeout: float = 60, cwd: str = "/") -> subprocess.CompletedProcess:
-        """A Slurm client command (or slurm-vm) as `user`, against this cluster, from the root namespace."""
+               timeout: float = 60, cwd: str = "/", input: str | None = None) -> subprocess.CompletedProcess:
+        """A Slurm client command (or slurm-vm) as `user`, against this cluster, from the root namespace (with
+        `input` on its standard input)."""
         full_env = {**self.client_env, **(env or {})}
         command = ["env", *[f"{k}={v}" for k, v in full_env.items()], *argv]
         if self.rootfs:
             shared = any(cwd == b or cwd.startswith(b.rstrip("/") + "/") for b in self._binds())
             inside = cwd if shared or os.path.isdir(self.rootfs + cwd) else "/"
-            return self._in_rootfs_ns(None, self._as_user(command, user), timeout, inside)
+            return self._in_rootfs_ns(None, self._as_user(command, user), timeout, inside, input)
         return subprocess.run(self._as_user(command, user), capture_output=True, text=True, timeout=timeout,
-                              check=False, cwd=cwd)
+                              check=False, cwd=cwd, input=input)
 
     def client_argv(self, argv: list[str], user: str | None = None, env: dict[str, str] | None = None) -> list[str]:
         """The full command line `client` runs (for a caller that needs its own terminal, e.g. pexpect)."""
@@ -178,12 +179,12 @@ class Cluster:
                               text=True, timeout=timeout, check=False, cwd="/")
 
     def _in_rootfs_ns(self, node: str | None, argv: list[str], timeout: float,
-                      cwd: str = "/") -> subprocess.CompletedProcess:
+                      cwd: str = "/", input: str | None = None) -> subprocess.CompletedProcess:
         pid = self._read_pid(f"{node}.mntpid" if node else "ctl.mntpid")
         if pid is None:
             raise ClusterError(f"cluster {self.name} is not up")
         ns = ["nsenter", f"--target={pid}", "--mount", "--uts", "--net", "--root", f"--wdns={cwd}"]
-        return subprocess.run([*ns, *argv], capture_output=True, text=True, timeout=timeout, check=False)
+        return subprocess.run([*ns, *argv], capture_output=True, text=True, timeout=timeout, check=False, input=input)
 
     # --- lifecycle -----------------------------------------------------------------------------------
     def up(self) -> None:

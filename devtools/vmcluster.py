@@ -48,6 +48,19 @@ def tiny_base_image(directory: str) -> str:
     return base
 
 
+def tiny_cached_base(directory: str) -> str:
+    """A base image with data in it, so that copying it into the node cache takes a moment."""
+    base = os.path.join(directory, "tiny-cached-base.qcow2")
+    if not os.path.exists(base):
+        raw = base + ".raw"
+        with open(raw, "wb") as fh:
+            fh.write(os.urandom(32 << 20))
+        subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, base], check=True, timeout=60)
+        os.unlink(raw)
+    os.chmod(base, 0o644)
+    return base
+
+
 def test_config(directory: str, state_root: str, underlay: str, guests: dict, transport: str = "9p") -> dict:
     tiny = guests["tiny"]
     base = tiny_base_image(directory)
@@ -64,6 +77,9 @@ def test_config(directory: str, state_root: str, underlay: str, guests: dict, tr
                          "cmdline": tiny["cmdline"] + " svmtest.poweroff=3",
                          "description": "busybox test guest that powers off 3 s after it is ready"},
     }
+    images["tiny-cached"] = {"path": tiny_cached_base(directory), "kernel": tiny["kernel"], "initrd": tiny["initrd"],
+                             "cmdline": tiny["cmdline"], "description": "busybox test guest, a base with 32M of data "
+                             "(the node image cache's tests)"}
     if "debian" in guests:
         deb = guests["debian"]
         images["debian"] = {"path": deb["image"], "kernel": deb["kernel"], "initrd": deb["initrd"],
@@ -91,12 +107,23 @@ def test_config(directory: str, state_root: str, underlay: str, guests: dict, tr
         "log_file": os.path.join(directory, "hooks.log"),
         "mounts": {"allowed": ["$HOME", os.path.join(directory, "shares")], "transport": transport},
         "checkpoint": {"dir": os.path.join(checkpoint_root(directory), "%u")},
+        "image_cache": {"dir": os.path.join(directory, "image-cache"), "max_size": "2G"},   # one for all nodes
+        "user_images": {"repository": os.path.join(user_images_root(directory), "%u"), "quota": "1G",
+                        "max_virtual_size": "4G"},
     }
 
 
 def checkpoint_root(directory: str) -> str:
     """Checkpoints of the test cluster's users: every node sees it (one machine); users make their own dir."""
     root = os.path.join(directory, "checkpoints")
+    os.makedirs(root, exist_ok=True)
+    os.chmod(root, 0o1777)
+    return root
+
+
+def user_images_root(directory: str) -> str:
+    """The test cluster's users' image repositories: users make their own dir on their first import."""
+    root = os.path.join(directory, "user-images")
     os.makedirs(root, exist_ok=True)
     os.chmod(root, 0o1777)
     return root
@@ -146,9 +173,11 @@ class VMCluster:
     directory: str
     state_root: str
 
-    def slurm_vm(self, *args: str, user: str = TEST_USER, timeout: int = 60) -> subprocess.CompletedProcess:
+    def slurm_vm(self, *args: str, user: str = TEST_USER, timeout: int = 60,
+                 input: str | None = None) -> subprocess.CompletedProcess:
         argv = [os.path.join(venv_dir(), "bin", "slurm-vm"), *args]
-        return self.cluster.client(argv, user=user, env={"SLURM_VM_CONFIG": self.config_path}, timeout=timeout)
+        return self.cluster.client(argv, user=user, env={"SLURM_VM_CONFIG": self.config_path}, timeout=timeout,
+                                   input=input)
 
     def slurm_vm_argv(self, *args: str, user: str = TEST_USER) -> list[str]:
         """The command line of `slurm-vm ARGS` as `user` on the cluster's login side (for pexpect)."""

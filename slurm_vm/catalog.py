@@ -69,3 +69,87 @@ def list_networks(config: Config, user: str) -> list[NetworkInfo]:
     groups = groups_of_user(user)
     return [network_info(name, net) for name, net in sorted(config.networks.items())
             if user_may_use_network(net, user, groups)]
+
+
+# --- the user's own images (`slurm-vm image ...`, disks/repository.py); the CLI runs as the user ---------------
+
+def user_repo(config: Config, user: str) -> str:
+    from .errors import ImageError
+    directory = config.user_images.user_dir(user)
+    if directory is None:
+        raise ImageError("this site has no user images (the admins' `user_images.repository` is unset)")
+    return directory
+
+
+def list_user_images(config: Config, user: str) -> list:
+    """(name, UserImage or why it is refused) for each image in the user's repository; [] where there is none."""
+    from .disks.repository import list_images as repo_list
+    if config.user_images.repository is None:
+        return []
+    return repo_list(user_repo(config, user), os.getuid(), config.user_images.max_virtual_size,
+                     config.hypervisor.qemu_img)
+
+
+def check_user_image_named(config: Config, user: str, image: str) -> None:
+    """At submit, as the user: a spec's `user:NAME` is in the user's repository (the prolog checks it in full)."""
+    from .config import USER_IMAGE_PREFIX, is_user_image
+    from .disks import repository
+    if not is_user_image(image) or config.user_images.repository is None:
+        return
+    directory = user_repo(config, user)
+    name = image.removeprefix(USER_IMAGE_PREFIX)
+    if name not in repository.names(directory):
+        raise repository.unknown(directory, name, sorted(config.images))
+
+
+def user_image_info(config: Config, user: str, name: str):
+    from .disks import repository
+    from .config import USER_IMAGE_PREFIX
+    name = name.removeprefix(USER_IMAGE_PREFIX)
+    repository.check_name(name)
+    directory = user_repo(config, user)
+    if name not in repository.names(directory):
+        raise repository.unknown(directory, name, sorted(config.images))
+    return repository.record(directory, name, config.user_images.max_virtual_size, config.hypervisor.qemu_img,
+                             deep=True)
+
+
+def import_user_image(config: Config, user: str, source: str, name: str, boot: str | None, fmt: str | None):
+    from .config import USER_IMAGE_PREFIX
+    from .disks import repository, userimage
+    from .errors import ImageError
+    name = name.removeprefix(USER_IMAGE_PREFIX)
+    boot = boot or _only_admin_image(config)
+    if boot not in config.images:
+        raise ImageError(f"--boot {boot}: not an admin image; give one of {', '.join(sorted(config.images))} "
+                         "(its kernel or firmware boots your image)")
+    userimage.check_path_name(source)
+    source = os.path.abspath(source)
+    req = repository.ImportRequest(source=source, format=userimage.format_from_name(source, fmt), name=name,
+                                   boot=boot)
+    cfg = config.user_images
+    return repository.import_image(req, user_repo(config, user), os.getuid(), cfg.quota, cfg.max_virtual_size,
+                                   config.hypervisor.qemu_img)
+
+
+def _only_admin_image(config: Config) -> str:
+    from .errors import ImageError
+    if len(config.images) == 1:
+        return next(iter(config.images))
+    raise ImageError(f"--boot: name the admin image whose kernel or firmware boots yours: "
+                     f"{', '.join(sorted(config.images))}")
+
+
+def remove_user_image(config: Config, user: str, name: str) -> None:
+    from .config import USER_IMAGE_PREFIX
+    from .disks import repository
+    repository.remove_image(user_repo(config, user), os.getuid(), name.removeprefix(USER_IMAGE_PREFIX),
+                            sorted(config.images))
+
+
+def user_usage(config: Config, user: str) -> tuple[int, int]:
+    """(bytes the user's images take, the quota)."""
+    from .disks.repository import usage
+    if config.user_images.repository is None:
+        return 0, 0
+    return usage(user_repo(config, user)), config.user_images.quota

@@ -99,6 +99,8 @@ def submit(spec_path: str, sbatch_args: tuple[str, ...], dry_run: bool, parsable
     config = _config(config_path)
     spec, text = load_spec_file(spec_path, config)
     check_user_access(spec, config, current_user(), spec_path)
+    from .catalog import check_user_image_named
+    check_user_image_named(config, current_user(), spec.image)
     plan = plan_submission(text, spec, config, sbatch_args)
     if dry_run:
         click.echo(plan.describe())
@@ -200,8 +202,9 @@ def status(ref: str, lines: int, as_json: bool, config_path: str | None) -> None
         serial = f"(serial log unavailable: {exc})"
     from .checkpoint.listing import job_checkpoints, owner_uid
     checkpoints = job_checkpoints(config.checkpoint.user_dir(job.user), job.job_id, owner_uid(job.user))
+    from .guestexec import guest_addresses
     print_status(record_of(job, managed_addresses(backend, config, [job]).get(job.job_id, ())), serial, as_json,
-                 checkpoints)
+                 checkpoints, guest_addresses(job, config.slurm_vm_command) if job.user == current_user() else None)
 
 
 @main.command()
@@ -279,6 +282,54 @@ def console_relay(job_id: int, config_path: str | None) -> None:
     sys.exit(relay(job_dir(config.node_state_dir(os.environ.get("SLURMD_NODENAME", "")), job_id)))
 
 
+@main.command("exec")
+@click.argument("ref", metavar="NAME|JOBID", shell_complete=_complete_vm)
+@click.option("--vm", "vm_index", type=click.IntRange(0, None), default=0, show_default=True,
+              help="which VM of a `count: N` job (0 is the first)")
+@click.option("--timeout", type=click.IntRange(1, 86400), default=300, show_default=True,
+              help="seconds the command may run (then exit code 124; it may still run in the guest)")
+@click.option("--stdin", is_flag=True, help="hand this command's standard input (at most 1 MiB) to the guest's")
+@click.argument("command", nargs=-1, required=True, metavar="-- CMD...")
+@config_option
+def exec_cmd(ref: str, vm_index: int, timeout: int, stdin: bool, command: tuple[str, ...],
+             config_path: str | None) -> None:
+    """Run a command in a VM through its guest agent; its output and exit code are the command's."""
+    from .guestexec import run_exec, target_of
+    from .lifecycle import current_user
+    config = _config(config_path)
+    target = target_of(_backend(config), ref, current_user(), vm_index)
+    sys.exit(run_exec(target, config.slurm_vm_command, list(command), timeout, stdin))
+
+
+@main.command("exec-relay", hidden=True)
+@click.argument("job_id", type=int)
+@click.option("--timeout", type=click.IntRange(1, 86400), default=300)
+@click.option("--stdin", is_flag=True)
+@click.argument("command", nargs=-1, required=True)
+@config_option
+def exec_relay(job_id: int, timeout: int, stdin: bool, command: tuple[str, ...], config_path: str | None) -> None:
+    """The node end of `slurm-vm exec` (run by srun inside the job): the command's frames on stdout."""
+    import os
+    from .guestexec import relay
+    from .node.layout import job_dir
+    config = _config(config_path)
+    directory = job_dir(config.node_state_dir(os.environ.get("SLURMD_NODENAME", "")), job_id)
+    sys.exit(relay(directory, list(command), timeout, sys.stdin.buffer if stdin else None))
+
+
+@main.command("agent-relay", hidden=True)
+@click.argument("job_id", type=int)
+@click.option("--addresses", is_flag=True, required=True)
+@config_option
+def agent_relay(job_id: int, addresses: bool, config_path: str | None) -> None:
+    """The node end of `slurm-vm status`'s guest addresses (run by srun inside the job)."""
+    import os
+    from .guestexec import addresses_relay
+    from .node.layout import job_dir
+    config = _config(config_path)
+    sys.exit(addresses_relay(job_dir(config.node_state_dir(os.environ.get("SLURMD_NODENAME", "")), job_id)))
+
+
 @main.command()
 @click.argument("ref", metavar="NAME|JOBID", shell_complete=_complete_vm)
 @click.option("--web", is_flag=True, help="serve the display to a browser (noVNC) instead of a VNC viewer")
@@ -346,10 +397,101 @@ def ssh(ref: str, login: str | None, ssh_args: tuple[str, ...], config_path: str
 @json_option
 @config_option
 def images(as_json: bool, config_path: str | None) -> None:
-    """List the images you may put in a spec's `image`."""
-    from .catalog import list_images
+    """List the images you may put in a spec's `image`: the admins' and yours (`user:NAME`)."""
+    from .catalog import list_images, list_user_images
+    from .lifecycle import current_user
     from .output import print_images
-    print_images(list_images(_config(config_path)), as_json)
+    config = _config(config_path)
+    print_images(list_images(config), as_json, list_user_images(config, current_user()))
+
+
+@main.group()
+def image() -> None:
+    """Your own images (`image: user:NAME` in a spec): import, list, info, rm."""
+
+
+@image.command("import")
+@click.argument("source", metavar="FILE")
+@click.argument("name")
+@click.option("--boot", metavar="IMAGE", help="the admin image whose kernel or firmware boots it (default: the "
+              "only one)")
+@click.option("--format", "fmt", type=click.Choice(["qcow2", "raw"]), help="the file's format (default: from its "
+              "name, .qcow2 or .raw/.img; never probed)")
+@json_option
+@config_option
+def image_import(source: str, name: str, boot: str | None, fmt: str | None, as_json: bool,
+                 config_path: str | None) -> None:
+    """Copy FILE (qcow2 or raw) into your repository as a self-contained qcow2 named NAME."""
+    from .catalog import import_user_image
+    from .lifecycle import current_user
+    from .output import print_user_image
+    print_user_image(import_user_image(_config(config_path), current_user(), source, name, boot, fmt), as_json)
+
+
+@image.command("save")
+@click.argument("ref", metavar="VM", shell_complete=_complete_vm)
+@click.argument("name")
+@config_option
+def image_save(ref: str, name: str, config_path: str | None) -> None:
+    """Copy a running VM's disk into your repository as NAME; the VM keeps running (crash-consistent)."""
+    from .imagesave import save_vm
+    from .lifecycle import current_user
+    config = _config(config_path)
+    click.echo(save_vm(_backend(config), config, ref, current_user(), name))
+
+
+@main.command("image-save-relay", hidden=True)
+@click.argument("job_id", type=int)
+@click.argument("name")
+@click.option("--boot", required=True)
+@config_option
+def image_save_relay(job_id: int, name: str, boot: str, config_path: str | None) -> None:
+    """The node end of `slurm-vm image save` (run by srun inside the job, as the user): prints a JSON answer."""
+    import json
+    import os
+    from .imagesave import relay
+    from .lifecycle import current_user
+    from .node.layout import job_dir
+    config = _config(config_path)
+    answer = relay(config, job_dir(config.node_state_dir(os.environ.get("SLURMD_NODENAME", "")), job_id),
+                   current_user(), name, boot)
+    click.echo(json.dumps(answer))
+    sys.exit(0 if answer["ok"] else 1)
+
+
+@image.command("list")
+@json_option
+@config_option
+def image_list(as_json: bool, config_path: str | None) -> None:
+    """Your images, each checked again, and your quota."""
+    from .catalog import list_user_images, user_usage
+    from .lifecycle import current_user
+    from .output import print_user_images
+    config = _config(config_path)
+    print_user_images(list_user_images(config, current_user()), user_usage(config, current_user()), as_json)
+
+
+@image.command("info")
+@click.argument("name")
+@json_option
+@config_option
+def image_info(name: str, as_json: bool, config_path: str | None) -> None:
+    """One of your images, checked in full (qemu-img check)."""
+    from .catalog import user_image_info
+    from .lifecycle import current_user
+    from .output import print_user_image
+    print_user_image(user_image_info(_config(config_path), current_user(), name), as_json)
+
+
+@image.command("rm")
+@click.argument("name")
+@config_option
+def image_rm(name: str, config_path: str | None) -> None:
+    """Remove one of your images."""
+    from .catalog import remove_user_image
+    from .lifecycle import current_user
+    remove_user_image(_config(config_path), current_user(), name)
+    click.echo(f"removed user:{name.removeprefix('user:')}")
 
 
 @main.command()
@@ -453,6 +595,26 @@ def doctor(fix: bool, node_name: str | None, as_json: bool, config_path: str | N
             click.echo("no leftovers, underlay in place")
     sys.exit(1 if findings and not fix else 0)
 
+
+
+@node.command("cache-fill")
+@click.argument("images", nargs=-1)
+@click.option("--node", "node_name", metavar="NAME", help="Slurm node name of this host (default: hostname)")
+@config_option
+def cache_fill(images: tuple[str, ...], node_name: str | None, config_path: str | None) -> None:
+    """Copy admin base images (default: all) into this node's image cache ahead of jobs, without a time limit."""
+    import socket
+    from .disks.imagecache import ensure_cached
+    from .errors import NodeError
+    config = _config(config_path)
+    cache_dir = config.image_cache.node_dir(node_name or socket.gethostname())
+    if cache_dir is None:
+        raise NodeError("image_cache.dir is unset: there is no image cache to fill")
+    for name in images or sorted(config.images):
+        if name not in config.images:
+            raise NodeError(f"{name}: not an admin image ({', '.join(sorted(config.images))})")
+        result = ensure_cached(config.images[name].path, cache_dir, config.image_cache.max_size)
+        click.echo(f"{name}: {'copied to' if result.filled else 'already in'} {result.path}")
 
 
 @node.command("check")

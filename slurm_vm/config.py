@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from .errors import Problem, ValidationError
 from .hypervisor import registry
 from .limits import CONFIG_ENV, DEFAULT_CONFIG_PATH, GUARD_VNI  # noqa: F401  (spelled in limits for light importers)
-from .schema import AbsPath, Bool, BoolOrChoice, Context, Int, ListOf, MapOf, Obj, SharePath, Size, Str, field, parse_object
+from .schema import (AbsPath, Bool, BoolOrChoice, Context, Int, ListOf, MapOf, Obj, SharePath, Size, Str, field,
+                     parse_object)
 from .yamldoc import load_document
 
 
@@ -143,6 +144,45 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class ImageCacheConfig:
+    dir: str | None = field(AbsPath(), "node-local directory where the prolog keeps copies of the admins' base "
+                            "images (`%n`: the node name), so VMs read local disk, not the shared store; verified by "
+                            "SHA-256, one fill per image and node. Unset: VMs read `images[].path` directly", None,
+                            example="/var/cache/slurm-vm/images")
+    max_size: int = field(Size(1 * M, 1 << 50), "most bytes the cache may hold; least-recently-used copies are "
+                          "removed after a fill", "50G")
+    fill_seconds: int = field(Int(1, 80), "longest a prolog spends copying one image into the cache; a longer copy "
+                              "is given up and the job reads the shared path (prefill big images with `slurm-vm node "
+                              "cache-fill`)", 45)
+
+    def node_dir(self, node: str) -> str | None:
+        return None if self.dir is None else self.dir.replace("%n", node)
+
+
+USER_IMAGE_PREFIX = "user:"   # a spec's `image: user:NAME` is the job user's own image, never an admin's
+
+
+@dataclass(frozen=True)
+class UserImagesConfig:
+    repository: str | None = field(AbsPath(), "where each user's own images live: storage every node and login node "
+                                   "sees; `%u` is replaced by the user name. The user's dir is made by the user "
+                                   "(mode 0700) on the first import; a dir another user made is refused. Unset: no "
+                                   "user images (`image: user:NAME` is refused)", None,
+                                   example="/shared/slurm-vm/images/%u")
+    quota: int = field(Size(1 * M, 1 << 50), "most bytes one user's images may take (the files' allocated size)",
+                       "50G")
+    max_virtual_size: int = field(Size(1 * M, 1 << 50), "largest virtual size (guest disk) of a user's image: "
+                                  "bigger ones are refused at import and at use", "1T")
+
+    def user_dir(self, user: str) -> str | None:
+        return None if self.repository is None else self.repository.replace("%u", user)
+
+
+def is_user_image(name: str) -> bool:
+    return name.startswith(USER_IMAGE_PREFIX)
+
+
+@dataclass(frozen=True)
 class Config:
     images: dict = field(MapOf(Obj(Image)), "the image store: names users may put in `image`")
     networks: dict = field(MapOf(Obj(Network)), "networks users may put in `networks[].network`", {})
@@ -167,6 +207,10 @@ class Config:
                                  MountsConfig())
     checkpoint: CheckpointConfig = field(Obj(CheckpointConfig), "checkpoints on preemption and time limit",
                                          CheckpointConfig())
+    image_cache: ImageCacheConfig = field(Obj(ImageCacheConfig), "node-local copies of the admins' base images",
+                                          ImageCacheConfig())
+    user_images: UserImagesConfig = field(Obj(UserImagesConfig), "images users import or save themselves "
+                                          "(`slurm-vm image`), beside the admins' `images`", UserImagesConfig())
     novnc_dir: str = field(AbsPath(), "noVNC's web files on login nodes, for `slurm-vm vnc --web` (Debian "
                            "package novnc)", "/usr/share/novnc")
 
@@ -197,6 +241,9 @@ def _check_config(cfg: Config, ctx: Context) -> None:
     if cfg.checkpoint.dir is not None and "%u" not in cfg.checkpoint.dir:
         ctx.problem(("checkpoint", "dir"), "put `%u` (the user name) in the path, e.g. /scratch/slurm-vm/%u: "
                     "every user needs a directory of their own")
+    if cfg.user_images.repository is not None and "%u" not in cfg.user_images.repository:
+        ctx.problem(("user_images", "repository"), "put `%u` (the user name) in the path, e.g. "
+                    "/shared/slurm-vm/images/%u: every user needs a directory of their own")
     if cfg.grace_seconds + 5 > cfg.slurm.kill_wait:
         ctx.problem(("grace_seconds",), f"{cfg.grace_seconds}s does not leave 5s before slurm.kill_wait "
                     f"({cfg.slurm.kill_wait}s): lower it or raise KillWait in slurm.conf and slurm.kill_wait here")

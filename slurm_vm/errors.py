@@ -13,6 +13,8 @@ EXIT_NOT_FOUND = 3      # no VM of that name, no such job, or the job is not a s
 EXIT_NOT_YOURS = 4      # the job belongs to another user
 EXIT_NOT_RUNNING = 5    # the VM is pending or has ended, and the command needs it running
 EXIT_AMBIGUOUS = 6      # a VM name matches more than one of your active jobs: give the job id
+EXIT_NO_AGENT = 8       # `exec`: the VM has no guest agent (none installed, not started yet, or no channel)
+EXIT_EXEC_TIMEOUT = 124  # `exec --timeout`: the command did not end in time (as timeout(1) says it)
 
 
 class SlurmVmError(Exception):
@@ -101,6 +103,11 @@ class CheckpointDirError(UserFault):
     fails with what the admins must do; never a node fault."""
 
 
+class ImageError(UserFault):
+    """A user's disk image is refused (a backing or data file, a format mismatch, truncated, too large, over the
+    quota) or names nothing in the user's repository: one line, the job fails, the node stays in service."""
+
+
 class NotEnoughCores(HypervisorError):
     """The job step may use fewer cores than the VM has vCPUs."""
 
@@ -136,3 +143,29 @@ class Ambiguous(SlurmVmError):
 def is_users_fault(exc: BaseException) -> bool:
     """The one place that decides: the job's input (fail the job) or the node (drain it)."""
     return isinstance(exc, (UserFault, ValidationError))
+
+
+class UsageError(SlurmVmError):
+    """A command's options do not fit the VM (e.g. `exec --vm` beyond the job's VMs, too much `--stdin`)."""
+
+    exit_code = EXIT_USAGE
+
+
+class AgentUnavailable(SlurmVmError):
+    """The VM has no guest agent channel, or no agent answers on it."""
+
+    exit_code = EXIT_NO_AGENT
+
+
+class AgentError(SlurmVmError):
+    """The guest agent refused a command or answered nonsense."""
+
+
+class AgentBusy(SlurmVmError):
+    """Another session holds the guest agent for longer than slurm-vm waits."""
+
+
+class ExecTimeout(SlurmVmError):
+    """`slurm-vm exec`: the command did not end within its timeout."""
+
+    exit_code = EXIT_EXEC_TIMEOUT

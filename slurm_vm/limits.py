@@ -34,5 +34,8 @@ QMP_SOCKET = "qmp.sock"
 VNC_SOCKET = "vnc.sock"           # QEMU's VNC server (password=on; slurm-vm vnc sets a one-time password)
 VNC_LOCK = "vnc.lock"             # one `slurm-vm vnc` session per VM
 CH_API_SOCKET = "api.sock"
+AGENT_SOCKET = "agent.sock"       # QEMU's end of the guest agent's virtio-serial port (the user's)
+AGENT_LOCK = "agent.lock"         # one agent conversation at a time (slurm-vm exec, the launcher)
+AGENT_CHARDEV = "qga0"            # its chardev id (QMP query-chardev tells whether the guest opened it)
 CH_EVENT_LOG = "events.json"
 GUARD_VNI = 16777215    # networks/underlay.py: the VNI of the node's VXLAN guard devices; configs may not use it

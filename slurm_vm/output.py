@@ -75,16 +75,50 @@ def _size(n: int | None) -> str:
     return format_size(n) if n is not None else "-"
 
 
-def print_images(images: list[ImageInfo], as_json: bool) -> None:
+def print_images(images: list[ImageInfo], as_json: bool, user_images: list | None = None) -> None:
+    """The admins' images and (`user_images`: (name, UserImage or why refused) pairs) the user's, side by side."""
+    user_images = user_images or []
     if as_json:
-        print_json([i.as_json() for i in images])
+        print_json([{**i.as_json(), "owner": "admin"} for i in images] +
+                   [{**(r.as_json() if not isinstance(r, str) else {"refused": r}), "name": f"user:{n}",
+                     "owner": "you"} for n, r in user_images])
         return
-    if not images:
+    if not images and not user_images:
         click.echo("no images in the image store: ask the admins")
         return
-    print_table(("NAME", "LOGIN", "BOOT", "FORMAT", "SIZE", "DESCRIPTION"),
-                [(i.name, i.login_user or "-", i.boot, i.format, _size(i.size_bytes), i.description)
-                 for i in images])
+    rows = [(i.name, "admin", i.login_user or "-", i.boot, i.format, _size(i.size_bytes), i.description)
+            for i in images]
+    rows += [(f"user:{n}", "you", "-", f"like {r.boot}", "qcow2", _size(r.virtual_size), r.source)
+             if not isinstance(r, str) else (f"user:{n}", "you", "-", "-", "-", "-", f"REFUSED: {r}")
+             for n, r in user_images]
+    print_table(("NAME", "OWNER", "LOGIN", "BOOT", "FORMAT", "SIZE", "DESCRIPTION"), rows)
+
+
+def print_user_images(entries: list, usage: tuple[int, int], as_json: bool) -> None:
+    """`slurm-vm image list`: (name, UserImage or why refused) pairs."""
+    if as_json:
+        print_json([{**(r.as_json() if not isinstance(r, str) else {"refused": r}), "name": f"user:{n}"}
+                    for n, r in entries])
+        return
+    if not entries:
+        click.echo("no images of yours: `slurm-vm image import FILE NAME` or `slurm-vm image save VM NAME`")
+    else:
+        print_table(("NAME", "BOOTS LIKE", "SIZE", "ON DISK", "SOURCE"),
+                    [(f"user:{n}", r.boot, _size(r.virtual_size), _size(r.allocated), r.source)
+                     if not isinstance(r, str) else (f"user:{n}", "-", "-", "-", f"REFUSED: {r}")
+                     for n, r in entries])
+    if usage[1]:
+        click.echo(f"{_size(usage[0])} of your quota of {_size(usage[1])} used")
+
+
+def print_user_image(image, as_json: bool) -> None:
+    if as_json:
+        print_json({**image.as_json(), "name": f"user:{image.name}"})
+        return
+    for key, value in (("name", f"user:{image.name}"), ("path", image.path), ("boots like", image.boot),
+                       ("virtual size", _size(image.virtual_size)), ("on disk", _size(image.allocated)),
+                       ("source", image.source)):
+        click.echo(f"{key + ':':14}{value}")
 
 
 def print_networks(networks: list[NetworkInfo], as_json: bool) -> None:
@@ -109,17 +143,25 @@ def print_doctor(report: Report, as_json: bool) -> None:
         print_table(COLUMNS, [_row(r) for r in report.vms])
 
 
-def print_status(record: VMRecord, serial: str, as_json: bool, checkpoints: list[dict] | None = None) -> None:
+def print_status(record: VMRecord, serial: str, as_json: bool, checkpoints: list[dict] | None = None,
+                 reported: list[tuple[str, ...] | str] | None = None) -> None:
+    """`reported`: per VM, the addresses its guest agent reports (or why none), shown apart from slurm-vm's own."""
     if as_json:
         data = record.as_json()
         data["serial_tail"] = serial.splitlines()
         data["checkpoints"] = checkpoints or []
+        data["guest_reported_addresses"] = [list(r) if isinstance(r, tuple) else None for r in reported or []]
         click.echo(json.dumps(data, indent=2))
         return
     for label, value in (("VM", record.name), ("Job", record.job_id), ("State", record.state),
                          ("Nodes", ",".join(record.nodes) or "-"), ("Reason", record.reason or "-"),
                          ("CPUs", record.cpus), ("Memory", record.memory), ("Uptime", record.uptime),
                          ("Time limit", record.time_limit), ("Addresses", ",".join(record.addresses) or "-")):
+        click.echo(f"{label + ':':12} {value}")
+    for i, answer in enumerate(reported or []):
+        label = "Guest says" if len(reported or []) == 1 else f"Guest {i} says"
+        value = (",".join(answer) or "no address") + "  (reported by the guest)" if isinstance(answer, tuple) \
+            else f"- ({answer})"
         click.echo(f"{label + ':':12} {value}")
     if checkpoints:
         from .checkpoint.listing import describe

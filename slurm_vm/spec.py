@@ -5,7 +5,7 @@ from __future__ import annotations
 import pwd
 from dataclasses import dataclass
 
-from .config import Config, groups_of_user, user_may_use_network
+from .config import Config, groups_of_user, is_user_image, user_may_use_network
 from .errors import Problem, ValidationError
 from .hypervisor import registry
 from .limits import DERIVED_MAC_FIRST_OCTET, MAX_NICS, MAX_VMS_PER_JOB
@@ -68,7 +68,9 @@ class Mount:
 @dataclass(frozen=True)
 class VMSpec:
     name: str = field(Str(pattern=VM_NAME_PATTERN, pattern_help=VM_NAME_HELP), "VM name; the job name is `vm-NAME`")
-    image: str = field(Str(pattern=NAME_PATTERN, pattern_help=NAME_HELP), "name of an image in the admin's store")
+    image: str = field(Str(pattern=f"(user:)?{NAME_PATTERN}", pattern_help=NAME_HELP + ", or user:NAME for one "
+                           "of your own images"), "name of an image in the admin's store, or `user:NAME`: an "
+                       "image in your own repository (`slurm-vm image list`)")
     cpus: int = field(Int(1, 4096), "vCPUs; each gets one allocated core", 1)
     memory: int = field(Size(16 * M, 1 << 42), "guest memory", "1G")
     disk: int | None = field(Size(1 * M, 1 << 50), "root disk size (default: the image's size)", None)
@@ -161,7 +163,11 @@ def _check_against_config(spec: VMSpec, config: Config, ctx: Context) -> None:
         ctx.problem(("disk",), f"more than the site limit of {limits.max_disk >> 30}G")
     if spec.count > limits.max_count:
         ctx.problem(("count",), f"{spec.count} is more than the site limit of {limits.max_count}")
-    if spec.image not in config.images:
+    if is_user_image(spec.image):
+        if config.user_images.repository is None:
+            ctx.problem(("image",), f"{spec.image!r}: this site has no user images (the admins' "
+                        "`user_images.repository` is unset); use an image of `slurm-vm images`")
+    elif spec.image not in config.images:
         known = ", ".join(sorted(config.images)) or "none configured"
         ctx.problem(("image",), f"no image {spec.image!r} in the image store; available: {known} "
                     "(`slurm-vm images` describes them)")

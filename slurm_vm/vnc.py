@@ -21,6 +21,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 
+from .acceptloop import accept_until
 from .errors import SlurmError, SlurmVmError
 from .loopback import allowed
 from .vncrelay import VncExit
@@ -175,19 +176,14 @@ class ViewerServer:
         self.listener.close()
 
     def _serve(self) -> None:
-        self.listener.settimeout(0.5)
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            if not allowed(conn):
-                say("refused a connection from another user")
-                conn.close()
-                continue
-            self.session.stream(conn)
+        accept_until(self.listener, self.stopping, self._viewer, poll=0.5)
+
+    def _viewer(self, conn: socket.socket) -> None:
+        if not allowed(conn):
+            say("refused a connection from another user")
+            conn.close()
+            return
+        self.session.stream(conn)
 
     def instructions(self, host: str, user: str) -> list[str]:
         target, port = self.session.target, self.port

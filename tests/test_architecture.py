@@ -16,13 +16,14 @@ PACKAGE = os.path.join(ROOT, "slurm_vm")
 
 # Bottom to top: each layer is a list of columns (sets of units).
 LAYERS: list[list[set[str]]] = [
-    [{"errors", "limits", "units", "yamldoc", "mounts", "schema", "transport"}],   # foundation
+    [{"errors", "limits", "units", "yamldoc", "mounts", "schema", "transport", "acceptloop"}],   # foundation
     [{"hypervisor", "disks", "networks", "slurm", "config", "spec"}],              # core: definitions, plain libraries
     [{"checkpoint"}],                                                               # save/restore, VMM-neutral
     [{"launcher"}],                                                                 # the job step running one VM
     [{"node"},                                                                      # the root hooks, `slurm-vm launch`
      {"submit", "lifecycle", "output", "readiness", "sshjump", "console", "vmaccess", "completion", "userdoctor",
-      "catalog", "reference", "checkpoint_command", "history", "vnc", "vncrelay", "vncweb", "loopback"}],                               # the login side's library
+      "catalog", "imagesave", "reference", "checkpoint_command", "history", "vnc", "vncrelay", "vncweb", "loopback",
+      "guestexec"}],                                                                # the login side's library
     [{"cli"}],                                                                      # the thin click layer
 ]
 

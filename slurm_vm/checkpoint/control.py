@@ -10,7 +10,7 @@ from ..errors import HypervisorError, SlurmVmError
 from ..hypervisor.definition import VMDefinition
 from ..hypervisor.runtime import say
 from ..hypervisor.runtime import Runtime
-from . import flow, group
+from . import flow, group, quiesce
 from .drop import saving
 from .vmm import restoring_runtime, snapshotter
 
@@ -96,6 +96,8 @@ class CheckpointControl:
 
     def running(self, runtime) -> None:
         if self.found is not None:
+            if self.found.manifest.guest_frozen:
+                quiesce.thaw_after_restore(runtime)
             if flow.restored(self.defn, self.found):
                 whole = os.path.dirname(self.found.path) if self.settings.vm_count > 1 else self.found.path
                 say(f"the guest continues; removed its checkpoint {whole}")
@@ -112,12 +114,14 @@ class CheckpointControl:
         say(f"{reason}: pausing the guest and saving it to {self.settings.user_dir}")
         try:
             with saving(self.settings.user_dir, self.defn.job_id, os.getuid()):     # one save at a time
+                frozen = quiesce.freeze(runtime)
                 snap.pause()
-                path, manifest = flow.save(self.defn, self.settings, snap, runtime.accelerator, reason, say)
+                path, manifest = flow.save(self.defn, self.settings, snap, runtime.accelerator, reason, say, frozen)
         except (HypervisorError, SlurmVmError, OSError) as exc:
             say(f"checkpoint failed: {exc}; shutting the guest down instead")
             try:
                 snap.resume()
+                quiesce.thaw(runtime, quiet=True)
             except HypervisorError:
                 pass
             return None

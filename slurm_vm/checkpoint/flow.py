@@ -11,7 +11,8 @@ from ..errors import HypervisorError
 from ..hypervisor.definition import VMDefinition
 from . import group, store
 from ..slurm.requeue import JobControl
-from .manifest import COMPRESSED_STATES, OVERLAY_NAME, CheckpointRefused, Expected, FileEntry, Manifest, read_manifest, write_manifest
+from .manifest import (COMPRESSED_STATES, OVERLAY_NAME, CheckpointRefused, Expected, FileEntry, Manifest,
+                       read_manifest, write_manifest)
 from .files import copy_with_digest, restore_file
 from ..hypervisor.checkpoint_settings import CheckpointSettings
 from .vmm import Snapshotter
@@ -75,7 +76,7 @@ def restored(defn: VMDefinition, found: store.Found) -> bool:
 
 
 def save(defn: VMDefinition, settings: CheckpointSettings, snap: Snapshotter, accelerator: str,
-         reason: str, say=lambda _: None) -> tuple[str, Manifest]:
+         reason: str, say=lambda _: None, frozen: bool = False) -> tuple[str, Manifest]:
     """The guest is paused (snap.pause()): save RAM and devices, copy the overlay, write the manifest last.
     The guest stays paused; the caller resumes it (if snap.keeps_running) or stops the VMM. A multi-VM job
     saves only once every VM of the job is paused, and only a whole job's save counts (group.py): RoundAborted
@@ -84,7 +85,7 @@ def save(defn: VMDefinition, settings: CheckpointSettings, snap: Snapshotter, ac
     store.ensure_private_dir(settings.user_dir, os.getuid())
     if settings.vm_count > 1:
         store.ensure_private_dir(jdir, os.getuid())
-        part = lambda path: save_part(defn, settings, snap, path, accelerator, reason)  # noqa: E731
+        part = lambda path: save_part(defn, settings, snap, path, accelerator, reason, frozen)  # noqa: E731
         rnd = group.save_together(jdir, settings.restart_count, settings.vm_index, settings.vm_count, reason,
                                   defn.job_id, pause=lambda: None, save_part=part, save_timeout=SAVE_TIMEOUT,
                                   say=say)
@@ -93,14 +94,15 @@ def save(defn: VMDefinition, settings: CheckpointSettings, snap: Snapshotter, ac
         path = group.part_dir(rnd, settings.vm_index)
         return path, read_manifest(path, os.getuid())
     path = store.new_checkpoint_dir(jdir, os.getuid())
-    manifest = save_part(defn, settings, snap, path, accelerator, reason)
+    manifest = save_part(defn, settings, snap, path, accelerator, reason, frozen)
     store.prune(jdir, settings.keep, os.getuid())
     return path, manifest
 
 
 def save_part(defn: VMDefinition, settings: CheckpointSettings, snap: Snapshotter, path: str, accelerator: str,
-              reason: str) -> Manifest:
-    """One VM's checkpoint into the empty directory `path`, its manifest last."""
+              reason: str, frozen: bool = False) -> Manifest:
+    """One VM's checkpoint into the empty directory `path`, its manifest last (`frozen`: the guest's filesystems
+    were frozen through its agent, quiesce.py)."""
     version = snap.version()
     compress = settings.compress if snap.can_compress else "none"
     states, overlay = save_files(snap, path, compress, root_disk(defn))
@@ -111,7 +113,7 @@ def save_part(defn: VMDefinition, settings: CheckpointSettings, snap: Snapshotte
                         memory_bytes=defn.memory_bytes, macs=tuple(n.mac for n in defn.nics),
                         instance_id=settings.instance_id,
                         compressed=any(e.name in COMPRESSED_STATES for e in states),
-                        states=tuple(states), overlay=overlay)
+                        states=tuple(states), overlay=overlay, guest_frozen=frozen)
     write_manifest(path, manifest)
     return manifest
 

@@ -6,6 +6,8 @@ a manifest, which is never used.
 
 The VMM's saved state is a list of files (`states`): one migration stream for QEMU, config.json, state.json
 and memory-ranges for cloud-hypervisor. Format 1 manifests (one `state` file, QEMU only) are still read.
+Format 3 adds `guest_frozen`: whether the guest agent had frozen the guest's filesystems when it was saved
+(slurm-vm's own record of its own request; format 1 and 2 manifests read as not frozen).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from dataclasses import asdict, dataclass, fields
 from ..errors import SlurmVmError
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = 2
-READABLE_FORMATS = (1, 2)     # 1: a single `state` entry instead of `states`
+MANIFEST_FORMAT = 3
+READABLE_FORMATS = (1, 2, 3)  # 1: a single `state` entry instead of `states`; 1, 2: no `guest_frozen`
 STATE_NAME = "state.bin"
 STATE_NAME_GZ = "state.bin.gz"     # written by slurm-vm before zstd (checkpoint.compress: true); still read
 STATE_NAME_ZST = "state.bin.zst"
@@ -62,6 +64,7 @@ class Manifest:
     compressed: bool
     states: tuple[FileEntry, ...]   # the VMM's saved state, one or more files
     overlay: FileEntry
+    guest_frozen: bool = False      # the guest's filesystems were frozen through its agent (consistent disk)
     format: int = MANIFEST_FORMAT
 
     def to_json(self) -> str:
@@ -108,7 +111,8 @@ def _entry(data: object, where: str) -> FileEntry:
 
 TYPES = {"job_id": int, "uid": int, "user": str, "restart_count": int, "reason": str, "created": (int, float),
          "image": str, "base_image": str, "base_size": int, "vmm": str, "vmm_version": str, "accelerator": str,
-         "cpus": int, "memory_bytes": int, "macs": list, "instance_id": str, "compressed": bool, "format": int}
+         "cpus": int, "memory_bytes": int, "macs": list, "instance_id": str, "compressed": bool, "format": int,
+         "guest_frozen": bool}
 
 
 def json_object(text: str | bytes, what: str) -> dict:
@@ -128,6 +132,10 @@ def parse_manifest(text: str | bytes) -> Manifest:
     if data.get("format") not in READABLE_FORMATS or isinstance(data.get("format"), bool):
         raise CheckpointRefused(f"manifest format {data.get('format')!r} is not one of {READABLE_FORMATS}")
     names = {f.name for f in fields(Manifest)}
+    if data["format"] < 3:
+        if "guest_frozen" in data:
+            raise CheckpointRefused(f"manifest has an unexpected key 'guest_frozen' for format {data['format']}")
+        data = {**data, "guest_frozen": False}
     if data["format"] == 1:
         names = (names - {"states"}) | {"state"}
     if set(data) != names:

@@ -18,7 +18,7 @@ from ..hypervisor.control_socket import Request
 from ..hypervisor.definition import VMDefinition
 from ..hypervisor.runtime import Runtime, say
 from ..slurm.requeue import JobControl
-from . import flow
+from . import flow, quiesce
 from .control import CheckpointControl
 from .drop import saving
 from .vmm import Snapshotter, snapshotter
@@ -81,10 +81,13 @@ def _checkpoint(request: Request, launcher: RunningVM, runtime: Runtime, stop: b
     say(f"manual checkpoint{' and stop' if stop else ''}: pausing the guest and saving it to {settings.user_dir}")
     try:
         with saving(settings.user_dir, defn.job_id, os.getuid()):
+            frozen = quiesce.freeze(runtime)
             snap.pause()
-            path, manifest = flow.save(defn, settings, snap, runtime.accelerator, "manual", say)
+            path, manifest = flow.save(defn, settings, snap, runtime.accelerator, "manual", say, frozen)
     except (HypervisorError, SlurmVmError, OSError) as exc:
         resumed = _resume(snap)
+        if resumed:
+            quiesce.thaw(runtime, quiet=True)
         say(f"manual checkpoint failed: {exc}; " + ("the guest was resumed" if resumed else "cannot resume it"))
         request.fail(f"the save failed ({exc}); " + ("the guest was resumed and keeps running" if resumed else
                                                      "the guest could not be resumed: see the job's output"))
@@ -111,6 +114,8 @@ def _checkpoint(request: Request, launcher: RunningVM, runtime: Runtime, stop: b
     if not _resume(snap):
         request.answer(**facts, paused_seconds=round(saved, 2), ended=False, resumed=False)
         return None
+    if frozen:
+        quiesce.thaw(runtime)
     paused = time.monotonic() - started
     say(f"the guest continues (paused {paused:.2f}s)")
     request.answer(**facts, paused_seconds=round(paused, 2), ended=False, resumed=True)

@@ -54,16 +54,31 @@ def base_virtual_size(base: str, base_format: str, qemu_img: str = "qemu-img",
 
 
 def create_overlay(base: str, base_format: str, overlay: str, size_bytes: int | None, uid: int, gid: int,
-                   qemu_img: str = "qemu-img", timeout: int = QEMU_IMG_TIMEOUT) -> int:
-    """Create `overlay` (qcow2, backing file `base`), at least as large as the base; returns its size."""
+                   qemu_img: str = "qemu-img", timeout: int = QEMU_IMG_TIMEOUT, base_size: int | None = None) -> int:
+    """Create `overlay` (qcow2, backing file `base`), at least as large as the base; returns its size.
+
+    `base_size` given (a user's image, inspected as the user): root never opens the base, not even its header,
+    and qemu-img is told not to (`-u`): the backing file is the user's to open, as the user, in QEMU."""
+    if base_size is not None:
+        _check_size(size_bytes, base_size)
+        size = size_bytes if size_bytes is not None else base_size
+        _run([qemu_img, "create", "-q", "-f", "qcow2", "-u", "-b", base, "-F", base_format, overlay, str(size)],
+             timeout)
+        os.chown(overlay, uid, gid, follow_symlinks=False)
+        os.chmod(overlay, 0o600, follow_symlinks=False)
+        return size
     if not os.path.isfile(base):
         raise NodeError(f"base image {base} does not exist on this node")
     base_size = base_virtual_size(base, base_format, qemu_img, timeout)
-    if size_bytes is not None and size_bytes < base_size:
-        raise DiskSizeError(f"disk: {size_bytes >> 20}M is smaller than the image's {base_size >> 20}M; "
-                            "ask for at least the image size or leave `disk` out")
+    _check_size(size_bytes, base_size)
     size = size_bytes if size_bytes is not None else base_size
     _run([qemu_img, "create", "-q", "-f", "qcow2", "-b", base, "-F", base_format, overlay, str(size)], timeout)
     os.chown(overlay, uid, gid, follow_symlinks=False)
     os.chmod(overlay, 0o600, follow_symlinks=False)
     return size
+
+
+def _check_size(size_bytes: int | None, base_size: int) -> None:
+    if size_bytes is not None and size_bytes < base_size:
+        raise DiskSizeError(f"disk: {size_bytes >> 20}M is smaller than the image's {base_size >> 20}M; "
+                            "ask for at least the image size or leave `disk` out")

@@ -53,7 +53,8 @@ def settings_from_dict(data: object) -> CheckpointSettings | None:
     except TypeError:
         raise HypervisorError("vm.json: checkpoint is missing a key") from None
     if settings.on_preempt not in TRIGGERS or settings.on_timeout not in TRIGGERS or \
-            settings.on_restore_failure not in FALLBACKS or settings.compress not in COMPRESS_MODES or not settings.user_dir.startswith("/") or \
+            settings.on_restore_failure not in FALLBACKS or settings.compress not in COMPRESS_MODES or \
+            not settings.user_dir.startswith("/") or \
             not 0 <= settings.vm_index < settings.vm_count:
         raise HypervisorError("vm.json: checkpoint has a value out of range")
     return settings

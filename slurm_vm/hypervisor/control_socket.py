@@ -21,6 +21,7 @@ import struct
 import threading
 from dataclasses import dataclass, field
 
+from ..acceptloop import accept_until
 from .serialmux import listen_private
 
 MAX_MESSAGE = 64 * 1024
@@ -95,18 +96,13 @@ class ControlServer(threading.Thread):
             pass
 
     def run(self) -> None:
-        self.listener.settimeout(ACCEPT_POLL)
         try:
-            while not self._stopping.is_set():
-                try:
-                    conn, _ = self.listener.accept()
-                except socket.timeout:
-                    continue
-                except OSError:
-                    return
-                threading.Thread(target=self._serve, args=(conn,), name="control-client", daemon=True).start()
+            accept_until(self.listener, self._stopping, self._serve_in_thread, ACCEPT_POLL)
         finally:
             self.listener.close()
+
+    def _serve_in_thread(self, conn: socket.socket) -> None:
+        threading.Thread(target=self._serve, args=(conn,), name="control-client", daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:

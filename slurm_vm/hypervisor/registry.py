@@ -29,6 +29,7 @@ class Hypervisor:
     runtime: str                        # "module:Class" of its Runtime, loaded by the launcher
     snapshotter: str                    # "module:Class" of its checkpoint Snapshotter
     restoring_runtime: str              # "module:Class" of the Runtime that continues a checkpoint
+    disk_saver: str = ""                # "module:Class" copying the running VM's root disk (`slurm-vm image save`)
 
     def transport_for(self, wanted: str) -> str:
         """The share transport this hypervisor uses when the site asks for `wanted` (mounts.transport)."""
@@ -48,6 +49,12 @@ def snapshotter_class(hypervisor: str):
     return _load(HYPERVISORS[hypervisor].snapshotter)
 
 
+def disk_saver_class(hypervisor: str):
+    """None: this hypervisor cannot copy a running VM's disk."""
+    ref = HYPERVISORS[hypervisor].disk_saver
+    return _load(ref) if ref else None
+
+
 def restoring_runtime_class(hypervisor: str):
     return _load(HYPERVISORS[hypervisor].restoring_runtime)
 
@@ -62,7 +69,8 @@ HYPERVISORS: dict[str, Hypervisor] = {h.name: h for h in (
                binary_field="qemu_binary",
                runtime="slurm_vm.launcher.qemu:QemuRuntime",
                snapshotter="slurm_vm.launcher.qemu_save:QemuSnapshotter",
-               restoring_runtime="slurm_vm.launcher.qemu_restore:RestoringQemuRuntime"),
+               restoring_runtime="slurm_vm.launcher.qemu_restore:RestoringQemuRuntime",
+               disk_saver="slurm_vm.launcher.qemu_backup:QemuDiskSaver"),
 )}
 # `auto` takes the first of these whose needs the node meets (KVM usable by the job's user, its binary there);
 # the last one needs nothing.

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from ..errors import HypervisorError
+from ..errors import AgentUnavailable, HypervisorError
 from .definition import VMDefinition
 
 TUNSETIFF = 0x400454CA
@@ -81,6 +81,17 @@ class Runtime:
 
     def hard_stop(self) -> None:
         raise NotImplementedError
+
+    def agent_shutdown(self) -> None:
+        """Ask the guest agent to power the guest off (a guest that ignores the ACPI power button)."""
+        raise AgentUnavailable("the VM has no guest agent channel")
+
+    def agent_freeze(self, timeout: float) -> int:
+        """Freeze the guest's filesystems through its agent (before a checkpoint); how many it froze."""
+        raise AgentUnavailable("the VM has no guest agent channel")
+
+    def agent_thaw(self, timeout: float = 30.0) -> int:
+        raise AgentUnavailable("the VM has no guest agent channel")
 
     def start(self, fds: list[int], log_path: str) -> None:
         log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)

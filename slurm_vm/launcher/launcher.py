@@ -13,13 +13,14 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import replace
 
 from ..checkpoint import manual
 from ..checkpoint.control import CheckpointControl, RestoreRefused
 from ..checkpoint.manifest import CheckpointRefused
-from ..errors import HypervisorError, NotEnoughCores, NotEnoughMemory
+from ..errors import HypervisorError, NotEnoughCores, NotEnoughMemory, SlurmVmError
 from ..limits import CONTROL_SOCKET, LAUNCHER_LOCK, LAUNCHER_PID, VMM_LOG, VMM_PID
 from ..hypervisor import registry
 from ..hypervisor.cores import allowed_cores, io_cores, vcpu_map
@@ -37,6 +38,7 @@ TIME_LIMIT_WAIT_SLACK = 180
 HARD_STOP_WAIT = 5.0
 POLL = 0.1
 REPRESS_SECONDS = 4.0      # the power button again while the grace time runs
+AGENT_SHUTDOWN_SHARE = 1 / 3   # a guest still up after this share of the grace time is asked through its agent
 LOG_TAIL_LINES = 15
 
 
@@ -180,7 +182,8 @@ class Launcher:
         proc = runtime.proc
         assert proc is not None
         deadline: float | None = None
-        pressed = 0.0
+        pressed = first_press = 0.0
+        agent_asked = False
         while proc.poll() is None:
             request = self.control.take() if self.control is not None else None
             if request is not None and (ended := manual.handle(request, self, runtime)) is not None:
@@ -200,10 +203,14 @@ class Launcher:
                     say(f"power button failed ({exc}); stopping hard")
                     return self._hard_stop(runtime)
                 deadline = time.monotonic() + self.defn.grace_seconds
-                pressed = time.monotonic()
+                pressed = first_press = time.monotonic()
             if deadline is not None and time.monotonic() >= deadline:
                 say(f"the guest did not power off within {self.defn.grace_seconds}s; hard stop")
                 return self._hard_stop(runtime)
+            if deadline is not None and not agent_asked and \
+                    time.monotonic() - first_press >= agent_shutdown_after(self.defn.grace_seconds):
+                agent_asked = True
+                ask_agent_to_shut_down(runtime)
             if deadline is not None and time.monotonic() - pressed >= REPRESS_SECONDS:
                 # A guest can miss one press (its ACPI daemon busy or not yet listening): press again.
                 try:
@@ -269,6 +276,26 @@ class Launcher:
             return
         for line in lines:
             say(f"hypervisor: {line}")
+
+
+def agent_shutdown_after(grace_seconds: int) -> float:
+    """Seconds after the first press at which an ignored power button is followed by the guest agent's shutdown
+    (after at least one more press)."""
+    return max(REPRESS_SECONDS, grace_seconds * AGENT_SHUTDOWN_SHARE)
+
+
+def ask_agent_to_shut_down(runtime: Runtime) -> threading.Thread:
+    """In the background (the wait for the guest goes on): a guest without an agent costs nothing but a line."""
+    def ask() -> None:
+        try:
+            runtime.agent_shutdown()
+            say("the guest ignored the power button; asked its guest agent to power off")
+        except SlurmVmError as exc:
+            say(f"the guest ignored the power button and its guest agent cannot be asked ({exc})")
+
+    thread = threading.Thread(target=ask, name="agent-shutdown", daemon=True)
+    thread.start()
+    return thread
 
 
 def node_name() -> str:

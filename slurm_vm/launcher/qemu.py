@@ -7,13 +7,15 @@ import importlib
 import os
 import time
 
-from ..errors import HypervisorError
-from ..limits import QMP_SOCKET, SERIAL_LOG, SERIAL_SOCKET, VNC_SOCKET
+from ..errors import AgentUnavailable, HypervisorError
+from ..limits import AGENT_CHARDEV, AGENT_LOCK, AGENT_SOCKET, QMP_SOCKET, SERIAL_LOG, SERIAL_SOCKET, VNC_SOCKET
 from ..hypervisor.definition import VMDefinition, boot_argv
 from ..hypervisor.runtime import Runtime, say
 from ..hypervisor.shares import qemu_share_argv
 
 QMP_TIMEOUT = 10.0
+AGENT_LOCK_WAIT = 5.0          # the launcher's agent calls wait this long for a `slurm-vm exec` to end
+AGENT_SYNC_TIMEOUT = 3.0
 
 
 def qemu_argv(defn: VMDefinition, accelerator: str, nic_fds: list[int]) -> list[str]:
@@ -35,7 +37,8 @@ def qemu_argv(defn: VMDefinition, accelerator: str, nic_fds: list[int]) -> list[
         raise HypervisorError("one open file descriptor per NIC is needed")
     for i, (nic, fd) in enumerate(zip(defn.nics, nic_fds)):
         argv += ["-netdev", f"tap,id=n{i},fd={fd}", "-device", f"virtio-net-pci,netdev=n{i},mac={nic.mac}"]
-    return argv + qemu_share_argv(defn, defn.share_transport)
+    # The agent's port last: the devices before it keep the PCI slots they had before slurm-vm added it.
+    return argv + qemu_share_argv(defn, defn.share_transport) + agent_argv(defn)
 
 
 def serial_argv(defn: VMDefinition) -> list[str]:
@@ -44,6 +47,15 @@ def serial_argv(defn: VMDefinition) -> list[str]:
     return ["-chardev", f"socket,id=serial0,path={_escape(defn.path(SERIAL_SOCKET))},server=on,wait=off,"
                         f"logfile={_escape(defn.path(SERIAL_LOG))},logappend=on",
             "-serial", "chardev:serial0"]
+
+
+def agent_argv(defn: VMDefinition) -> list[str]:
+    """The guest agent's channel: a virtio-serial port named org.qemu.guest_agent.0 (the name
+    qemu-guest-agent opens in the guest) whose host end is a unix socket in the job's run dir (0700, the
+    user's). A guest without an agent simply never opens the port."""
+    return ["-chardev", f"socket,id={AGENT_CHARDEV},path={_escape(defn.path(AGENT_SOCKET))},server=on,wait=off",
+            "-device", "virtio-serial-pci,id=agentbus",
+            "-device", f"virtserialport,bus=agentbus.0,chardev={AGENT_CHARDEV},name=org.qemu.guest_agent.0"]
 
 
 def display_argv(defn: VMDefinition) -> list[str]:
@@ -130,6 +142,19 @@ def pin_and_resume(socket_path: str, cores: list[int], deadline: float, alive) -
         raise HypervisorError(f"QMP failed: {exc}") from None
 
 
+def agent_port_open(socket_path: str) -> bool | None:
+    """QMP `query-chardev`'s `frontend-open` of the agent's chardev: whether the guest opened the agent port
+    (a guest without an agent never does); None when QMP cannot say (busy, gone, no such chardev)."""
+    try:
+        (chardevs,) = qmp(socket_path, ("query-chardev", None))
+    except HypervisorError:
+        return None
+    for chardev in chardevs:
+        if chardev.get("label") == AGENT_CHARDEV and "frontend-open" in chardev:
+            return bool(chardev["frontend-open"])
+    return None
+
+
 def power_button(socket_path: str) -> None:
     qmp(socket_path, ("system_powerdown", None))
 
@@ -162,3 +187,28 @@ class QemuRuntime(Runtime):
             quit_now(self.qmp_path)
         except HypervisorError:
             pass
+
+    def agent(self, lock_wait: float = AGENT_LOCK_WAIT, sync_timeout: float = AGENT_SYNC_TIMEOUT):
+        """A conversation with the guest agent (hypervisor/guest_agent.py), bounded for the launcher's use."""
+        from ..hypervisor.guest_agent import session
+        return session(self.defn.path(AGENT_SOCKET), self.defn.path(AGENT_LOCK), lock_wait, sync_timeout)
+
+    def agent_shutdown(self) -> None:
+        with self.agent() as client:
+            client.send_only("guest-shutdown", {"mode": "powerdown"})
+
+    def _agent_present(self) -> None:
+        """At once, without a sync's timeout: AgentUnavailable if the guest never opened the agent port."""
+        from ..hypervisor.guest_agent import no_agent_reason
+        if agent_port_open(self.qmp_path) is False:
+            raise AgentUnavailable(no_agent_reason())
+
+    def agent_freeze(self, timeout: float) -> int:
+        """guest-fsfreeze-freeze: the guest's filesystems flushed and frozen; how many."""
+        self._agent_present()
+        with self.agent() as client:
+            return int(client.execute("guest-fsfreeze-freeze", None, timeout))
+
+    def agent_thaw(self, timeout: float = 30.0) -> int:
+        with self.agent() as client:
+            return int(client.execute("guest-fsfreeze-thaw", None, timeout))

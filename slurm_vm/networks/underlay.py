@@ -6,9 +6,14 @@
   the reserved VNI GUARD_VNI, no remote, no group) keeps the socket open even when no segment runs.
   Segment devices share its socket (their receive flags are the kernel defaults, like the guard's).
 - *Send*: the nftables table `inet svm_underlay` drops UDP to the VXLAN ports from sockets whose owner is
-  not root (`meta skuid`; the kernel's own VXLAN socket has no file, so the match does not apply to it),
-  and UDP to the VXLAN ports that arrives from VM-facing interfaces (slurm-vm's taps and segment bridges,
-  the admin bridges of `bridge` networks) for the node or to be forwarded.
+  not root (`meta skuid`), and UDP to the VXLAN ports that arrives from VM-facing interfaces (slurm-vm's
+  taps and segment bridges, the admin bridges of `bridge` networks) for the node or to be forwarded.
+  A guest's frame can keep the socket of its tap (the job user's: tun allocates the frame on the tap's
+  socket) through the bridge into the segment device's encapsulation, so skuid alone would drop a VM's
+  segment traffic. The table `bridge svm_underlay` therefore marks frames the bridge forwards into a
+  segment device (`svmvx*`) with UNDERLAY_MARK; the output chain lets marked packets pass and clears the
+  bit. Users cannot set a mark (SO_MARK needs CAP_NET_ADMIN), and the only way into that chain is a
+  bridge port: the segment's own encapsulation.
 
 `slurm-vm node setup` makes both at boot; the prolog of every VXLAN job re-makes what is missing.
 Pure parts first (names, the ruleset, /proc/net/udp parsing), then the executors.
@@ -17,7 +22,6 @@ Pure parts first (names, the ruleset, /proc/net/udp parsing), then the executors
 from __future__ import annotations
 
 import errno
-import json
 from dataclasses import dataclass
 
 from ..errors import NodeError, UserFault
@@ -25,6 +29,11 @@ from ..limits import GUARD_VNI   # 16777215: configs may not use it
 
 TABLE = "svm_underlay"
 FAMILY = "inet"
+BRIDGE_FAMILY = "bridge"
+SEGMENT_DEVICES = "svmvx*"      # links.ensure_vxlan_segment's VXLAN devices
+# One bit of the packet mark: "a bridge forwarded this frame into a segment device". The segment device's
+# route lookup sees it (admins' fwmark rules must not use this bit); the output chain clears it.
+UNDERLAY_MARK = 0x10000000
 VM_PREFIXES = ("svm",)          # taps svm<job>n<i>, segment bridges svmbr<vni> and devices svmvx<vni>
 PROC_UDP = {4: "/proc/net/udp", 6: "/proc/net/udp6"}
 
@@ -61,18 +70,36 @@ def _ports(ports: tuple[int, ...]) -> object:
     return ports[0] if len(ports) == 1 else {"set": list(ports)}
 
 
+def _mark() -> dict:
+    return {"meta": {"key": "mark"}}
+
+
+def _set_mark(value: dict) -> dict:
+    return {"mangle": {"key": _mark(), "value": value}}
+
+
 def ruleset(plan: UnderlayPlan) -> dict:
-    """The node's underlay table as one nft JSON transaction (replaces an older one atomically)."""
+    """The node's underlay tables as one nft JSON transaction (replaces older ones atomically)."""
     where = {"family": FAMILY, "table": TABLE}
     dport = _match({"payload": {"protocol": "udp", "field": "dport"}}, _ports(plan.ports))
     l4 = _match({"meta": {"key": "l4proto"}}, "udp")
-    commands: list[dict] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}},
-                            {"delete": {"table": {"family": FAMILY, "name": TABLE}}},
-                            {"add": {"table": {"family": FAMILY, "name": TABLE}}}]
+    commands: list[dict] = []
+    for family in (FAMILY, BRIDGE_FAMILY):
+        commands += [{"add": {"table": {"family": family, "name": TABLE}}},
+                     {"delete": {"table": {"family": family, "name": TABLE}}},
+                     {"add": {"table": {"family": family, "name": TABLE}}}]
+    commands.append({"add": {"chain": {"family": BRIDGE_FAMILY, "table": TABLE, "name": "forward",
+                                       "type": "filter", "hook": "forward", "prio": -5, "policy": "accept"}}})
+    commands.append({"add": {"rule": {"family": BRIDGE_FAMILY, "table": TABLE, "chain": "forward", "expr": [
+        _match({"meta": {"key": "oifname"}}, SEGMENT_DEVICES),
+        _set_mark({"|": [_mark(), UNDERLAY_MARK]})]}}})
     rules: list[list[dict]] = []
     for hook in ("output", "input", "forward"):
         commands.append({"add": {"chain": dict(where, name=hook, type="filter", hook=hook, prio=-5,
                                                policy="accept")}})
+    marked = _match({"&": [_mark(), UNDERLAY_MARK]}, UNDERLAY_MARK)
+    rules.append(["output", l4, dport, marked, _set_mark({"&": [_mark(), 0xFFFFFFFF ^ UNDERLAY_MARK]}),
+                  {"accept": None}])
     rules.append(["output", l4, dport, _match({"meta": {"key": "skuid"}}, 0, "!="), {"counter": None},
                   {"drop": None}])
     faces = [f"{p}*" for p in VM_PREFIXES] + list(plan.vm_bridges)
@@ -193,10 +220,7 @@ def guard_state(link, port: int) -> str:
 
 def apply_rules(plan: UnderlayPlan) -> None:
     from .nft import apply_ruleset
-    try:
-        apply_ruleset(ruleset(plan))
-    except NodeError as exc:
-        raise NodeError(f"cannot apply the VXLAN underlay rules ({TABLE}): {exc}") from None
+    apply_ruleset(ruleset(plan), f"the VXLAN underlay rules ({TABLE})")
 
 
 def ensure_underlay(plan: UnderlayPlan) -> None:
@@ -206,19 +230,16 @@ def ensure_underlay(plan: UnderlayPlan) -> None:
 
 
 def rules_in_place(plan: UnderlayPlan) -> bool:
-    """The node's table has the chains and rules `plan` makes (compared as nft prints them back)."""
-    from .nft import _run
-    proc = _run(["-j", "list", "table", FAMILY, TABLE])
-    if proc.returncode != 0:
-        return False
-    try:
-        items = json.loads(proc.stdout or "{}").get("nftables", [])
-    except ValueError:
-        return False
-    rules = [i["rule"] for i in items if isinstance(i, dict) and "rule" in i]
-    wanted = [r for r in ruleset(plan)["nftables"] if "rule" in r.get("add", {})]
-    return len(rules) == len(wanted) and all(r.get("chain") == w["add"]["rule"]["chain"]
-                                             for r, w in zip(rules, wanted))
+    """The node's tables have the chains and rules `plan` makes (compared as nft prints them back)."""
+    from .nft import list_table_rules
+    wanted = [r["add"]["rule"] for r in ruleset(plan)["nftables"] if "rule" in r.get("add", {})]
+    for family in (FAMILY, BRIDGE_FAMILY):
+        rules = list_table_rules(family, TABLE)
+        mine = [w for w in wanted if w["family"] == family]
+        if rules is None or len(rules) != len(mine) or any(r.get("chain") != w["chain"]
+                                                          for r, w in zip(rules, mine)):
+            return False
+    return True
 
 
 def problems(plan: UnderlayPlan) -> list[str]:
@@ -239,6 +260,6 @@ def problems(plan: UnderlayPlan) -> list[str]:
             elif bad:
                 out.append(f"VXLAN guard {', '.join(bad)}: users could bind UDP port {port}; run `slurm-vm node setup`")
     if not rules_in_place(plan):
-        out.append(f"the VXLAN underlay rules (nftables table {FAMILY} {TABLE}) are missing or differ: users could "
+        out.append(f"the VXLAN underlay rules (nftables tables {FAMILY} and {BRIDGE_FAMILY} {TABLE}) are missing or differ: users could "
                    "send VXLAN; run `slurm-vm node setup`")
     return out

@@ -10,16 +10,11 @@ one of the job's nodes. The table is made with the segment and deleted with it.
 from __future__ import annotations
 
 import ipaddress
-import json
-import os
-import subprocess
 from dataclasses import dataclass
 
-from ..errors import NodeError
 from .names import vxlan_device_name
 
 TABLE_PREFIX = "svmvx"
-NFT_CANDIDATES = ("/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft")
 ZERO_MAC = "00:00:00:00:00:00"
 
 
@@ -55,44 +50,22 @@ def vtep_filter_script(vni: int, port: int, peers: tuple[str, ...]) -> str:
             f"{body}  }}\n}}\n")
 
 
-def nft_binary() -> str:
-    for path in NFT_CANDIDATES:
-        if os.access(path, os.X_OK):
-            return path
-    raise NodeError("nft (nftables) is not installed: unicast VXLAN networks need it to drop other VTEPs")
-
-
-def _nft(args: list[str], script: str | None = None) -> str:
-    proc = subprocess.run([nft_binary(), *args], input=script, capture_output=True, text=True, timeout=30,
-                          check=False)
-    if proc.returncode != 0:
-        raise NodeError(f"nft {' '.join(args)} failed: {' '.join(proc.stderr.split())[:300]}")
-    return proc.stdout
-
-
 def apply_vtep_filter(vni: int, port: int, peers: tuple[str, ...]) -> None:
-    _nft(["-f", "-"], vtep_filter_script(vni, port, peers))
+    from .nft import apply_script
+    apply_script(vtep_filter_script(vni, port, peers), f"the VTEP filter of VXLAN segment {vni}")
 
 
 def delete_vtep_filter(vni: int) -> None:
     """Idempotent: a missing table is fine."""
+    from .nft import checked
     if table_name(vni) in list_vtep_tables():
-        _nft(["delete", "table", "inet", table_name(vni)])
+        checked(["delete", "table", "inet", table_name(vni)])
 
 
 def list_vtep_tables() -> set[str]:
     """Names of the inet tables slurm-vm made for segments (empty where nft is not installed)."""
-    try:
-        binary = nft_binary()
-    except NodeError:
-        return set()
-    proc = subprocess.run([binary, "-j", "list", "tables", "inet"], capture_output=True, text=True, timeout=30,
-                          check=False)
-    if proc.returncode != 0:
-        raise NodeError(f"nft list tables failed: {' '.join(proc.stderr.split())[:300]}")
-    data = json.loads(proc.stdout or "{}")
-    names = {item["table"]["name"] for item in data.get("nftables", []) if "table" in item}
-    return {n for n in names if n.startswith(TABLE_PREFIX) and n[len(TABLE_PREFIX):].isdigit()}
+    from .nft import list_tables
+    return {n for n in list_tables("inet") if n.startswith(TABLE_PREFIX) and n[len(TABLE_PREFIX):].isdigit()}
 
 
 def add_peer_entries(ipr, device_index: int, peers: tuple[str, ...]) -> None:

@@ -17,6 +17,7 @@ from .system import HostSystem, System
 from .teardown import teardown_job
 
 UNDERLAY = "underlay"     # a Finding about the node's VXLAN underlay (networks/underlay.py), not a job's leftover
+IMAGE_CACHE = "image_cache"   # a Finding about the node's copies of base images (disks/imagecache.py)
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class Finding:
     error: str = ""
 
     def __str__(self) -> str:
-        if self.kind == UNDERLAY:
+        if self.kind in (UNDERLAY, IMAGE_CACHE):
             return self.name + (" (fixed)" if self.fixed else (f" (not fixed: {self.error})" if self.error else ""))
         state = " (removed)" if self.fixed else (f" (not removed: {self.error})" if self.error else "")
         return f"leftover {self.kind} {self.name} of job {self.job_id}{state}"
@@ -66,11 +67,25 @@ def underlay_findings(config: Config, fix: bool, system: System) -> list[Finding
     return [Finding(UNDERLAY, text, 0, fixed=True) for text in found]
 
 
+def image_cache_findings(config: Config, node: str, fix: bool) -> list[Finding]:
+    """Every cached copy verified in full, and the cache's size; --fix removes damaged copies and evicts."""
+    from ..disks.imagecache import check_cache, evict, remove_damaged
+    cache_dir = config.image_cache.node_dir(node)
+    if cache_dir is None:
+        return []
+    found = check_cache(cache_dir, config.image_cache.max_size)
+    if not found or not fix:
+        return [Finding(IMAGE_CACHE, text, 0) for text in found]
+    remove_damaged(cache_dir)
+    evict(cache_dir, config.image_cache.max_size, keep="")
+    return [Finding(IMAGE_CACHE, text, 0, fixed=True) for text in found]
+
+
 def run_doctor(config: Config, backend: SlurmBackend, fix: bool, node: str | None = None,
                system: System | None = None) -> list[Finding]:
     node = node or socket.gethostname()
     state_dir = config.node_state_dir(node)
-    underlay = underlay_findings(config, fix, system or HostSystem())
+    underlay = underlay_findings(config, fix, system or HostSystem()) + image_cache_findings(config, node, fix)
     findings = find_leftovers(state_dir, live_jobs_on_node(backend, node), system)
     if not fix:
         return underlay + findings

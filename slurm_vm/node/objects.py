@@ -198,9 +198,10 @@ class Overlay(JobFile):
     base_format: str = "qcow2"
     size: int | None = None
     qemu_img: str = "qemu-img"
+    base_size: int | None = None     # a user's image: its size as inspected as the user (root never opens it)
 
     def create(self, system: System, scope: Scope) -> None:
-        system.create_overlay(self.base, self.base_format, self.path, self.size, self.qemu_img)
+        system.create_overlay(self.base, self.base_format, self.path, self.size, self.qemu_img, self.base_size)
 
 
 def _undo_owned_link(system: System, scope: Scope, name: str) -> str:

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 
 from ..checkpoint.plan import checkpoint_definition, keeps_identity
-from ..config import Config
+from ..config import Config, is_user_image
 from ..hypervisor.definition import Boot, Disk, Nic, VMDefinition
 from ..errors import NodeError
 from ..networks.allocation import Holding
@@ -77,6 +77,7 @@ class NodePlan:
     shares: tuple[SharePlan, ...] = ()
     share_allowed: tuple[str, ...] = ()
     home: str = ""
+    base_size: int | None = None     # a user's image: its virtual size, inspected as the user
     port_filters: tuple = ()         # networks.portfilter.PortFilter per filtered NIC (node/portfilters.py)
     underlay: UnderlayPlan | None = None   # a VXLAN job: the node's guard devices and rules (networks/underlay.py)
 
@@ -159,11 +160,14 @@ def plan_definition(spec: VMSpec, config: Config, ctx: JobContext, jdir: str, ov
 
 
 def make_plan(spec: VMSpec, config: Config, ctx: JobContext, holding: Holding | None = None,
-              underlays: dict | None = None, facts: HostFacts | None = None) -> NodePlan:
+              underlays: dict | None = None, facts: HostFacts | None = None,
+              base_size: int | None = None) -> NodePlan:
     """`holding`: what the job agreed cluster-wide (node.allocate): its private VNIs and shared addresses;
     `underlays`: network -> node -> underlay address for unicast VXLAN networks (node.underlay);
     `facts`: what the prolog found on the node (node.hostfacts), to resolve `hypervisor: auto`."""
     hypervisor = concrete_hypervisor(spec, config, facts or HostFacts())
+    if is_user_image(spec.image) and base_size is None:
+        raise NodeError(f"{spec.image}: a user's image is planned only after its check as the user (prolog)")
     image = config.images[spec.image]
     state_dir = config.node_state_dir(ctx.node)
     jdir = job_dir(state_dir, ctx.job_id)
@@ -179,5 +183,5 @@ def make_plan(spec: VMSpec, config: Config, ctx: JobContext, holding: Holding | 
                     definition=plan_definition(spec, config, ctx, jdir, overlay, seed.path, nics, hypervisor),
                     qemu_img=config.hypervisor.qemu_img, shares=plan_shares(spec, user_home(ctx.user)),
                     share_allowed=tuple(config.mounts.allowed), home=user_home(ctx.user),
-                    port_filters=port_filters,
+                    port_filters=port_filters, base_size=base_size,
                     underlay=plan_underlay(config) if any(n.kind == "vxlan" for n in nics) else None)

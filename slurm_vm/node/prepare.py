@@ -85,7 +85,7 @@ def step_job_dir(prep: Preparation) -> None:
 def step_overlay(prep: Preparation) -> None:
     plan = prep.plan
     prep.make(Overlay(plan.overlay, base=plan.base_image, base_format=plan.base_format, size=plan.disk_size,
-                      qemu_img=plan.qemu_img))
+                      qemu_img=plan.qemu_img, base_size=plan.base_size))
 
 
 def step_seed(prep: Preparation) -> None:

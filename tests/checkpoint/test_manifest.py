@@ -137,8 +137,11 @@ def test_shape_mismatch_lists_every_reason(tmp_path):
     lambda d: d.update(extra=1),
     lambda d: d.update(uid="1000"),
     lambda d: d.update(uid=True),
-    lambda d: d.update(format=3),
+    lambda d: d.update(format=4),
     lambda d: d.update(format=True),
+    lambda d: d.pop("guest_frozen"),
+    lambda d: d.update(guest_frozen=1),
+    lambda d: d.update(format=2),                        # format 2 has no guest_frozen
     lambda d: d["states"][0].update(name="../../etc/passwd"),
     lambda d: d["states"][0].update(name="manifest.json"),
     lambda d: d["states"][0].update(name="overlay.qcow2"),
@@ -161,12 +164,25 @@ def test_a_format_1_manifest_with_one_state_file_is_still_read(tmp_path):
     path = save(str(tmp_path))
     data = json.loads(read_manifest(path, UID).to_json())
     data.update(format=1, state=data.pop("states")[0])
+    del data["guest_frozen"]
     with open(os.path.join(path, MANIFEST_NAME), "w") as fh:
         json.dump(data, fh)
     manifest = read_manifest(path, UID)
     assert [e.name for e in manifest.states] == ["state.bin"] and manifest.state_size == 3000
+    assert manifest.guest_frozen is False
     found, why = store.find_for_restore(str(tmp_path), expected())
     assert found is not None and why == ""
+
+
+def test_a_format_2_manifest_reads_as_not_frozen(tmp_path):
+    path = save(str(tmp_path))
+    data = json.loads(read_manifest(path, UID).to_json())
+    assert data["format"] == 3 and data["guest_frozen"] is False
+    del data["guest_frozen"]
+    data["format"] = 2
+    with open(os.path.join(path, MANIFEST_NAME), "w") as fh:
+        json.dump(data, fh)
+    assert read_manifest(path, UID).guest_frozen is False
 
 
 def test_every_state_file_is_verified(tmp_path):

@@ -55,6 +55,20 @@ def test_interactive_console_detach_and_reattach(vm_cluster):
     other_log = vc.slurm_vm("console", str(job), "--log", user="svmother")
     assert other_log.returncode != 0 and "not your VM" in other_log.stderr, other_log.stderr
 
+    # exec: the tiny guest runs no agent (told at once, exit code 8); another user's exec is refused in one line
+    started = time.monotonic()
+    no_agent = vc.slurm_vm("exec", "india", "--", "true")
+    assert no_agent.returncode == 8 and no_agent.stdout == "", no_agent
+    assert no_agent.stderr.strip().count("\n") == 0 and "no guest agent answers" in no_agent.stderr, no_agent.stderr
+    assert time.monotonic() - started < 30
+    other_exec = vc.slurm_vm("exec", str(job), "--", "cat", "/etc/shadow", user="svmother")
+    assert other_exec.returncode == 4 and other_exec.stdout == "", other_exec
+    assert other_exec.stderr.strip().count("\n") == 0 and "not your VM" in other_exec.stderr, other_exec.stderr
+    status = vc.slurm_vm("status", "india")
+    assert "Guest says:  - (no guest agent)" in status.stdout, status
+    bad_vm = vc.slurm_vm("exec", "india", "--vm", "1", "--", "true")
+    assert bad_vm.returncode == 2 and "has 1 VM(s)" in bad_vm.stderr, bad_vm.stderr
+
     # a second interactive session while one is attached is refused in one line
     first = spawn(vc, "console", "india")
     first.expect("detach with Ctrl-]")

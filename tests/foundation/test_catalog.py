@@ -45,13 +45,13 @@ def test_images_lists_name_login_boot_size_and_description(env):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == [
         {"name": "tiny", "description": "busybox test guest", "boot": "kernel", "format": "qcow2",
-         "login_user": "root", "size_bytes": 64 << 20},
+         "login_user": "root", "size_bytes": 64 << 20, "owner": "admin"},
         {"name": "uefi", "description": "disk boot", "boot": "firmware", "format": "qcow2", "login_user": None,
-         "size_bytes": None}]
+         "size_bytes": None, "owner": "admin"}]
     table = slurm_vm(env, "images").stdout.splitlines()
-    assert table[0].split() == ["NAME", "LOGIN", "BOOT", "FORMAT", "SIZE", "DESCRIPTION"]
-    assert table[1].split() == ["tiny", "root", "kernel", "qcow2", "64M", "busybox", "test", "guest"]
-    assert table[2].split()[:2] == ["uefi", "-"]
+    assert table[0].split() == ["NAME", "OWNER", "LOGIN", "BOOT", "FORMAT", "SIZE", "DESCRIPTION"]
+    assert table[1].split() == ["tiny", "admin", "root", "kernel", "qcow2", "64M", "busybox", "test", "guest"]
+    assert table[2].split()[:3] == ["uefi", "admin", "-"]
 
 
 def test_networks_lists_only_what_this_user_may_use(env):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import tempfile
@@ -59,6 +60,17 @@ if args.get("send"):
 print(json.dumps(out))
 """
 
+TAP_CODE = r"""
+import fcntl, os, struct, sys, time
+fd = os.open(sys.argv[2], os.O_RDWR)   # the user opens the tun device, as QEMU and the launcher do
+fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH", sys.argv[1].encode(), 0x0002 | 0x1000 | 0x4000))  # TAP NO_PI VNET_HDR
+frame = bytes.fromhex(sys.argv[3].replace(":", "") + "520000000002" + "88b5") + b"SVMTAPOK" * 4
+for _ in range(15):                   # the bridge port forwards once the carrier event is handled (up to 1 s)
+    os.write(fd, bytes(10) + frame)   # an empty virtio-net header, then the guest's frame
+    time.sleep(0.2)
+print("written")
+"""
+
 WITNESS_CODE = r"""
 import select, socket, sys, time
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
@@ -67,7 +79,7 @@ print("ready", flush=True)
 deadline = time.monotonic() + float(sys.argv[2])
 seen = False
 while time.monotonic() < deadline:
-    if select.select([s], [], [], 0.1)[0] and b"SVMINJECT" in s.recv(65535):
+    if select.select([s], [], [], 0.1)[0] and sys.argv[3].encode() in s.recv(65535):
         seen = True
 print("SEEN" if seen else "NOTHING", flush=True)
 """
@@ -122,10 +134,39 @@ def _ping(ns: str, target: str) -> bool:
                           capture_output=True).returncode == 0
 
 
+def _witness(b: str, marker: str) -> subprocess.Popen:
+    return subprocess.Popen(["nsenter", f"--net=/run/netns/{b}", sys.executable, "-c", WITNESS_CODE,
+                             f"svmbr{VNI}", "4", marker], stdout=subprocess.PIPE, text=True)
+
+
+def _guest_frame_crosses(a: str, b: str) -> bool:
+    """A guest's frame, written by the job user into its own tap on A's segment bridge: does B see it?
+
+    Unicast to B's bridge, whose MAC A's bridge has learned behind the segment device (the ping before): the
+    bridge forwards the tap's own skb, which keeps the tap's socket (the user's), not a flood's clone."""
+    mac = json.loads(ip(b, "-j", "link", "show", f"svmbr{VNI}").stdout)[0]["address"]
+    made = in_ns(a, f"links.create_tap('svm7n0', {OTHER_UID}, {OTHER_UID}, bridge='svmbr{VNI}')")
+    assert made.returncode == 0, made.stderr
+    witness = _witness(b, "SVMTAPOK")
+    try:
+        assert witness.stdout.readline().strip() == "ready"
+        with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="net-tun") as devdir:
+            tun = os.path.join(devdir, "tun")      # a 0666 tun node, as on a Debian node (this machine's is 0600)
+            os.mknod(tun, 0o666 | stat.S_IFCHR, os.makedev(10, 200))
+            os.chmod(tun, 0o666)
+            os.chmod(devdir, 0o755)
+            proc = subprocess.run(["nsenter", f"--net=/run/netns/{a}", "setpriv", "--reuid", str(OTHER_UID),
+                                   "--regid", str(OTHER_UID), "--clear-groups", "/usr/bin/python3", "-c", TAP_CODE,
+                                   "svm7n0", tun, mac], capture_output=True, text=True, timeout=60)
+        assert proc.stdout.strip() == "written", proc.stderr
+        return witness.stdout.readline().strip() == "SEEN"
+    finally:
+        witness.wait(timeout=20)
+
+
 def _injected(b: str, attacker: str, local: str) -> tuple[dict, bool]:
     """The attacker sends VXLAN frames of the segment to B's underlay address; did B's segment bridge see one?"""
-    witness = subprocess.Popen(["nsenter", f"--net=/run/netns/{b}", sys.executable, "-c", WITNESS_CODE,
-                                f"svmbr{VNI}", "4"], stdout=subprocess.PIPE, text=True)
+    witness = _witness(b, "SVMINJECT")
     try:
         assert witness.stdout.readline().strip() == "ready"
         result = as_user(attacker, {"group": GROUP, "local": local, "send": "10.57.0.2", "vni": VNI})
@@ -142,6 +183,7 @@ def test_unprivileged_user_cannot_receive_or_send_vxlan(nodes, setup):
             assert underlay(ns, setup).returncode == 0
         _segments(a, b, locks)
         assert _ping(a, "192.168.57.2")                    # the kernel's own VXLAN traffic passes
+        assert _guest_frame_crosses(a, b)                  # and a guest's, sent from its user's tap
         sniff = as_user(c, {"group": GROUP, "local": "10.57.0.3"})
         from_other_node, seen_other = _injected(b, c, "10.57.0.3")
         from_shared_node, seen_shared = _injected(b, a, "10.57.0.1")
@@ -175,7 +217,7 @@ def test_a_user_holding_the_port_first_is_named_and_setup_fails_without_taking_i
         assert "PortHeld" in last and "held by a process of uid 4202" in last and "node setup" in last
         report = in_ns(c, "from slurm_vm.networks import underlay as u\n"
                           "print(u.problems(u.UnderlayPlan((4789,))))")
-        assert "uid 4202" in report.stdout and "(nftables table inet svm_underlay) are missing" in report.stdout
+        assert "uid 4202" in report.stdout and "(nftables tables inet and bridge svm_underlay) are missing" in report.stdout
     finally:
         holder.kill()
         holder.wait()

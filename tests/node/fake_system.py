@@ -51,7 +51,8 @@ class FakeSystem:
         self._create(path)
         self.files[path] = data
 
-    def create_overlay(self, base: str, base_format: str, overlay: str, size: int | None, qemu_img: str) -> None:
+    def create_overlay(self, base: str, base_format: str, overlay: str, size: int | None, qemu_img: str,
+                       base_size: int | None = None) -> None:
         self._need_dir(overlay)
         self._create(overlay)
         self.files[overlay] = f"qcow2 backing {base} ({base_format}) {size}".encode()
