@@ -53,6 +53,22 @@ def prepare_dirs() -> tuple[str, str]:
     return DEMO_DIR, state
 
 
+def add_readme_names(config_path: str) -> None:
+    """The README's spec names image `debian12` and partition `vm`: the demo has both (the image once the Debian
+    test guest is built: scripts/build-test-guests --only debian), so its commands run as written."""
+    import yaml
+    with open(config_path) as fh:
+        config = yaml.safe_load(fh)
+    if "debian" in config["images"]:
+        config["images"]["debian12"] = dict(config["images"]["debian"], login_user="debian",
+                                            description="Debian 12 with cloud-init (the README's image)")
+    # `lan` hands out addresses (the README's VM names none and the demo has no DHCP server), so that
+    # `slurm-vm ssh` reaches it; tiny.yaml's static 10.77.0.10 lies outside the range
+    config["networks"]["lan"].update(subnet="10.77.0.0/24", address_range=["10.77.0.100", "10.77.0.199"])
+    with open(config_path, "w") as fh:
+        yaml.safe_dump(config, fh, sort_keys=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--keep", action="store_true", help="leave the cluster and the VM running")
@@ -63,10 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     except SetupError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
+    add_readme_names(config)
     say("starting a 3-node Slurm cluster in network namespaces, Prolog/Epilog = slurm-vm's")
     cluster = Cluster(CLUSTER_NAME, slurm="22.05", nodes_count=3, hooks="slurm-vm", venv=venv_dir(),
                       slurm_vm_config=config, bind=[REPO, directory], kill_wait=KILL_WAIT,
-                      preempt_grace=PREEMPT_GRACE, accounting=True)
+                      preempt_grace=PREEMPT_GRACE, accounting=True, partitions=("vm",))
     cluster.up()
     setup_node_bridges(cluster, config)
     env = {"SLURM_VM_CONFIG": config}

@@ -90,6 +90,7 @@ class Cluster:
     hook_timing: bool = False        # benchmarks: each hook's wall time goes to hook-records/<hook>.times
     preempt_grace: int | None = None  # a partition `urgent` that preempts `main` (PreemptMode=REQUEUE, GraceTime)
     accounting: bool = False         # slurmdbd with a MariaDB of its own (devtools.accountingdb)
+    partitions: tuple = ()           # more partitions of every node beside `main` (the demo's `vm`: the README's)
 
     def __post_init__(self) -> None:
         if self.slurm not in ("22.05", "24.11"):
@@ -343,8 +344,10 @@ class Cluster:
 
     def _partitions(self) -> list[str]:
         main = "PartitionName=main Nodes=ALL Default=YES MaxTime=INFINITE State=UP"
+        tier = "" if self.preempt_grace is None else f" PriorityTier=1 GraceTime={self.preempt_grace}"
+        more = [f"PartitionName={name} Nodes=ALL MaxTime=INFINITE State=UP{tier}" for name in self.partitions]
         if self.preempt_grace is None:
-            return [main]
+            return [main, *more]
         # Jobs of `urgent` (higher PriorityTier) preempt jobs of `main`: SIGTERM, GraceTime, then requeue.
         # send_user_signal: the job's --signal (slurm-vm's USR1) at the start of the GraceTime instead of a SIGTERM,
         # so that a checkpoint has the whole GraceTime. 22.05 reads it from SlurmctldParameters only (not
@@ -352,7 +355,7 @@ class Cluster:
         user_signal = "PreemptParameters=send_user_signal" if self.slurm != "22.05" else \
             "SlurmctldParameters=preempt_send_user_signal"
         return ["PreemptType=preempt/partition_prio", "PreemptMode=REQUEUE", user_signal,
-                f"{main} PriorityTier=1 GraceTime={self.preempt_grace}",
+                f"{main}{tier}", *more,
                 "PartitionName=urgent Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF"]
 
     def _make_tun_node(self) -> None:
@@ -387,7 +390,8 @@ class Cluster:
             json.dump({"name": self.name, "slurm": self.slurm, "nodes_count": self.nodes_count, "hooks": self.hooks,
                        "venv": self.venv, "slurm_vm_config": self.slurm_vm_config, "bind": self.bind,
                        "kill_wait": self.kill_wait, "hook_timing": self.hook_timing,
-                       "preempt_grace": self.preempt_grace, "accounting": self.accounting}, fh)
+                       "preempt_grace": self.preempt_grace, "accounting": self.accounting,
+                       "partitions": list(self.partitions)}, fh)
 
     def _spawn(self, argv: list[str], log: str, pid_name: str, env: dict[str, str] | None = None) -> int:
         with open(self.path("log", log), "ab") as out:

@@ -7,8 +7,9 @@ an empty qcow2 of the disk's size in the user's repository, has the VMM copy the
 registry's disk saver: QEMU's `blockdev-backup`, launcher/qemu_backup.py), checks the result like any import
 (self-contained, size limit, quota: disks/repository.finish) and names it. No root is involved at any step.
 
-The copy is crash-consistent (no guest agent freezes the filesystems): what the guest had written to its disk
-when the save started is there; what sat in the guest's page cache is not (`sync` in the guest first).
+Where the guest runs the QEMU guest agent its filesystems are frozen for the moment the copy starts (a
+filesystem-consistent copy); without one the copy is crash-consistent: what the guest had written to its disk
+when the save started is there, what sat in its page cache is not (`sync` in the guest first).
 """
 
 from __future__ import annotations
@@ -67,7 +68,9 @@ def save_vm(backend: SlurmBackend, config: Config, ref: str, user: str, name: st
         raise SaveFailed(f"VM {job.vm_name} (job {job.job_id}): {answer.get('error')}; the VM runs on")
     return (f"saved the disk of VM {job.vm_name} (job {job.job_id}) as user:{name}: "
             f"{answer['virtual_size'] / 2**20:.0f} MiB disk, {answer['allocated'] / 2**20:.1f} MiB on disk, in "
-            f"{answer['seconds']:.1f}s; the VM keeps running (crash-consistent: `sync` in the guest first)")
+            f"{answer['seconds']:.1f}s; the VM keeps running ("
+            + ("its filesystems were frozen through its guest agent for the start of the copy)" if answer.get("frozen")
+               else "no guest agent: crash-consistent, `sync` in the guest first)"))
 
 
 def relay(config: Config, job_dir: str, user: str, name: str, boot: str) -> dict:
@@ -102,7 +105,7 @@ def relay(config: Config, job_dir: str, user: str, name: str, boot: str) -> dict
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         os.close(fd)
         run_qemu_img(config.hypervisor.qemu_img, ["create", "-q", "-f", "qcow2", part, str(size)])
-        seconds = saver.save(part, SAVE_TIMEOUT)
+        seconds, frozen = saver.save(part, SAVE_TIMEOUT)
         image = repository.finish(part, name, boot, directory, cfg.quota, cfg.max_virtual_size,
                                   config.hypervisor.qemu_img, f"save {defn.name} (job {defn.job_id})")
     except SlurmVmError as exc:
@@ -110,4 +113,4 @@ def relay(config: Config, job_dir: str, user: str, name: str, boot: str) -> dict
     finally:
         if os.path.lexists(part):
             os.unlink(part)
-    return {"ok": True, "seconds": seconds, **image.as_json()}
+    return {"ok": True, "seconds": seconds, "frozen": frozen, **image.as_json()}

@@ -22,8 +22,12 @@ def attach_and_type(vc, ref: str, command: str, answer: str) -> None:
     child = spawn(vc, "console", ref)
     child.expect("detach with Ctrl-]")
     time.sleep(1)                      # let srun's pty come up before typing
-    child.send("\r")
-    child.expect("root@india# ")
+    for _ in range(6):                 # Enter until the shell answers, as a person would on a loaded machine
+        child.send("\r")
+        if child.expect(["root@india# ", pexpect.TIMEOUT], timeout=15) == 0:
+            break
+    else:
+        raise AssertionError(f"no shell prompt on the serial console after 90s: {child.before!r}")
     child.send(command + "\r")
     child.expect(answer)
     child.expect("root@india# ")

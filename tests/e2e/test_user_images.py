@@ -184,6 +184,7 @@ def test_save_a_running_vm_and_boot_the_copy(vm_cluster):
         proc = vc.slurm_vm("image", "save", "saver", "saved", timeout=600)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "as user:saved" in proc.stdout and "keeps running" in proc.stdout, proc.stdout
+        assert "no guest agent: crash-consistent" in proc.stdout, proc.stdout
         # The original guest runs on: one boot, still counting after the save.
         before = counters(vc.serial_log(node, job))
         after = wait_count(vc, node, job, before[-1][0] + 3)
@@ -255,3 +256,46 @@ def test_node_cache_filled_once_for_concurrent_jobs_and_a_damaged_copy_refilled(
     for job in (*jobs, *later):
         vc.wait_gone_or_ended(job, timeout=120)
         vc.wait_no_leaks(job)
+
+
+DEBIAN = """name: {name}
+image: {image}
+memory: 512M
+time: "15:00"
+"""
+
+
+@pytest.mark.guest
+@pytest.mark.slow
+def test_save_a_debian_vm_frozen_through_its_agent(vm_cluster):
+    """A file the guest wrote but never synced is in the copy: the agent froze (and so flushed) the filesystems."""
+    vc = vm_cluster
+    if "debian" not in open(vc.config_path).read():
+        pytest.skip("the Debian test guest is not built: scripts/build-test-guests --only debian")
+    job = vc.submit(DEBIAN.format(name="debsave", image="debian"), name="debsave")
+    try:
+        waited = vc.slurm_vm("wait", "debsave", "--timeout", "400", timeout=420)
+        assert waited.returncode == 0, waited.stderr
+        wrote = vc.slurm_vm("exec", "debsave", "--", "sh", "-c", "echo FROZEN-MARK-7 > /root/saved-marker",
+                            timeout=120)
+        assert wrote.returncode == 0, wrote.stderr
+        saved = vc.slurm_vm("image", "save", "debsave", "debsaved", timeout=900)
+        assert saved.returncode == 0, saved.stdout + saved.stderr
+        assert "frozen through its guest agent" in saved.stdout, saved.stdout
+        thawed = vc.slurm_vm("exec", "debsave", "--", "sh", "-c", "echo still > /root/after", timeout=120)
+        assert thawed.returncode == 0, thawed.stderr          # thawed: the guest writes on
+        # The copy, read offline (the Debian guest's disk is one ext4 filesystem): booting it is the tiny test's job.
+        copy = os.path.join(vc.directory, "user-images", "svmtest", "debsaved.qcow2")
+        raw = os.path.join(vc.directory, "debsaved.raw")
+        subprocess.run(["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw", copy, raw], check=True, timeout=300)
+        try:
+            read = subprocess.run(["debugfs", "-R", "cat /root/saved-marker", raw], capture_output=True, text=True,
+                                  timeout=60)
+        finally:
+            os.unlink(raw)
+        assert read.stdout.strip() == "FROZEN-MARK-7", (read.stdout, read.stderr)
+    finally:
+        vc.cluster.client(["scancel", str(job)])
+    vc.wait_gone_or_ended(job, timeout=180)
+    vc.wait_no_leaks(job)
+    assert vc.slurm_vm("image", "rm", "debsaved").returncode == 0
