@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from .errors import Problem, ValidationError
 from .hypervisor import registry
 from .limits import CONFIG_ENV, DEFAULT_CONFIG_PATH, GUARD_VNI  # noqa: F401  (spelled in limits for light importers)
-from .schema import AbsPath, Bool, Context, Int, ListOf, MapOf, Obj, SharePath, Size, Str, field, parse_object
+from .schema import (AbsPath, Bool, BoolOrChoice, Context, Int, ListOf, MapOf, Obj, SharePath, Size, Str, field,
+                     parse_object)
 from .yamldoc import load_document
 
 
@@ -133,7 +134,10 @@ class CheckpointConfig:
                             "make another's first), else as the user; a dir another user made is refused. "
                             "Unset: specs may not ask for `checkpoint`", None, example="/scratch/slurm-vm/%u")
     keep: int = field(Int(1, 100), "complete checkpoints kept per job (older ones are removed after a new save)", 1)
-    compress: bool = field(Bool(), "gzip the saved RAM and device state (smaller, slower)", False)
+    compress: str = field(BoolOrChoice(("auto", "zstd", "none"), "zstd", "none"),
+                          "compress the saved RAM and device state (QEMU): `auto` uses zstd when a sample of the "
+                          "guest's RAM compresses (else it writes it as is, at the storage's speed), `zstd` always, "
+                          "`none` never", "auto")
 
     def user_dir(self, user: str) -> str | None:
         return None if self.dir is None else self.dir.replace("%u", user)

@@ -151,6 +151,27 @@ class Bool(Kind):
 
 
 @dataclass
+class BoolOrChoice(Kind):
+    """One of `choices`, or `true` / `false` standing for `when_true` / `when_false` (a setting that was a boolean
+    before it had more values)."""
+    choices: tuple[str, ...]
+    when_true: str
+    when_false: str
+
+    def check(self, value: Any, ctx: "Context", path: Path) -> str:
+        if isinstance(value, bool):
+            return self.when_true if value else self.when_false
+        if not isinstance(value, str) or value not in self.choices:
+            shown = repr(value) if isinstance(value, str) else _type_name(value)
+            raise Invalid(f"{shown} is not allowed; use {self.describe()}")
+        return value
+
+    def describe(self) -> str:
+        return ("one of " + ", ".join(f"`{c}`" for c in self.choices) +
+                f" (`true` = `{self.when_true}`, `false` = `{self.when_false}`)")
+
+
+@dataclass
 class SlurmTime(Kind):
     def check(self, value: Any, ctx: "Context", path: Path) -> str:
         try:

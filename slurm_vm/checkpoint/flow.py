@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import HypervisorError
 from ..hypervisor.definition import VMDefinition
 from . import group, store
 from ..slurm.requeue import JobControl
-from .manifest import OVERLAY_NAME, CheckpointRefused, Expected, FileEntry, Manifest, read_manifest, write_manifest
+from .manifest import (COMPRESSED_STATES, OVERLAY_NAME, CheckpointRefused, Expected, FileEntry, Manifest,
+                       read_manifest, write_manifest)
 from .files import copy_with_digest, restore_file
 from ..hypervisor.checkpoint_settings import CheckpointSettings
 from .vmm import Snapshotter
@@ -102,23 +104,43 @@ def save_part(defn: VMDefinition, settings: CheckpointSettings, snap: Snapshotte
     """One VM's checkpoint into the empty directory `path`, its manifest last (`frozen`: the guest's filesystems
     were frozen through its agent, quiesce.py)."""
     version = snap.version()
-    compress = settings.compress and snap.can_compress
+    compress = settings.compress if snap.can_compress else "none"
     states, overlay = save_files(snap, path, compress, root_disk(defn))
     manifest = Manifest(job_id=defn.job_id, uid=os.getuid(), user=settings.user,
                         restart_count=settings.restart_count, reason=reason, created=time.time(),
                         image=settings.image, base_image=settings.base_image, base_size=_size(settings.base_image),
                         vmm=snap.vmm, vmm_version=version, accelerator=accelerator, cpus=defn.cpus,
                         memory_bytes=defn.memory_bytes, macs=tuple(n.mac for n in defn.nics),
-                        instance_id=settings.instance_id, compressed=compress,
+                        instance_id=settings.instance_id,
+                        compressed=any(e.name in COMPRESSED_STATES for e in states),
                         states=tuple(states), overlay=overlay, guest_frozen=frozen)
     write_manifest(path, manifest)
     return manifest
 
 
-def save_files(snap: Snapshotter, path: str, compress: bool, disk: str) -> tuple[list[FileEntry], FileEntry]:
-    """The paused guest's state files and its overlay `disk`, copied into the empty directory `path`."""
-    states = snap.save(path, compress, time.monotonic() + SAVE_TIMEOUT)
-    return states, copy_with_digest(disk, path, OVERLAY_NAME)
+def save_files(snap: Snapshotter, path: str, compress: str, disk: str) -> tuple[list[FileEntry], FileEntry]:
+    """The paused guest's state files and its overlay `disk`, copied into the empty directory `path`. The copy
+    runs beside the save when the paused VMM leaves its disks alone (QEMU); should the overlay change during
+    the save all the same (its size or mtime), it is copied again after it."""
+    if not snap.disks_settled_when_paused:
+        states = snap.save(path, compress, time.monotonic() + SAVE_TIMEOUT)
+        return states, copy_with_digest(disk, path, OVERLAY_NAME)
+    before = _identity(disk)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        copy = pool.submit(copy_with_digest, disk, path, OVERLAY_NAME)
+        try:
+            states = snap.save(path, compress, time.monotonic() + SAVE_TIMEOUT)
+        finally:
+            overlay = copy.result()
+    if _identity(disk) != before:
+        os.unlink(os.path.join(path, OVERLAY_NAME))
+        overlay = copy_with_digest(disk, path, OVERLAY_NAME)
+    return states, overlay
+
+
+def _identity(path: str) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _size(path: str) -> int:

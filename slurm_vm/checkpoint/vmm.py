@@ -25,7 +25,9 @@ from .store import Found
 
 class Snapshotter(Protocol):
     vmm: str              # qemu | cloud-hypervisor: the manifest's `vmm`
-    can_compress: bool    # save() honours `compress`
+    can_compress: bool    # save() honours `compress` (auto | zstd | none)
+    disks_settled_when_paused: bool   # pause() leaves the disks flushed and unwritten: the overlay can be
+                                      # copied while save() runs
     keeps_running: bool   # the VMM lives on after save(), so resume() can continue the guest; cloud-hypervisor
                           # ends in save() (its qcow2 cache is flushed only on close: see launcher/ch_snapshot.py)
 
@@ -35,7 +37,7 @@ class Snapshotter(Protocol):
     def pause(self) -> None:
         """Stop the guest's vCPUs; it stays paused until resume() or the VMM ends."""
 
-    def save(self, directory: str, compress: bool, deadline: float) -> list[FileEntry]:
+    def save(self, directory: str, compress: str, deadline: float) -> list[FileEntry]:
         """The guest is paused: write its RAM and device state into `directory` (private, fsynced files) and
         flush its disks. Returns the files written, with sizes and sha256."""
 

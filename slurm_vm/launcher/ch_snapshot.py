@@ -29,6 +29,7 @@ POLL = 0.1
 
 class CloudHypervisorSnapshotter:
     vmm = "cloud-hypervisor"
+    disks_settled_when_paused = False   # its qcow2 cache is written back only when it exits
     can_compress = False       # memory-ranges is written by cloud-hypervisor itself, uncompressed
     keeps_running = False      # save() ends the VMM (see the module docstring)
 
@@ -57,7 +58,7 @@ class CloudHypervisorSnapshotter:
     def pause(self) -> None:
         self._call("pause")
 
-    def save(self, directory: str, compress: bool, deadline: float) -> list[FileEntry]:
+    def save(self, directory: str, compress: str, deadline: float) -> list[FileEntry]:
         self._call("snapshot", directory, deadline - time.monotonic())
         self._call("shutdown_vmm")
         while self.alive():

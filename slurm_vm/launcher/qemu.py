@@ -70,11 +70,13 @@ def _escape(path: str) -> str:
     return path.replace(",", ",,")
 
 
-async def _qmp(socket_path: str, commands: list[tuple[str, dict | None]]) -> list:
+async def _qmp(socket_path: str, commands: list[tuple[str, dict | None]], fd: int | None = None) -> list:
     from qemu.qmp import QMPClient
     client = QMPClient("slurm-vm")
     await asyncio.wait_for(client.connect(socket_path), QMP_TIMEOUT)
     try:
+        if fd is not None:
+            client.send_fd_scm(fd)      # taken by the first command, `getfd`
         results = []
         for name, args in commands:
             results.append(await asyncio.wait_for(client.execute(name, args), QMP_TIMEOUT))
@@ -85,8 +87,14 @@ async def _qmp(socket_path: str, commands: list[tuple[str, dict | None]]) -> lis
 
 def qmp(socket_path: str, *commands: tuple[str, dict | None]) -> list:
     """Run QMP commands in one short connection (QEMU serves one QMP client at a time)."""
+    return qmp_fd(socket_path, None, *commands)
+
+
+def qmp_fd(socket_path: str, fd: int | None, *commands: tuple[str, dict | None]) -> list:
+    """qmp(), with the file descriptor `fd` passed to QEMU first (SCM_RIGHTS); the first command is then
+    `getfd`, which names it for the ones after it (`fd:NAME` migration URIs)."""
     try:
-        return asyncio.run(_qmp(socket_path, list(commands)))
+        return asyncio.run(_qmp(socket_path, list(commands), fd))
     except (OSError, asyncio.TimeoutError, EOFError) as exc:
         raise HypervisorError(f"QMP at {socket_path} did not answer: {exc or type(exc).__name__}") from None
     except Exception as exc:  # qemu.qmp raises its own error types (ExecuteError, ConnectError, ...)

@@ -50,7 +50,7 @@ class RestoringQemuRuntime(QemuRuntime):
         manifest = self.found.manifest
         if len(manifest.states) != 1:
             raise CheckpointRefused(f"a QEMU checkpoint has one state file, this one {len(manifest.states)}")
-        load_state(self.qmp_path, os.path.join(self.found.path, manifest.states[0].name), manifest.compressed,
+        load_state(self.qmp_path, os.path.join(self.found.path, manifest.states[0].name),
                    started + LOAD_TIMEOUT, alive)
         self.before_resume()
         qmp(self.qmp_path, ("cont", None))

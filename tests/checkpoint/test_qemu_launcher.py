@@ -11,6 +11,7 @@ checkpoint saved by 7.2 is refused by 10.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -23,6 +24,7 @@ import time
 import pytest
 
 from devtools.trixie_qemu import qemu_wrapper
+from slurm_vm.checkpoint.manifest import FileEntry, read_manifest, sha256_of, write_manifest
 from devtools.trixie_qemu import version as qemu_version
 from tests.hypervisor.test_launcher import USER, Run, finish, guest_sandbox, remove_guest_sandbox
 
@@ -122,22 +124,45 @@ def save_on_time_limit(run: Run, proc) -> tuple[int, str, list]:
     return code, out, counters(run.serial())
 
 
+def as_old_gzip_checkpoint(path: str) -> None:
+    """The zstd checkpoint in `path` as slurm-vm wrote it with gzip (`compress: true` before zstd)."""
+    zst, gz = os.path.join(path, "state.bin.zst"), os.path.join(path, "state.bin.gz")
+    st = os.stat(zst)
+    with open(gz, "wb") as out:
+        unzstd = subprocess.Popen(["zstd", "-dcq", zst], stdout=subprocess.PIPE)
+        subprocess.run(["gzip", "-c", "-1"], stdin=unzstd.stdout, stdout=out, check=True)
+        assert unzstd.wait() == 0
+    os.chown(gz, st.st_uid, st.st_gid)
+    os.chmod(gz, 0o600)
+    os.unlink(zst)
+    old = read_manifest(path, st.st_uid)
+    size, digest = sha256_of(gz)
+    write_manifest(path, dataclasses.replace(old, states=(FileEntry("state.bin.gz", size, digest),)))
+    os.chown(os.path.join(path, "manifest.json"), st.st_uid, st.st_gid)
+
+
 @pytest.mark.parametrize("qemu_from", ["host", "trixie"])
 def test_time_limit_saves_and_the_next_run_continues_the_same_boot(make_run, ckpt_root, qemu_from):
-    """The same QMP command set on QEMU 7.2 (bookworm, the host) and QEMU 10 (trixie)."""
+    """The same QMP command set on QEMU 7.2 (bookworm, the host) and QEMU 10 (trixie). The save is zstd
+    (`compress: true`); on the host the checkpoint is then turned into the gzip one slurm-vm wrote before zstd
+    (state.bin.gz, its manifest rewritten), which must restore too."""
     run, proc = start(make_run, ckpt_root, restart=0, compress=True, qemu_from=qemu_from)
     code, out, before = save_on_time_limit(run, proc)
     assert code == 8, out
     assert "checkpoint " in out and "written" in out and "could not requeue" in out, out
     jdir = os.path.join(ckpt_root, USER, "job-9")
     (ckpt,) = entries(jdir)
-    assert sorted(os.listdir(os.path.join(jdir, ckpt))) == ["manifest.json", "overlay.qcow2", "state.bin.gz"]
+    assert sorted(os.listdir(os.path.join(jdir, ckpt))) == ["manifest.json", "overlay.qcow2", "state.bin.zst"]
 
     manifest = json.load(open(os.path.join(jdir, ckpt, "manifest.json")))
     assert manifest["vmm_version"] == qemu_version(make_run.qemu(qemu_from)), manifest
     # The tiny guest has no agent: saved crash-consistent, said at once (QMP: the port was never opened), and so
     # recorded; no sync timeout is waited for.
     assert manifest["guest_frozen"] is False and "not freezing the guest's filesystems (no guest agent" in out, out
+
+    assert manifest["compressed"] is True and manifest["states"][0]["name"] == "state.bin.zst"
+    if qemu_from == "host":
+        as_old_gzip_checkpoint(os.path.join(jdir, ckpt))
 
     run2, proc2 = start(make_run, ckpt_root, restart=1, qemu_from=qemu_from)
     wait_serial(run2, proc2, f"count={before[-1][0] + 3}", timeout=180)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 
 import pytest
 
 from slurm_vm.config import parse_config
+from slurm_vm.hypervisor.checkpoint_settings import settings_from_dict
 from slurm_vm.errors import HypervisorError, ValidationError
 from slurm_vm.spec import parse_spec
 from slurm_vm.submit import plan_submission
@@ -18,10 +20,10 @@ OK = "name: web\nimage: deb\n"
 
 def test_checkpoint_config_defaults_and_user_dir():
     plain = parse_config(CONFIG, "c.yaml")
-    assert plain.checkpoint.dir is None and plain.checkpoint.keep == 1 and plain.checkpoint.compress is False
+    assert plain.checkpoint.dir is None and plain.checkpoint.keep == 1 and plain.checkpoint.compress == "auto"
     cfg = parse_config(WITH_CKPT, "c.yaml")
     assert cfg.checkpoint.user_dir("alice") == "/scratch/slurm-vm/alice"
-    assert cfg.checkpoint.keep == 2 and cfg.checkpoint.compress is True
+    assert cfg.checkpoint.keep == 2 and cfg.checkpoint.compress == "zstd"        # true, as before zstd, compresses
 
 
 @pytest.mark.parametrize("text,field", [
@@ -30,6 +32,8 @@ def test_checkpoint_config_defaults_and_user_dir():
     (CONFIG + "checkpoint: {dir: /scratch/shared}\n", "checkpoint.dir"),
     (CONFIG + "checkpoint: {dir: /s/%u, keep: 0}\n", "checkpoint.keep"),
     (CONFIG + "checkpoint: {dir: /s/%u, compress: maybe}\n", "checkpoint.compress"),
+    (CONFIG + "checkpoint: {dir: /s/%u, compress: gzip}\n", "checkpoint.compress"),
+    (CONFIG + "checkpoint: {dir: /s/%u, compress: 1}\n", "checkpoint.compress"),
     (CONFIG + "checkpoint: {path: /s/%u}\n", "checkpoint.path"),
 ])
 def test_bad_checkpoint_config_names_the_field(text, field):
@@ -98,7 +102,7 @@ def test_plan_carries_checkpoint_settings_and_a_stable_identity():
     plans = [make_plan(spec, cfg, JobContext(job_id=77, uid=4201, gid=4201, user="alice", node="n1", nodes=("n1",),
                                              cluster="c", comment="", restart_count=n)) for n in (0, 3)]
     ck = plans[1].definition.checkpoint
-    assert ck.user_dir == "/scratch/slurm-vm/alice" and ck.keep == 2 and ck.compress and ck.restart_count == 3
+    assert ck.user_dir == "/scratch/slurm-vm/alice" and ck.keep == 2 and ck.compress == "zstd" and ck.restart_count == 3
     assert (ck.on_preempt, ck.on_timeout, ck.on_restore_failure) == ("checkpoint", "shutdown", "fail")
     assert ck.scontrol == "/opt/slurm/bin/scontrol" and ck.base_image == "/img/deb.qcow2"
     assert plans[1].definition.hypervisor == "qemu"
@@ -143,3 +147,19 @@ def test_preemption_is_told_apart_from_scancel(fields, restarts, expected):
     line = "JobId=5 JobName=vm-x " + " ".join(f"{k}={v}" for k, v in fields.items()) + " Comment=slurm-vm:1:z:eJ="
     assert job_fields(line)["Comment"] == "slurm-vm:1:z:eJ="
     assert preempted(job_fields(line), restarts) is expected
+
+
+@pytest.mark.parametrize("value,mode", [("auto", "auto"), ("none", "none"), ("zstd", "zstd"), (False, "none")])
+def test_compress_modes_and_the_old_booleans(value, mode):
+    text = CONFIG + "checkpoint: {dir: /s/%u, compress: " + json.dumps(value) + "}\n"
+    assert parse_config(text, "c.yaml").checkpoint.compress == mode
+
+
+@pytest.mark.parametrize("value,mode", [(True, "zstd"), (False, "none"), ("auto", "auto")])
+def test_vm_json_of_an_older_prolog_with_a_boolean_compress_is_read(value, mode):
+    data = {"user_dir": "/s/alice", "keep": 1, "compress": value, "on_preempt": "checkpoint",
+            "on_timeout": "shutdown", "on_restore_failure": "fail", "restart_count": 0, "user": "alice",
+            "image": "deb", "base_image": "/img/deb.qcow2", "instance_id": "i"}
+    assert settings_from_dict(data).compress == mode
+    with pytest.raises(HypervisorError):
+        settings_from_dict({**data, "compress": "gzip"})

@@ -156,10 +156,11 @@ def test_damaged_checkpoint_is_refused_and_kept(preempt_cluster):
         wait_output(vc, job, "continues from the checkpoint when it starts again")   # saved; waits for its node
         jdir = os.path.join(vc.directory, "checkpoints", "svmtest", f"job-{job}")
         (ckpt,) = entries(jdir)
-        saved_by = json.load(open(os.path.join(jdir, ckpt, "manifest.json")))["vmm_version"]
+        manifest = json.load(open(os.path.join(jdir, ckpt, "manifest.json")))
+        saved_by, state_name = manifest["vmm_version"], manifest["states"][0]["name"]   # state.bin[.zst]: auto
         node_qemu = vc.cluster.node_exec(node, ["qemu-system-x86_64", "--version"], timeout=60).stdout
         assert f"version {saved_by} " in node_qemu, (saved_by, node_qemu)    # 24.11: trixie's QEMU 10
-        state = os.path.join(jdir, ckpt, "state.bin")
+        state = os.path.join(jdir, ckpt, state_name)
         with open(state, "r+b") as fh:
             fh.seek(os.path.getsize(state) // 2)
             byte = fh.read(1)
@@ -169,6 +170,6 @@ def test_damaged_checkpoint_is_refused_and_kept(preempt_cluster):
         vc.cluster.client(["scancel", hog_id])
     assert vc.wait_gone_or_ended(job, timeout=240) == "FAILED", vc.output(job)
     out = vc.output(job)
-    assert "state.bin does not match its sha256" in out and "the checkpoint stays" in out, out
+    assert f"{state_name} does not match its sha256" in out and "the checkpoint stays" in out, out
     assert os.path.exists(state)
     vc.wait_no_leaks(job)
