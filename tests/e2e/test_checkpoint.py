@@ -125,8 +125,8 @@ def assert_preempted_run_in_accounting(vc, job: int) -> None:
 
 def test_time_limit_checkpoints_requeues_and_ends_only_at_poweroff(preempt_cluster):
     vc = preempt_cluster
-    # 3 minutes, not 2: on the loaded CI machine (four TCG guests on two cores) the guest's boot to count 3 took
-    # most of a 2-minute limit, and a save before the count leaves nothing to compare
+    # 3 minutes, not 2: slurm-vm asks for the warning grace + 60 s before the end and Slurm may send it up to 60 s
+    # earlier still, so a 2-minute job can get it at its start, before the guest counts
     job = vc.submit(SPEC.format(name="tlim", extra="on_timeout: checkpoint\n"), "--time=3", name="tlim")
     vc.wait_state(job, {"RUNNING"}, timeout=120)
     first = vc.job_field(job, "%N")

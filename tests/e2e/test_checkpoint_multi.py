@@ -128,7 +128,9 @@ def test_two_vm_job_checkpoints_at_its_time_limit_and_continues(preempt_cluster)
     """The --signal warning reaches the batch shell (srun), which forwards it to both launchers."""
     vc = preempt_cluster
     name = "mt"
-    job = vc.submit(SPEC.format(name=name, extra="on_timeout: checkpoint\n"), "--partition=main", "--time=2",
+    # 3 minutes: slurm-vm asks for the warning grace + 60 s before the end and Slurm may send it up to 60 s
+    # earlier still, so a 2-minute job can get it at its start, before the guest has booted
+    job = vc.submit(SPEC.format(name=name, extra="on_timeout: checkpoint\n"), "--partition=main", "--time=3",
                     name=name)
     try:
         vc.wait_state(job, {"RUNNING"}, timeout=120)

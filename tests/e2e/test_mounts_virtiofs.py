@@ -123,7 +123,9 @@ def test_virtiofs_share_has_the_users_rights_and_scancel_leaves_nothing(virtiofs
 
 def test_virtiofs_share_time_limit_ends_timeout_and_leaves_nothing(virtiofs_cluster):
     vc = virtiofs_cluster
-    job, node, data, ro = start_with_shares(vc, "vfs-limit", "--time=2", "--cpus-per-task=2")
+    # 3 minutes: slurm-vm asks for the warning grace + 60 s before the end and Slurm may send it up to 60 s
+    # earlier still, so a 2-minute job can get it at its start, before the guest has booted
+    job, node, data, ro = start_with_shares(vc, "vfs-limit", "--time=3", "--cpus-per-task=2")
     daemons = share_daemons(vc, node, job)
     assert len(set(daemons.values())) == 2
     # a core more than vCPUs: the daemons and QEMU's own threads take the spare one, the vCPU has its own

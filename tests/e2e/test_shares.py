@@ -117,7 +117,9 @@ def test_scancel_with_9p_shares_leaves_nothing(vm_cluster):
 
 def test_time_limit_with_9p_shares_ends_timeout_and_leaves_nothing(vm_cluster):
     vc = vm_cluster
-    job, node = start_with_9p_shares(vc, "shares-limit", "--time=2")
+    # 3 minutes: slurm-vm asks for the warning grace + 60 s before the end and Slurm may send it up to 60 s
+    # earlier still, so a 2-minute job can get it at its start, before the guest has booted
+    job, node = start_with_9p_shares(vc, "shares-limit", "--time=3")
     state = vc.wait_gone_or_ended(job, timeout=300)
     out = vc.output(job)
     assert state == "TIMEOUT", out
