@@ -164,14 +164,7 @@ def write_state(qmp_path: str, directory: str, mode: str, deadline: float, alive
     follower = GrowingFileDigest(os.path.join(directory, name))
     compressor = None
     try:
-        if mode in COMPRESSORS:
-            feed, into = os.pipe2(os.O_CLOEXEC)
-            try:
-                compressor = _spawn(COMPRESSORS[mode], feed, out)
-            finally:
-                os.close(feed)
-        else:
-            into = out
+        into, compressor = _through(COMPRESSORS.get(mode), out, qemu_writes=True)
         try:
             qmp_fd(qmp_path, into, ("getfd", {"fdname": FD_NAME}),
                    ("migrate-set-parameters", {"max-bandwidth": MAX_BANDWIDTH}), ("migrate", {"uri": f"fd:{FD_NAME}"}))
@@ -190,6 +183,23 @@ def write_state(qmp_path: str, directory: str, mode: str, deadline: float, alive
         os.close(out)
         size, digest = follower.finish()
     return FileEntry(name, size, digest)
+
+
+def _through(argv: list[str] | None, fd: int, qemu_writes: bool) -> tuple[int, subprocess.Popen | None]:
+    """The descriptor QEMU gets: `fd` itself without a filter, else its end of a pipe through `argv` (a compressor
+    QEMU writes into, whose output goes to `fd`; or a decompressor reading `fd` that QEMU reads from)."""
+    if argv is None:
+        return fd, None
+    read, write = os.pipe2(os.O_CLOEXEC)
+    qemu_end, child_end = (write, read) if qemu_writes else (read, write)
+    try:
+        proc = _spawn(argv, child_end, fd) if qemu_writes else _spawn(argv, fd, child_end)
+    except BaseException:
+        os.close(qemu_end)
+        raise
+    finally:
+        os.close(child_end)
+    return qemu_end, proc
 
 
 def _spawn(argv: list[str], stdin: int, stdout: int) -> subprocess.Popen:
@@ -246,14 +256,7 @@ def load_state(qmp_path: str, path: str, deadline: float, alive) -> None:
     src = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     decompressor = None
     try:
-        if name in DECOMPRESSORS:
-            into, feed = os.pipe2(os.O_CLOEXEC)
-            try:
-                decompressor = _spawn(DECOMPRESSORS[name], src, feed)
-            finally:
-                os.close(feed)
-        else:
-            into = src
+        into, decompressor = _through(DECOMPRESSORS.get(name), src, qemu_writes=False)
         try:
             qmp_fd(qmp_path, into, ("getfd", {"fdname": FD_NAME}), ("migrate-incoming", {"uri": f"fd:{FD_NAME}"}))
         finally:
