@@ -35,6 +35,13 @@ def _config(path: str | None):
     return load_config(path)
 
 
+def _job_dir_here(config, job_id: int) -> str:
+    """A node relay's job dir: the job's on this node (srun sets SLURMD_NODENAME in the job step)."""
+    import os
+    from .node.layout import job_dir
+    return job_dir(config.node_state_dir(os.environ.get("SLURMD_NODENAME", "")), job_id)
+
+
 def _backend(config):
     from .slurm import get_backend
     return get_backend(config.slurm.backend, config.slurm.command_timeout, config.slurm.bin_dir)
@@ -239,11 +246,9 @@ def checkpoint(ref: str | None, stop: bool, drop: bool, list_all: bool, as_json:
 @config_option
 def checkpoint_relay(job_id: int, stop: bool, config_path: str | None) -> None:
     """The node end of `slurm-vm checkpoint` (run by srun inside the job): asks the launcher, prints its answer."""
-    import os
     from .checkpoint_command import relay
-    from .node.layout import job_dir
     config = _config(config_path)
-    sys.exit(relay(job_dir(config.node_state_dir(os.environ.get("SLURMD_NODENAME", "")), job_id), stop))
+    sys.exit(relay(_job_dir_here(config, job_id), stop))
 
 
 @main.command()
@@ -277,11 +282,9 @@ def console(ref: str, log_only: bool, follow: bool, lines: int, config_path: str
 @config_option
 def console_relay(job_id: int, config_path: str | None) -> None:
     """The node end of `slurm-vm console` (run by srun inside the job)."""
-    import os
     from .console import relay
-    from .node.layout import job_dir
     config = _config(config_path)
-    sys.exit(relay(job_dir(config.node_state_dir(os.environ.get("SLURMD_NODENAME", "")), job_id)))
+    sys.exit(relay(_job_dir_here(config, job_id)))
 
 
 @main.command("exec")
@@ -311,11 +314,9 @@ def exec_cmd(ref: str, vm_index: int, timeout: int, stdin: bool, command: tuple[
 @config_option
 def exec_relay(job_id: int, timeout: int, stdin: bool, command: tuple[str, ...], config_path: str | None) -> None:
     """The node end of `slurm-vm exec` (run by srun inside the job): the command's frames on stdout."""
-    import os
     from .guestexec import relay
-    from .node.layout import job_dir
     config = _config(config_path)
-    directory = job_dir(config.node_state_dir(os.environ.get("SLURMD_NODENAME", "")), job_id)
+    directory = _job_dir_here(config, job_id)
     sys.exit(relay(directory, list(command), timeout, sys.stdin.buffer if stdin else None))
 
 
@@ -325,11 +326,9 @@ def exec_relay(job_id: int, timeout: int, stdin: bool, command: tuple[str, ...],
 @config_option
 def agent_relay(job_id: int, addresses: bool, config_path: str | None) -> None:
     """The node end of `slurm-vm status`'s guest addresses (run by srun inside the job)."""
-    import os
     from .guestexec import addresses_relay
-    from .node.layout import job_dir
     config = _config(config_path)
-    sys.exit(addresses_relay(job_dir(config.node_state_dir(os.environ.get("SLURMD_NODENAME", "")), job_id)))
+    sys.exit(addresses_relay(_job_dir_here(config, job_id)))
 
 
 @main.command()
@@ -356,11 +355,9 @@ def vnc(ref: str, web: bool, port: int, config_path: str | None) -> None:
 @config_option
 def vnc_relay(job_id: int, session: bool, config_path: str | None) -> None:
     """The node end of `slurm-vm vnc` (run by srun inside the job)."""
-    import os
-    from .node.layout import job_dir
     from .vncrelay import connect, session as hold_session
     config = _config(config_path)
-    directory = job_dir(config.node_state_dir(os.environ.get("SLURMD_NODENAME", "")), job_id)
+    directory = _job_dir_here(config, job_id)
     sys.exit(hold_session(directory) if session else connect(directory))
 
 
@@ -460,12 +457,10 @@ def image_save(ref: str, name: str, config_path: str | None) -> None:
 def image_save_relay(job_id: int, name: str, boot: str, config_path: str | None) -> None:
     """The node end of `slurm-vm image save` (run by srun inside the job, as the user): prints a JSON answer."""
     import json
-    import os
     from .imagesave import relay
     from .lifecycle import current_user
-    from .node.layout import job_dir
     config = _config(config_path)
-    answer = relay(config, job_dir(config.node_state_dir(os.environ.get("SLURMD_NODENAME", "")), job_id),
+    answer = relay(config, _job_dir_here(config, job_id),
                    current_user(), name, boot)
     click.echo(json.dumps(answer))
     sys.exit(0 if answer["ok"] else 1)
